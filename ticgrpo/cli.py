@@ -1,0 +1,48 @@
+"""`ticgrpo` command line: one sub-command module per part of the package.
+
+Usage errors (bad flags, bad configs, bad data) print one line to stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# sub-command name → module exposing add_parser(subparsers) and run(args) -> int
+_COMMANDS = {
+    "train": "ticgrpo.train.cli",
+    "lab": "ticgrpo.lab.cli",
+}
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; reported in one line, exit code 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ticgrpo", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name, module_name in _COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # that part of the package is not installed in this build
+        module.add_parser(subparsers)
+        modules[name] = module
+    args = parser.parse_args(argv)
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except (UsageError, ValueError, FileNotFoundError) as exc:
+        print(f"ticgrpo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ticgrpo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

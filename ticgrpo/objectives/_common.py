@@ -1,0 +1,94 @@
+"""Pieces shared by the policy objectives: the clipped importance-weighted surrogate and
+the KL penalty. Pure tensor functions; no model, no optimizer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ticgrpo.batch import PolicyBatch
+from ticgrpo.kl import KL_ESTIMATORS, token_kl
+
+
+@dataclass
+class PenaltyConfig:
+    """KL penalty β·KL(π_θ‖π_ref) added to the loss; β = 0 needs no reference model."""
+
+    beta: float = 0.0
+    kl_estimator: str = "k3"
+    # Log-ratios are clamped here before exp() so that no branch overflows; with the
+    # default, only a probability moved by e^20 ≈ 5e8 is affected.
+    max_log_ratio: float = 20.0
+
+    def validate(self) -> None:
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        KL_ESTIMATORS.entry(self.kl_estimator)
+        if self.max_log_ratio <= 0:
+            raise ValueError(f"max_log_ratio must be > 0, got {self.max_log_ratio}")
+
+
+@dataclass(frozen=True)
+class ClippedSurrogate:
+    value: Tensor  # surrogate (to be maximised), same shape as log_ratio
+    ratio: Tensor  # exp(log_ratio), detached, for metrics (may be inf)
+    clipped_low: Tensor  # bool: A < 0 and ratio < 1 − ε_low (zero gradient)
+    clipped_high: Tensor  # bool: A > 0 and ratio > 1 + ε_high (zero gradient)
+
+
+def clipped_surrogate(
+    log_ratio: Tensor,
+    advantages: Tensor,
+    epsilon_low: float | None,
+    epsilon_high: float | None,
+    ratio_cap: float | None = None,
+    max_log_ratio: float = 20.0,
+) -> ClippedSurrogate:
+    """min(ρ A, clip(ρ, 1−ε_low, 1+ε_high) A), written branch by branch.
+
+    For A ≥ 0 the PPO min equals A·min(ρ, 1+ε_high); for A < 0 it equals A·max(ρ, 1−ε_low),
+    optionally bounded by the dual clip A·min(·, ratio_cap). Each branch is an exp of a
+    *clamped* log-ratio, so a clipped branch has exactly zero gradient and no branch ever
+    evaluates exp(1e4) — no inf·0 = NaN in value or gradient. `None` disables a bound.
+    """
+    upper_pos = max_log_ratio if epsilon_high is None else min(math.log1p(epsilon_high), max_log_ratio)
+    lower_neg = -math.inf if epsilon_low is None else math.log1p(-epsilon_low)
+    upper_neg = max_log_ratio if ratio_cap is None else min(math.log(ratio_cap), max_log_ratio)
+    positive = advantages >= 0
+    ratio_pos = torch.exp(log_ratio.clamp(max=upper_pos))
+    ratio_neg = torch.exp(log_ratio.clamp(min=lower_neg, max=upper_neg))
+    effective_ratio = torch.where(positive, ratio_pos, ratio_neg)
+    detached = log_ratio.detach()
+    return ClippedSurrogate(
+        value=effective_ratio * advantages,
+        ratio=torch.exp(detached),
+        clipped_low=(advantages < 0) & (detached < lower_neg),
+        clipped_high=(advantages > 0) & (detached > upper_pos),
+    )
+
+
+def kl_per_token(batch: PolicyBatch, config: PenaltyConfig) -> Tensor | None:
+    """β-free per-token KL [B, T], or None when β = 0."""
+    if config.beta == 0:
+        return None
+    if batch.ref_logprobs is None:
+        raise ValueError("beta > 0 needs ref_logprobs in the batch (a reference model)")
+    return token_kl(config.kl_estimator, batch.logprobs, batch.ref_logprobs)
+
+
+def masked_fraction(flags: Tensor, mask: Tensor) -> Tensor:
+    m = mask.to(torch.float32)
+    return (flags.to(torch.float32) * m).sum() / m.sum().clamp(min=1.0)
+
+
+def masked_stats(values: Tensor, mask: Tensor, prefix: str) -> dict[str, Tensor]:
+    """mean/min/max of values over mask (detached); zeros when the mask is empty."""
+    keep = mask.bool()
+    picked = values.detach()[keep].to(torch.float32)
+    if picked.numel() == 0:
+        zero = values.new_zeros((), dtype=torch.float32)
+        return {f"{prefix}_mean": zero, f"{prefix}_min": zero, f"{prefix}_max": zero}
+    return {f"{prefix}_mean": picked.mean(), f"{prefix}_min": picked.min(), f"{prefix}_max": picked.max()}

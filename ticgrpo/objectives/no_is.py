@@ -1,0 +1,51 @@
+"""`no_is`: the paper's ablation — no importance sampling (spec §4.2).
+
+Surrogate A_i·ℓ_{i,t} with no ratio and no clipping, aggregated like `grpo`.
+
+Schedules (`mode`), carried out by the trainer:
+- `frozen` (default): ĝ(θ_old) is computed once per rollout batch, at θ = θ_old, and
+  applied unchanged for as many optimizer steps as `grpo` would take on that batch.
+  Its expectation is ∇J(θ_old) exactly (TIC-GRPO paper, arXiv 2508.02833, claim 2).
+- `stale`: the surrogate is re-evaluated at the current θ on the old samples at every
+  inner step (REINFORCE on stale data, no correction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ticgrpo.aggregation import aggregate, check_aggregation
+from ticgrpo.batch import PolicyBatch, StepNormalizers
+from ticgrpo.objectives._common import PenaltyConfig, kl_per_token, masked_stats
+from ticgrpo.objectives.registry import OBJECTIVES
+
+NO_IS_MODES = ("frozen", "stale")
+
+
+@dataclass
+class NoISConfig(PenaltyConfig):
+    mode: str = "frozen"
+    aggregation: str = "seq-mean-token-mean"
+
+    def validate(self) -> None:
+        super().validate()
+        check_aggregation(self.aggregation)
+        if self.mode not in NO_IS_MODES:
+            raise ValueError(f"unknown no_is mode {self.mode!r}; choose one of: {', '.join(NO_IS_MODES)}")
+
+
+@OBJECTIVES.register("no_is", NoISConfig, default_advantage="group_norm", uses_old_logprobs=False)
+def no_is_loss(
+    batch: PolicyBatch, config: NoISConfig, norms: StepNormalizers
+) -> tuple[Tensor, dict[str, Tensor]]:
+    per_token = -batch.token_advantages() * batch.current_logprobs()
+    kl = kl_per_token(batch, config)
+    if kl is not None:
+        per_token = per_token + config.beta * kl
+    loss = aggregate(per_token, batch.mask, config.aggregation, norms)
+    metrics: dict[str, Tensor] = {}
+    if kl is not None:
+        metrics["kl"] = masked_stats(kl, batch.mask, "kl")["kl_mean"]
+    return loss, metrics

@@ -1,0 +1,86 @@
+"""`tic_grpo`: trajectory-level importance correction (spec §4.3).
+
+log w_i = Σ_t m_{i,t} (ℓ_{i,t} − ℓ^old_{i,t});  w_i = P_θ(o_i|q) / P_old(o_i|q)
+(the full product of token ratios, not GSPO's geometric mean);
+upper-only clip c_i = min(w_i, 1+ε_high) [optional lower clip: c_i = max(c_i, 1−ε_low)];
+surrogate_i = min(w_i A_i, c_i A_i) [optionally / |o_i| with `length_normalize`];
+L_i = −surrogate_i + β (1/|o_i|) Σ_t m KL_{i,t};  loss = (1/N_seq) Σ_i L_i.
+Default advantage: `length_corrected` (rewards / |o_i| before group normalisation).
+
+For A_i < 0 the upper-only clip never binds, so w_i is unbounded; `ratio_cap = c` bounds
+that branch at c·A_i (dual clip). At θ = θ_old the gradient is A_i Σ_t ∇ℓ_{i,t} (sequence
+REINFORCE), where `grpo`'s is A_i (1/|o_i|) Σ_t ∇ℓ_{i,t}.
+
+Pang, Luo, Jin, "TIC-GRPO: Provable and Efficient Optimization for RLHF"
+(arXiv 2508.02833). ε_high = 0.2 is our choice: the paper's value is not public.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ticgrpo.aggregation import sequence_mean
+from ticgrpo.batch import PolicyBatch, StepNormalizers
+from ticgrpo.objectives._common import PenaltyConfig, clipped_surrogate, kl_per_token
+from ticgrpo.objectives.registry import OBJECTIVES
+
+
+@dataclass
+class TICGRPOConfig(PenaltyConfig):
+    epsilon_high: float | None = 0.2  # None: no upper clip (the lab's unbiased estimator)
+    epsilon_low: float | None = None  # [choice] optional lower clip, off by default
+    ratio_cap: float | None = None  # [choice] dual clip for A < 0
+    length_normalize: bool = False  # [choice] divide surrogate_i by |o_i|
+
+    def validate(self) -> None:
+        super().validate()
+        if self.epsilon_high is not None and self.epsilon_high < 0:
+            raise ValueError(f"epsilon_high must be >= 0, got {self.epsilon_high}")
+        if self.epsilon_low is not None and not 0 <= self.epsilon_low < 1:
+            raise ValueError(f"epsilon_low must be in [0, 1), got {self.epsilon_low}")
+        if self.ratio_cap is not None and self.ratio_cap <= 1:
+            raise ValueError(f"ratio_cap must be > 1, got {self.ratio_cap}")
+
+
+@OBJECTIVES.register(
+    "tic_grpo", TICGRPOConfig, default_advantage="length_corrected", uses_old_logprobs=True
+)
+def tic_grpo_loss(
+    batch: PolicyBatch, config: TICGRPOConfig, norms: StepNormalizers
+) -> tuple[Tensor, dict[str, Tensor]]:
+    mask = batch.float_mask
+    lengths = mask.sum(dim=1)
+    log_w = ((batch.current_logprobs() - batch.behaviour_logprobs()) * mask).sum(dim=1)
+    advantages = batch.sequence_advantages()
+    surrogate = clipped_surrogate(
+        log_w,
+        advantages,
+        config.epsilon_low,
+        config.epsilon_high,
+        config.ratio_cap,
+        config.max_log_ratio,
+    )
+    per_sequence = -surrogate.value
+    if config.length_normalize:
+        per_sequence = per_sequence / lengths.clamp(min=1.0)
+    kl = kl_per_token(batch, config)
+    if kl is not None:
+        per_sequence = per_sequence + config.beta * sequence_mean(kl, mask)
+    real = lengths > 0  # padded rows contribute nothing, not even through A·w
+    per_sequence = torch.where(real, per_sequence, torch.zeros_like(per_sequence))
+    loss = per_sequence.sum() / norms.num_sequences
+    log_w_real = log_w.detach()[real]
+    zero = log_w.new_zeros(())
+    metrics = {
+        "log_w_mean": log_w_real.mean() if log_w_real.numel() else zero,
+        "log_w_min": log_w_real.min() if log_w_real.numel() else zero,
+        "log_w_max": log_w_real.max() if log_w_real.numel() else zero,
+        "clip_frac_high": surrogate.clipped_high[real].float().mean() if real.any() else zero,
+        "clip_frac_low": surrogate.clipped_low[real].float().mean() if real.any() else zero,
+    }
+    if kl is not None:
+        metrics["kl"] = (kl * mask).sum() / mask.sum().clamp(min=1.0)
+    return loss, metrics
