@@ -103,7 +103,9 @@ class StepNormalizers:
         return StepNormalizers(
             num_sequences=max(num_sequences, 1.0),
             num_tokens=max(float(m.sum().item()), 1.0),
-            max_new_tokens=max_new_tokens if max_new_tokens is not None else int(mask.shape[1]),
+            # Without a configured budget, L_max is the longest completion present (not the
+            # padded width, so that extra padding never changes the loss).
+            max_new_tokens=max_new_tokens or max(int(m.sum(dim=1).max().item()), 1),
         )
 
 

@@ -14,8 +14,10 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
-    """A name that is not in a registry; the message lists the allowed names."""
+class UnknownNameError(KeyError, ValueError):
+    """A name that is not in a registry; the message lists the allowed names.
+
+    A ValueError too, so that callers treating bad user input uniformly catch it."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
         return str(self.args[0])
