@@ -1,0 +1,431 @@
+"""Training configuration: nested dataclasses, YAML loading, dotted overrides, validation.
+
+    config = load_config("configs/quickstart.yaml", overrides=["algorithm.objective=grpo"])
+
+Everything is checked here, before any model or dataset is loaded: unknown keys (with the
+closest valid key suggested), wrong types, impossible combinations and unknown registry
+names all raise `ConfigError` (a ValueError) whose one-line message names the key and the
+allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DTYPES = ("float32", "bfloat16", "float16")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+ROLLOUT_ENGINES = ("hf",)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line naming the key."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"  # local folder, hub id or alias (see ticgrpo.models)
+    dtype: str = "float32"  # weights: float32 | bfloat16 | float16
+    autocast_bf16: bool = False  # bf16 autocast for forward passes and generation (CPU speed)
+    gradient_checkpointing: bool = False
+    lora: dict | None = None  # peft.LoraConfig arguments; null = full fine-tuning
+    trust_remote_code: bool = False
+    system_prompt: str | None = None
+    chat_template: bool = True  # wrap prompts with the tokenizer's chat template
+
+
+@dataclass
+class DataConfig:
+    # ticgrpo.data.load_dataset_source specs: {task, level, split} | {jsonl} | {hf, split, ...}
+    train: dict = field(default_factory=lambda: {"task": "arithmetic", "level": 2, "split": "train"})
+    eval: dict | None = field(default_factory=lambda: {"task": "arithmetic", "level": 2, "split": "eval"})
+    shuffle: bool = True  # reshuffle the training prompts every epoch (seeded)
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"
+    prompts_per_step: int = 4  # P
+    num_generations: int = 8  # G completions per prompt
+    max_new_tokens: int = 96
+    max_prompt_length: int | None = None  # left-truncate longer prompts
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    generation_batch_size: int | None = None  # sequences per generate() call; null = all
+
+
+@dataclass
+class RewardSpec:
+    name: str = "math_correctness"  # registry name or "package.module:function"
+    weight: float = 1.0
+
+
+@dataclass
+class AlgorithmConfig:
+    objective: str = "tic_grpo"
+    advantage: str | None = None  # null → the objective's default advantage
+    objective_options: dict = field(default_factory=dict)
+    advantage_options: dict = field(default_factory=dict)
+    rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec()])
+    reward_kwargs: dict = field(default_factory=dict)  # extra keyword arguments for reward functions
+    num_iterations: int = 1  # μ inner epochs over each rollout batch
+    num_minibatches: int = 1  # M optimizer steps per inner epoch
+    micro_batch_size: int | None = None  # sequences per forward/backward; null = whole minibatch
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, resample
+    dynamic_sampling_max_rounds: int = 3
+    mask_truncated: bool = False  # DAPO overlong filtering: truncated completions get no loss
+    logprob_chunk_size: int = 1024
+    log_entropy: bool = True
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0  # null = no clipping
+    warmup_steps: int = 0  # training steps (rollout batches) of linear warm-up
+    schedule: str = "constant"  # after warm-up: constant | cosine | linear
+    min_lr_ratio: float = 0.0  # floor of cosine/linear decay, as a fraction of lr
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 25  # 0 = only before and after training
+    at_start: bool = True
+    at_end: bool = True
+    num_examples: int | None = 64  # null = the whole eval split
+    batch_size: int = 32  # prompts per generate() call
+    max_new_tokens: int | None = None  # null = rollout.max_new_tokens
+    reward: str = "math_correctness"
+    correct_threshold: float = 1.0  # reward >= this counts as correct
+    mean_at_k: int = 0  # k sampled completions per prompt for mean@k; 0 = greedy only
+    temperature: float | None = None  # for mean@k; null = rollout.temperature
+
+
+@dataclass
+class LoggingConfig:
+    samples_per_step: int = 2  # rows written to samples.jsonl per step
+    progress_bar: bool = True
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "ticgrpo"
+    plot: bool = True  # curves.png at the end
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # 0 = no intermediate checkpoints
+    keep_last: int = 2  # 0 = keep all
+    save_final: bool = True  # final/ (save_pretrained + tokenizer)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    seed: int = 0
+    max_steps: int = 100
+    device: str = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def advantage_name(self) -> str:
+        """The advantage estimator in use (the objective's default when null)."""
+        if self.algorithm.advantage is not None:
+            return self.algorithm.advantage
+        from ticgrpo.objectives import OBJECTIVES
+
+        return OBJECTIVES.entry(self.algorithm.objective).meta["default_advantage"]
+
+    @property
+    def rollout_batch_size(self) -> int:
+        return self.rollout.prompts_per_step * self.rollout.num_generations
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(
+    source: str | Path | dict | TrainConfig | None = None,
+    overrides: list[str] | None = None,
+    output_dir: str | None = None,
+) -> TrainConfig:
+    """A validated TrainConfig from a YAML path, a dict or a TrainConfig, plus `key=value` overrides."""
+    if isinstance(source, TrainConfig):
+        raw = source.to_dict()
+    elif isinstance(source, dict):
+        raw = dict(source)
+    elif source is None:
+        raw = {}
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides or []:
+        apply_override(raw, item)
+    if output_dir is not None:
+        raw["output_dir"] = output_dir
+    config = from_dict(TrainConfig, raw, "")
+    validate(config)
+    return config
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply one dotted `a.b.c=value` override (value parsed as a YAML scalar/flow) in place."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from `raw`, checking keys and types."""
+    where = prefix.rstrip(".") or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {_describe(raw)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown key '{prefix}{key}'{hint} (allowed: {', '.join(fields)})")
+        kwargs[key] = _convert(f"{prefix}{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def _convert(key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key} may not be null")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(key, value, arg)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, f"{key}.")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {_describe(value)}")
+        (item,) = args
+        return [_convert(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if value is None:
+        raise ConfigError(f"{key} may not be null")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {_describe(value)}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {_describe(value)}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {_describe(value)}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {_describe(value)}")
+    if hint is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"{key} must be a mapping, got {_describe(value)}")
+    return value
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _choice(key: str, value: str, allowed: typing.Iterable[str]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        close = difflib.get_close_matches(value, allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{key}: unknown value {value!r}{hint}; choose one of: {', '.join(allowed)}")
+
+
+def validate(config: TrainConfig) -> None:
+    """Semantic checks (names, ranges, combinations); raises ConfigError."""
+    from ticgrpo.advantages import ADVANTAGES
+    from ticgrpo.objectives import OBJECTIVES, make_objective_config
+
+    m, r, a, o, e, c = config.model, config.rollout, config.algorithm, config.optim, config.eval, config.checkpoint
+    _check(config.max_steps >= 0, f"max_steps must be >= 0, got {config.max_steps}")
+    _choice("device", config.device, DEVICES)
+    _check(bool(m.name), "model.name must be a non-empty string")
+    _choice("model.dtype", m.dtype, DTYPES)
+    _choice("rollout.engine", r.engine, ROLLOUT_ENGINES)
+    _check(r.num_generations >= 2, f"rollout.num_generations (G) must be >= 2 to form group advantages, got "
+           f"{r.num_generations}")
+    _check(r.prompts_per_step >= 1, f"rollout.prompts_per_step must be >= 1, got {r.prompts_per_step}")
+    _check(r.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1, got {r.max_new_tokens}")
+    _check(r.max_prompt_length is None or r.max_prompt_length >= 1,
+           f"rollout.max_prompt_length must be >= 1 or null, got {r.max_prompt_length}")
+    _check(r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}")
+    _check(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
+    _check(r.top_k >= 0, f"rollout.top_k must be >= 0 (0 = off), got {r.top_k}")
+    _check(r.generation_batch_size is None or r.generation_batch_size >= 1,
+           f"rollout.generation_batch_size must be >= 1 or null, got {r.generation_batch_size}")
+
+    _choice("algorithm.objective", a.objective, OBJECTIVES.names())
+    if a.advantage is not None:
+        _choice("algorithm.advantage", a.advantage, ADVANTAGES.names())
+    try:
+        objective_config = make_objective_config(a.objective, a.objective_options)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"algorithm.objective_options: {exc}") from None
+    _check_advantage_options(config.advantage_name, a.advantage_options)
+    _check(len(a.rewards) >= 1, "algorithm.rewards must list at least one reward {name, weight}")
+    names = [spec.name for spec in a.rewards]
+    _check(len(set(names)) == len(names), f"algorithm.rewards lists a reward twice: {names}")
+    for i, spec in enumerate(a.rewards):
+        _check_reward_name(f"algorithm.rewards[{i}].name", spec.name)
+    _check(a.num_iterations >= 1, f"algorithm.num_iterations (μ) must be >= 1, got {a.num_iterations}")
+    _check(a.num_minibatches >= 1, f"algorithm.num_minibatches must be >= 1, got {a.num_minibatches}")
+    batch = config.rollout_batch_size
+    _check(batch % a.num_minibatches == 0,
+           f"algorithm.num_minibatches={a.num_minibatches} must divide prompts_per_step*num_generations={batch}")
+    minibatch = batch // a.num_minibatches
+    if a.micro_batch_size is not None:
+        _check(a.micro_batch_size >= 1, f"algorithm.micro_batch_size must be >= 1 or null, got "
+               f"{a.micro_batch_size}")
+        _check(minibatch % a.micro_batch_size == 0,
+               f"algorithm.micro_batch_size={a.micro_batch_size} must divide the minibatch size {minibatch} "
+               f"(prompts_per_step*num_generations/num_minibatches)")
+    _check(a.dynamic_sampling_max_rounds >= 1,
+           f"algorithm.dynamic_sampling_max_rounds must be >= 1, got {a.dynamic_sampling_max_rounds}")
+    _check(a.logprob_chunk_size >= 1, f"algorithm.logprob_chunk_size must be >= 1, got {a.logprob_chunk_size}")
+    # β > 0 needs a reference model: a frozen copy is loaded (with LoRA: the adapter-disabled base).
+    _check(float(getattr(objective_config, "beta", 0.0)) >= 0, "algorithm.objective_options.beta must be >= 0")
+
+    _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"optim.beta1/beta2 must be in [0, 1), got {o.beta1}, {o.beta2}")
+    _check(o.eps > 0, f"optim.eps must be > 0, got {o.eps}")
+    _check(o.max_grad_norm is None or o.max_grad_norm > 0,
+           f"optim.max_grad_norm must be > 0 or null, got {o.max_grad_norm}")
+    _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    _choice("optim.schedule", o.schedule, LR_SCHEDULES)
+    _check(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+
+    _check(e.every_steps >= 0, f"eval.every_steps must be >= 0, got {e.every_steps}")
+    _check(e.num_examples is None or e.num_examples >= 1, f"eval.num_examples must be >= 1 or null, got "
+           f"{e.num_examples}")
+    _check(e.batch_size >= 1, f"eval.batch_size must be >= 1, got {e.batch_size}")
+    _check(e.max_new_tokens is None or e.max_new_tokens >= 1,
+           f"eval.max_new_tokens must be >= 1 or null, got {e.max_new_tokens}")
+    _check(e.mean_at_k >= 0, f"eval.mean_at_k must be >= 0, got {e.mean_at_k}")
+    _check(e.temperature is None or e.temperature > 0, f"eval.temperature must be > 0 or null, got "
+           f"{e.temperature}")
+    _check_reward_name("eval.reward", e.reward)
+    _check(config.logging.samples_per_step >= 0, "logging.samples_per_step must be >= 0")
+    _check(c.every_steps >= 0, f"checkpoint.every_steps must be >= 0, got {c.every_steps}")
+    _check(c.keep_last >= 0, f"checkpoint.keep_last must be >= 0, got {c.keep_last}")
+    for key in ("train", "eval"):
+        spec = getattr(config.data, key)
+        if spec is None:
+            _check(key == "eval", "data.train may not be null")
+            continue
+        sources = [k for k in ("task", "jsonl", "hf") if k in spec]
+        _check(len(sources) == 1, f"data.{key} must name exactly one source: task, jsonl or hf; got keys "
+               f"{sorted(spec)}")
+
+
+def _check_advantage_options(name: str, options: dict) -> None:
+    import inspect
+
+    from ticgrpo.advantages import ADVANTAGES
+
+    params = inspect.signature(ADVANTAGES.get(name)).parameters
+    allowed = [p for p in params if p not in ("rewards", "lengths")]
+    for key, value in options.items():
+        if key not in allowed:
+            raise ConfigError(
+                f"algorithm.advantage_options: unknown option {key!r} for advantage {name!r}; "
+                f"allowed: {', '.join(allowed) or 'none'}"
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"algorithm.advantage_options.{key} must be a number, got {_describe(value)}")
+
+
+def _check_reward_name(key: str, name: str) -> None:
+    if ":" in name:
+        return  # "module:function" paths are imported when the trainer starts
+    from ticgrpo.rewards import REWARDS
+
+    _choice(key, name, REWARDS.names())
+
+
+def config_to_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

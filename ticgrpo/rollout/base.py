@@ -1,0 +1,134 @@
+"""The rollout interface: prompts in, G sampled completions per prompt out.
+
+Layout of a `RolloutBatch` (B = num_prompts × num_samples rows, prompt-major: the G
+completions of prompt k are rows k·G … k·G+G−1):
+  prompt_ids      [B, P] left-padded;   prompt_mask      [B, P]
+  completion_ids  [B, T] right-padded;  completion_mask  [B, T] — ends at and INCLUDES the
+                  first EOS; tokens after it are masked
+  truncated       [B] bool — no EOS within max_new_tokens
+  completion_lengths [B] long = completion_mask.sum(1)
+  group_ids       [B] long — index of the prompt each row belongs to
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    greedy: bool = False
+
+
+@dataclass
+class RolloutBatch:
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    completion_ids: Tensor
+    completion_mask: Tensor
+    truncated: Tensor
+    group_ids: Tensor
+    prompts: list[str] = field(default_factory=list)  # one per row (repeated G times)
+    completions: list[str] = field(default_factory=list)
+
+    @property
+    def completion_lengths(self) -> Tensor:
+        return self.completion_mask.sum(dim=1).long()
+
+    @property
+    def input_ids(self) -> Tensor:
+        """concat(prompt, completion): the layout `ticgrpo.logprobs.completion_logprobs` reads."""
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> Tensor:
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1).long()
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    def select(self, rows: Tensor | list[int]) -> RolloutBatch:
+        """The rows `rows` (tensor fields and texts), group ids unchanged."""
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        keep = idx.tolist()
+        return replace(
+            self,
+            prompt_ids=self.prompt_ids[idx],
+            prompt_mask=self.prompt_mask[idx],
+            completion_ids=self.completion_ids[idx],
+            completion_mask=self.completion_mask[idx],
+            truncated=self.truncated[idx],
+            group_ids=self.group_ids[idx],
+            prompts=[self.prompts[i] for i in keep],
+            completions=[self.completions[i] for i in keep],
+        )
+
+
+def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
+    """Stack rollouts (re-padding prompts on the left, completions on the right).
+
+    Group ids are renumbered so that they stay distinct: batch k's groups follow batch k−1's.
+    """
+    if len(batches) == 1:
+        return batches[0]
+    p = max(b.prompt_ids.shape[1] for b in batches)
+    t = max(b.completion_ids.shape[1] for b in batches)
+    offset, groups = 0, []
+    for b in batches:
+        _, g = torch.unique(b.group_ids, return_inverse=True)
+        groups.append(g + offset)
+        offset += int(g.max().item()) + 1 if len(b) else 0
+    return RolloutBatch(
+        prompt_ids=torch.cat([pad_left(b.prompt_ids, p, pad_token_id) for b in batches]),
+        prompt_mask=torch.cat([pad_left(b.prompt_mask, p, 0) for b in batches]),
+        completion_ids=torch.cat([pad_right(b.completion_ids, t, pad_token_id) for b in batches]),
+        completion_mask=torch.cat([pad_right(b.completion_mask, t, 0) for b in batches]),
+        truncated=torch.cat([b.truncated for b in batches]),
+        group_ids=torch.cat(groups),
+        prompts=[x for b in batches for x in b.prompts],
+        completions=[x for b in batches for x in b.completions],
+    )
+
+
+def pad_left(x: Tensor, width: int, value: int) -> Tensor:
+    if x.shape[1] >= width:
+        return x
+    return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
+
+
+def pad_right(x: Tensor, width: int, value: int) -> Tensor:
+    if x.shape[1] >= width:
+        return x
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+
+def completion_mask_from_eos(completion_ids: Tensor, eos_token_ids: list[int]) -> tuple[Tensor, Tensor]:
+    """(mask, truncated): the mask covers tokens up to and including the first EOS.
+
+    A row with no EOS is truncated and keeps all its tokens.
+    """
+    is_eos = torch.zeros_like(completion_ids, dtype=torch.bool)
+    for eos in eos_token_ids:
+        is_eos |= completion_ids == eos
+    t = completion_ids.shape[1]
+    positions = torch.arange(t, device=completion_ids.device).expand_as(completion_ids)
+    first = torch.where(is_eos, positions, torch.full_like(positions, t)).min(dim=1).values
+    mask = positions <= first[:, None]
+    truncated = first >= t
+    return mask.long(), truncated
+
+
+class RolloutEngine(ABC):
+    """Generates `num_samples` completions for each prompt text."""
+
+    @abstractmethod
+    def generate(self, prompts: list[str], num_samples: int, params: SamplingParams) -> RolloutBatch:
+        """Rows prompt-major: prompt k's samples are rows k·num_samples … (k+1)·num_samples − 1."""

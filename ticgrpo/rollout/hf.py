@@ -1,0 +1,142 @@
+"""`HFGenerateEngine`: rollouts with batched `model.generate` (eval mode, no_grad, KV cache)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from ticgrpo.rollout.base import (
+    RolloutBatch,
+    RolloutEngine,
+    SamplingParams,
+    completion_mask_from_eos,
+    concat_rollouts,
+)
+
+
+class HFGenerateEngine(RolloutEngine):
+    """Sampling through `transformers`' `generate` on the training model itself.
+
+    batch_size: sequences per `generate` call (None = all at once).
+    max_prompt_length: prompts longer than this keep their last tokens.
+    autocast_dtype: e.g. torch.bfloat16 to generate under autocast.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int | None = None,
+        max_prompt_length: int | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        add_special_tokens: bool = False,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_prompt_length = max_prompt_length
+        self.autocast_dtype = autocast_dtype
+        self.add_special_tokens = add_special_tokens
+        self.eos_token_ids = _eos_ids(model, tokenizer)
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def generate(self, prompts: list[str], num_samples: int, params: SamplingParams) -> RolloutBatch:
+        texts = [p for p in prompts for _ in range(num_samples)]
+        groups = torch.arange(len(prompts)).repeat_interleave(num_samples)
+        size = self.batch_size or max(len(texts), 1)
+        parts = [
+            self._generate_chunk(texts[s : s + size], groups[s : s + size], params)
+            for s in range(0, len(texts), size)
+        ]
+        batch = concat_rollouts(parts, self.pad_token_id)
+        batch.group_ids = groups.to(batch.completion_ids.device)  # prompt indices (concat renumbers)
+        return batch
+
+    def _generate_chunk(self, texts: list[str], groups: torch.Tensor, params: SamplingParams) -> RolloutBatch:
+        tok = self.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = tok(
+                texts,
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=self.add_special_tokens,
+                truncation=self.max_prompt_length is not None,
+                max_length=self.max_prompt_length,
+            )
+        finally:
+            tok.padding_side = side
+        prompt_ids = enc["input_ids"].to(self.device)
+        prompt_mask = enc["attention_mask"].to(self.device)
+        if self.max_prompt_length is not None and prompt_ids.shape[1] > self.max_prompt_length:
+            prompt_ids = prompt_ids[:, -self.max_prompt_length :]
+            prompt_mask = prompt_mask[:, -self.max_prompt_length :]
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "eos_token_id": self.eos_token_ids,
+            "pad_token_id": self.pad_token_id,
+            "use_cache": True,
+        }
+        if params.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(
+                do_sample=True,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k if params.top_k > 0 else None,
+            )
+        was_training = self.model.training
+        self.model.eval()
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        try:
+            with torch.no_grad(), autocast:
+                out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kwargs)
+        finally:
+            self.model.train(was_training)
+        completion_ids = out[:, prompt_ids.shape[1] :]
+        if completion_ids.shape[1] == 0:  # max_new_tokens hit before anything (never for >= 1)
+            completion_ids = torch.full((len(texts), 1), self.pad_token_id, device=self.device)
+        mask, truncated = completion_mask_from_eos(completion_ids, self.eos_token_ids)
+        width = max(int(mask.sum(dim=1).max().item()), 1)
+        completion_ids, mask = completion_ids[:, :width], mask[:, :width]
+        completion_ids = torch.where(mask.bool(), completion_ids, torch.full_like(completion_ids, self.pad_token_id))
+        decoded = tok.batch_decode(
+            [row[: int(n)] for row, n in zip(completion_ids.tolist(), mask.sum(dim=1).tolist(), strict=True)],
+            skip_special_tokens=True,
+        )
+        return RolloutBatch(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            completion_ids=completion_ids,
+            completion_mask=mask,
+            truncated=truncated,
+            group_ids=groups.to(self.device),
+            prompts=list(texts),
+            completions=decoded,
+        )
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids: list[int] = []
+    gen = getattr(model, "generation_config", None)
+    for value in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
+        if value is None:
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if int(v) not in ids:
+                ids.append(int(v))
+    if not ids:
+        raise ValueError("the tokenizer and model define no EOS token; set tokenizer.eos_token")
+    return ids

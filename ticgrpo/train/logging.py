@@ -1,0 +1,114 @@
+"""Run outputs: metrics.jsonl, eval.jsonl, samples.jsonl, optional TensorBoard / W&B, and a
+tqdm progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+PROGRESS_KEYS = (("reward_mean", "reward"), ("completion_length_mean", "len"), ("loss", "loss"))
+
+
+class RunLogger:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        total_steps: int,
+        start_step: int = 0,
+        progress_bar: bool = True,
+        tensorboard: bool = False,
+        wandb: bool = False,
+        wandb_project: str = "ticgrpo",
+        config: dict | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.last_eval: dict[str, float] = {}
+        self._tb = _tensorboard(self.run_dir) if tensorboard else None
+        self._wandb = _wandb(wandb_project, self.run_dir, config) if wandb else None
+        self._bar = None
+        if progress_bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records logged after `step` (they belong to the interrupted run)."""
+        for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
+            path = self.run_dir / name
+            if not path.is_file():
+                continue
+            keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in keep))
+
+    def log_step(self, step: int, metrics: dict[str, float]) -> None:
+        self._append("metrics.jsonl", {"step": step, **metrics})
+        self._scalars("train", step, metrics)
+        if self._bar is not None:
+            shown = {short: f"{metrics[key]:.3g}" for key, short in PROGRESS_KEYS if key in metrics}
+            if "accuracy" in self.last_eval:
+                shown["acc"] = f"{self.last_eval['accuracy']:.3f}"
+            self._bar.set_postfix(shown, refresh=False)
+            self._bar.update(1)
+
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        self.last_eval = dict(metrics)
+        self._append("eval.jsonl", {"step": step, **metrics})
+        self._scalars("eval", step, metrics)
+        if self._bar is not None:
+            self._bar.write(f"eval step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+    def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        for sample in samples:
+            self._append("samples.jsonl", {"step": step, **sample})
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+    def _append(self, name: str, record: dict) -> None:
+        with open(self.run_dir / name, "a") as f:
+            f.write(json.dumps(record, default=_jsonable) + "\n")
+
+    def _scalars(self, prefix: str, step: int, metrics: dict[str, Any]) -> None:
+        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if self._tb is not None:
+            for key, value in numeric.items():
+                self._tb.add_scalar(f"{prefix}/{key}", value, step)
+        if self._wandb is not None:
+            self._wandb.log({f"{prefix}/{k}": v for k, v in numeric.items()}, step=step)
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        import warnings
+
+        warnings.warn("logging.tensorboard is on but tensorboard is not installed; skipping it", stacklevel=3)
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def _wandb(project: str, run_dir: Path, config: dict | None) -> Any:
+    try:
+        import wandb
+    except ImportError:
+        import warnings
+
+        warnings.warn("logging.wandb is on but wandb is not installed; skipping it", stacklevel=3)
+        return None
+    return wandb.init(project=project, dir=str(run_dir), config=config or {})

@@ -1,0 +1,397 @@
+"""The training loop: rollout → rewards → advantages → optimisation step → logs/eval/checkpoints.
+
+    result = train("configs/quickstart.yaml")            # or a dict / TrainConfig
+
+`Trainer` only orchestrates: sampling is `ticgrpo.rollout`, rewards `ticgrpo.rewards`
+(through `evaluate.score_rollout`), advantages `ticgrpo.advantages`, the optimisation step
+`ticgrpo.train.step`, checkpoints `ticgrpo.train.checkpoint`, outputs `ticgrpo.train.logging`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ticgrpo.advantages import compute_advantages
+from ticgrpo.config import TrainConfig, config_to_yaml, load_config
+from ticgrpo.objectives import make_objective_config
+from ticgrpo.rewards import resolve_reward
+from ticgrpo.rollout import HFGenerateEngine, SamplingParams
+from ticgrpo.train import checkpoint as ckpt
+from ticgrpo.train.evaluate import ScoredRollout, concat_scored, evaluate, score_rollout
+from ticgrpo.train.logging import RunLogger
+from ticgrpo.train.step import StepSettings, TrainingBatch, fixed_logprobs, optimize
+
+TINY_ALIAS = "tiny-test"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    final_dir: Path | None
+    history: list[dict] = field(default_factory=list)  # metrics of the steps run in this call
+    evals: list[dict] = field(default_factory=list)
+
+
+class PromptStream:
+    """Endless, seeded, resumable pass over the training rows (reshuffled every epoch)."""
+
+    def __init__(self, rows: list[dict], seed: int, shuffle: bool = True) -> None:
+        if not rows:
+            raise ValueError("the training dataset is empty")
+        self.rows, self.seed, self.shuffle = rows, seed, shuffle
+        self.epoch, self.position = 0, 0
+        self._order = self._make_order()
+
+    def _make_order(self) -> list[int]:
+        order = list(range(len(self.rows)))
+        if self.shuffle:
+            random.Random(f"{self.seed}-{self.epoch}").shuffle(order)
+        return order
+
+    def take(self, n: int) -> list[dict]:
+        out = []
+        while len(out) < n:
+            if self.position == len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._make_order()
+            out.append(self.rows[self._order[self.position]])
+            self.position += 1
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._make_order()
+
+
+class Trainer:
+    """One training run. `model`/`tokenizer`, `train_rows`/`eval_rows` and `reward_fns`
+    (a list of (callable or name, weight)) may be passed in to bypass loading from the config."""
+
+    def __init__(
+        self,
+        config: TrainConfig | dict | str | Path,
+        *,
+        model: Any = None,
+        tokenizer: Any = None,
+        train_rows: list[dict] | None = None,
+        eval_rows: list[dict] | None = None,
+        reward_fns: list[tuple[Any, float]] | None = None,
+    ) -> None:
+        self.config = config if isinstance(config, TrainConfig) else load_config(config)
+        cfg = self.config
+        seed_everything(cfg.seed)
+        self.output_dir = Path(cfg.output_dir)
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        )
+        self.autocast_dtype = torch.bfloat16 if cfg.model.autocast_bf16 else None
+        self.reward_specs = reward_fns or [(resolve_reward(s.name), s.weight) for s in cfg.algorithm.rewards]
+        self.reward_specs = [(resolve_reward(fn), w) for fn, w in self.reward_specs]
+        self.objective_config = make_objective_config(cfg.algorithm.objective, cfg.algorithm.objective_options)
+        self.advantage = cfg.advantage_name
+        self.train_rows = train_rows if train_rows is not None else _load_rows(cfg.data.train)
+        self.eval_rows = eval_rows if eval_rows is not None else _load_rows(cfg.data.eval)
+        if cfg.eval.num_examples is not None:
+            self.eval_rows = self.eval_rows[: cfg.eval.num_examples]
+        self.stream = PromptStream(self.train_rows, cfg.seed, cfg.data.shuffle)
+        if model is None:
+            model, tokenizer = _load_model(cfg)
+        self.model, self.tokenizer = model.to(self.device), tokenizer
+        disable_dropout(self.model)
+        self.ref_model, self.ref_context = self._reference_model()
+        self.engine = HFGenerateEngine(
+            self.model, tokenizer, cfg.rollout.generation_batch_size, cfg.rollout.max_prompt_length,
+            self.autocast_dtype,
+        )
+        self.settings = StepSettings(
+            objective=cfg.algorithm.objective,
+            objective_config=self.objective_config,
+            num_iterations=cfg.algorithm.num_iterations,
+            num_minibatches=cfg.algorithm.num_minibatches,
+            micro_batch_size=cfg.algorithm.micro_batch_size,
+            max_grad_norm=cfg.optim.max_grad_norm,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            temperature=cfg.rollout.temperature,
+            chunk_size=cfg.algorithm.logprob_chunk_size,
+            log_entropy=cfg.algorithm.log_entropy,
+            autocast_dtype=self.autocast_dtype,
+        )
+        o = cfg.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                                           weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.step = 0
+        self.history: list[dict] = []
+        self.evals: list[dict] = []
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self, resume: bool = False) -> TrainResult:
+        cfg = self.config
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        if resume:
+            self._resume()
+        elif (self.output_dir / "metrics.jsonl").exists():
+            for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
+                (self.output_dir / name).unlink(missing_ok=True)
+        self.logger = RunLogger(
+            self.output_dir, cfg.max_steps, self.step, cfg.logging.progress_bar, cfg.logging.tensorboard,
+            cfg.logging.wandb, cfg.logging.wandb_project, cfg.to_dict(),
+        )
+        if resume:
+            self.logger.truncate_after(self.step)
+        try:
+            if self.step == 0 and cfg.eval.at_start:
+                self.run_eval()
+            while self.step < cfg.max_steps:
+                metrics = self.train_step()
+                self.logger.log_step(self.step, metrics)
+                self.history.append({"step": self.step, **metrics})
+                if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.step < cfg.max_steps:
+                    self.run_eval()
+                if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
+                    self.save_checkpoint()
+            if cfg.eval.at_end and (not self.evals or self.evals[-1]["step"] != self.step):
+                self.run_eval()
+            final_dir = self.save_final() if cfg.checkpoint.save_final else None
+        finally:
+            self.logger.close()
+        if cfg.logging.plot:
+            from ticgrpo.reports.plots import plot_curves
+
+            plot_curves(self.output_dir)
+        return TrainResult(self.output_dir, self.step, final_dir, self.history, self.evals)
+
+    def train_step(self) -> dict[str, float]:
+        """One rollout batch → μ·M optimizer steps. Returns the step's metrics."""
+        cfg, a = self.config, self.config.algorithm
+        start = time.perf_counter()
+        scored, times, sampling = self.collect()
+        rollout = scored.rollout
+        g = cfg.rollout.num_generations
+        lengths = rollout.completion_lengths.float().cpu()
+        adv = compute_advantages(self.advantage, scored.group_rewards(), lengths.view(-1, g),
+                                 **a.advantage_options)
+        batch = TrainingBatch.from_rollout(rollout, adv.advantages.flatten(), a.mask_truncated)
+        t0 = time.perf_counter()
+        if self.settings.needs_old_logprobs:
+            batch.old_logprobs = fixed_logprobs(self.model, batch, self.settings)
+        if self.ref_model is not None:
+            batch.ref_logprobs = fixed_logprobs(self.ref_model, batch, self.settings, self.ref_context)
+        times["old_logprobs"] = time.perf_counter() - t0
+        lr = self.scheduler.get_last_lr()[0]
+        stats = optimize(self.model, self.optimizer, batch, self.settings)
+        self.scheduler.step()
+        self.step += 1
+        times.update({k: v for k, v in stats.times.items()})
+        times["train"] = stats.times["forward_backward"] + stats.times["optimizer"]
+        times["step"] = time.perf_counter() - start
+        passes = 1 if self.settings.frozen else self.settings.optimizer_steps // a.num_minibatches
+        metrics = {
+            **step_metrics(scored, adv, lengths),
+            **stats.metrics,
+            **sampling,
+            "lr": lr,
+            "rollout_tokens_per_s": float(lengths.sum()) / max(times["rollout"], 1e-9),
+            "train_tokens_per_s": float(batch.attention_mask.sum()) * passes / max(times["train"], 1e-9),
+            **{f"time_{k}": v for k, v in times.items()},
+        }
+        self.logger.log_samples(self.step, samples(scored, cfg.logging.samples_per_step))
+        return metrics
+
+    def collect(self) -> tuple[ScoredRollout, dict[str, float], dict[str, float]]:
+        """P prompt groups of G scored completions; with dynamic sampling, only groups whose
+        rewards differ are kept, resampling up to max_rounds times (then what we have is used)."""
+        cfg = self.config
+        p, g = cfg.rollout.prompts_per_step, cfg.rollout.num_generations
+        rounds = cfg.algorithm.dynamic_sampling_max_rounds if cfg.algorithm.dynamic_sampling else 1
+        times = {"rollout": 0.0, "reward": 0.0}
+        kept: list[ScoredRollout] = []
+        have, generated, used, last = 0, 0, 0, None
+        for _ in range(rounds):
+            used += 1
+            rows = self.stream.take(p)
+            t0 = time.perf_counter()
+            rollout = self.engine.generate([self.prompt_text(r) for r in rows], g, self.sampling_params())
+            t1 = time.perf_counter()
+            last = score_rollout(rollout, rows, g, self.reward_specs, cfg.rollout.max_new_tokens,
+                                 cfg.algorithm.reward_kwargs)
+            times["rollout"] += t1 - t0
+            times["reward"] += time.perf_counter() - t1
+            generated += p
+            if not cfg.algorithm.dynamic_sampling:
+                return last, times, {}
+            rewards = last.group_rewards()
+            mixed = [k for k in range(p) if not bool((rewards[k] == rewards[k, 0]).all())][: p - have]
+            if mixed:
+                kept.append(last.select_groups(mixed))
+                have += len(mixed)
+            if have >= p:
+                break
+        scored = concat_scored(kept, self.engine.pad_token_id) if kept else last
+        return scored, times, {"sampling_rounds": float(used), "groups_kept": float(have),
+                               "groups_generated": float(generated)}
+
+    # ------------------------------------------------------------------ pieces
+
+    def prompt_text(self, row: dict) -> str:
+        prompt = row["prompt"]
+        if self.config.model.chat_template:
+            from ticgrpo.models import chat_prompt
+
+            return chat_prompt(self.tokenizer, prompt, self.config.model.system_prompt)
+        if isinstance(prompt, list):
+            return "\n\n".join(str(m["content"]) for m in prompt)
+        return prompt if self.config.model.system_prompt is None else f"{self.config.model.system_prompt}\n\n{prompt}"
+
+    def sampling_params(self) -> SamplingParams:
+        r = self.config.rollout
+        return SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k)
+
+    def run_eval(self) -> dict[str, float]:
+        e = self.config.eval
+        if not self.eval_rows:
+            return {}
+        result = evaluate(
+            self.engine, self.eval_rows, [self.prompt_text(r) for r in self.eval_rows],
+            resolve_reward(e.reward), e.max_new_tokens or self.config.rollout.max_new_tokens, e.batch_size,
+            e.correct_threshold, e.mean_at_k, e.temperature or self.config.rollout.temperature,
+            self.config.algorithm.reward_kwargs,
+        )
+        self.logger.log_eval(self.step, result)
+        self.evals.append({"step": self.step, **result})
+        return result
+
+    def _reference_model(self) -> tuple[Any, Any]:
+        """(model, context) giving reference log-probs, or (None, None) when β = 0."""
+        if float(getattr(self.objective_config, "beta", 0.0)) == 0:
+            return None, None
+        if hasattr(self.model, "disable_adapter"):  # LoRA: the base model is the reference
+            return self.model, self.model.disable_adapter
+        import copy
+
+        # The reference is the initial policy: a frozen copy of the freshly loaded model.
+        ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        return ref, None
+
+    def save_checkpoint(self) -> Path:
+        state = {"stream": self.stream.state(), "evals": self.evals}
+        return ckpt.save_checkpoint(self.output_dir, self.step, self.model, self.optimizer, self.scheduler,
+                                    state, self.config.checkpoint.keep_last)
+
+    def _resume(self) -> None:
+        path = ckpt.latest_checkpoint(self.output_dir)
+        if path is None:
+            raise ValueError(f"--resume: no checkpoint under {ckpt.checkpoint_root(self.output_dir)}")
+        state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        self.step = int(state["step"])
+        self.stream.load_state(state["stream"])
+        self.evals = list(state.get("evals", []))
+
+    def save_final(self) -> Path:
+        final = self.output_dir / "final"
+        self.model.save_pretrained(final)
+        self.tokenizer.save_pretrained(final)
+        return final
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def train(config: TrainConfig | dict | str | Path, resume: bool = False, **kwargs: Any) -> TrainResult:
+    """Run training from a config (path, dict or TrainConfig); kwargs go to `Trainer`."""
+    return Trainer(config, **kwargs).train(resume=resume)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def disable_dropout(model: Any) -> None:
+    """Dropout would make ℓ^old differ from the first inner step's ℓ; RL fine-tuning turns it off."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def lr_lambda(cfg: TrainConfig) -> Any:
+    """LR factor per training step: linear warm-up, then constant / cosine / linear decay."""
+    o, total = cfg.optim, max(cfg.max_steps, 1)
+
+    def factor(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / (o.warmup_steps + 1)
+        if o.schedule == "constant":
+            return 1.0
+        progress = min((step - o.warmup_steps) / max(total - o.warmup_steps, 1), 1.0)
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if o.schedule == "cosine" else 1 - progress
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * decay
+
+    return factor
+
+
+def step_metrics(scored: ScoredRollout, adv: Any, lengths: torch.Tensor) -> dict[str, float]:
+    r = scored.rewards
+    a = adv.advantages.flatten()
+    out = {
+        "reward_mean": float(r.mean()),
+        "reward_std": float(r.std()) if r.numel() > 1 else 0.0,
+        "advantage_mean": float(a.mean()),
+        "advantage_std": float(a.std()) if a.numel() > 1 else 0.0,
+        "frac_zero_std": float(adv.frac_zero_std),
+        "completion_length_mean": float(lengths.mean()),
+        "completion_length_max": float(lengths.max()),
+        "truncated_frac": float(scored.rollout.truncated.float().mean()),
+        "num_sequences": float(r.numel()),
+    }
+    for name, values in scored.per_function.items():
+        v = torch.tensor(values, dtype=torch.float32)
+        out[f"reward/{name}_mean"] = float(v.mean())
+        out[f"reward/{name}_std"] = float(v.std()) if v.numel() > 1 else 0.0
+    return out
+
+
+def samples(scored: ScoredRollout, n: int) -> list[dict]:
+    """Up to n (prompt, completion, reward) records, one per prompt group first."""
+    g, groups = scored.num_samples, len(scored.rows)
+    idx = [(i % groups) * g + (i // groups) % g for i in range(min(n, len(scored.rewards)))]
+    return [{"prompt": scored.rows[k // g]["prompt"], "completion": scored.rollout.completions[k],
+             "reward": float(scored.rewards[k])} for k in idx]
+
+
+def _load_rows(spec: dict | None) -> list[dict]:
+    if spec is None:
+        return []
+    from ticgrpo.data import load_dataset_source
+
+    return load_dataset_source(spec)
+
+
+def _load_model(cfg: TrainConfig) -> tuple[Any, Any]:
+    m = cfg.model
+    if m.name == TINY_ALIAS:
+        from ticgrpo import testing
+
+        model, tokenizer = testing.make_tiny_model(), testing.make_tiny_tokenizer()
+        if m.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model, tokenizer
+    from ticgrpo.models import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(m.name, m.dtype, m.gradient_checkpointing, m.lora, m.trust_remote_code)
