@@ -91,3 +91,72 @@ def batch_std(rewards: Tensor, lengths: Tensor | None = None, delta: float = DEF
     """A_i = (r_i − mean_g r) / (std over the whole batch + δ) (Lite-PPO)."""
     std = rewards.flatten().std(unbiased=True) if rewards.numel() > 1 else rewards.new_tensor(0.0)
     return (rewards - rewards.mean(dim=1, keepdim=True)) / (std + delta)
+
+
+@ADVANTAGES.register("beta_norm")
+def beta_norm(
+    rewards: Tensor,
+    lengths: Tensor | None = None,
+    reward_min: float = 0.0,
+    reward_max: float = 1.0,
+    fixed_alpha: float | None = None,
+    fixed_beta: float | None = None,
+    unbiased_variance: bool = True,
+    max_weight: float = 1e6,
+) -> Tensor:
+    """BNPO's Beta-normalised advantage (Xiao et al., arXiv 2506.02864).
+
+    Rewards are mapped to [0, 1] by r' = (r − reward_min)/(reward_max − reward_min); the
+    defaults (0, 1) assume they already are, and a reward outside the stated bounds raises
+    ValueError (no silent clamping) — pass the reward's known bounds for other scales.
+    Advantages are in these mapped units.
+
+    p = group mean of r';  μ, σ² = mean and variance of p over the batch's groups
+    [choice: Bessel-corrected σ², as in the method-of-moments Beta fit; `unbiased_variance`
+    = False gives the population variance];
+    a = (μ(1−μ)/σ² − 1)μ,  b = (μ(1−μ)/σ² − 1)(1−μ);  α = max(1 + a/3, 1), β = max(1 + b/3, 1);
+    A_i = clamp(1/Beta_pdf(p; α, β), 0, max_weight)·(r'_i − p).
+
+    `fixed_alpha` / `fixed_beta` bypass the estimate (α = β = 1: A = r' − p, the mean-baseline
+    REINFORCE advantage; α = β = 3/2 and binary rewards: ∝ (r − p)/sqrt(p(1−p)), `group_norm`
+    up to a constant). [choice] When σ² cannot be estimated (one group) or is 0, α = β = 1.
+    The pdf is evaluated in log space (xlogy, so p ∈ {0, 1} with α = 1 is finite) and the
+    weight is capped before exp, so no inf ever appears.
+    """
+    if reward_max <= reward_min:
+        raise ValueError(f"beta_norm needs reward_max > reward_min, got [{reward_min}, {reward_max}]")
+    scaled = (rewards - reward_min) / (reward_max - reward_min)
+    low, high = float(scaled.min()), float(scaled.max())
+    if low < -1e-6 or high > 1 + 1e-6:
+        raise ValueError(
+            f"beta_norm needs rewards in [{reward_min}, {reward_max}] (mapped to [0, 1]); got range "
+            f"[{float(rewards.min())}, {float(rewards.max())}]; set the advantage options reward_min / "
+            "reward_max to the reward's known bounds"
+        )
+    scaled = scaled.clamp(0.0, 1.0)
+    p = scaled.mean(dim=1, keepdim=True)
+    alpha, beta = _beta_parameters(p.flatten(), unbiased_variance)
+    if fixed_alpha is not None:
+        alpha = p.new_tensor(float(fixed_alpha))
+    if fixed_beta is not None:
+        beta = p.new_tensor(float(fixed_beta))
+    if alpha <= 0 or beta <= 0:
+        raise ValueError(f"beta_norm needs alpha, beta > 0, got {float(alpha)}, {float(beta)}")
+    log_norm = torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(alpha + beta)
+    log_pdf = torch.xlogy(alpha - 1, p) + torch.xlogy(beta - 1, 1 - p) - log_norm
+    log_cap = torch.log(p.new_tensor(float(max_weight)))
+    weight = torch.exp(torch.minimum(-log_pdf, log_cap)).clamp(min=0.0)
+    return weight * (scaled - p)
+
+
+def _beta_parameters(p: Tensor, unbiased: bool) -> tuple[Tensor, Tensor]:
+    """BNPO's α, β from the batch's group means p (method of moments, shrunk by 1/3, ≥ 1)."""
+    one = p.new_tensor(1.0)
+    if p.numel() < 2:
+        return one, one
+    mu = p.mean()
+    var = p.var(unbiased=unbiased)
+    if var <= 0:
+        return one, one
+    scale = mu * (1 - mu) / var - 1
+    return torch.clamp(1 + scale * mu / 3, min=1.0), torch.clamp(1 + scale * (1 - mu) / 3, min=1.0)

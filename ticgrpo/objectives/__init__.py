@@ -15,7 +15,17 @@ from typing import Any
 from torch import Tensor
 
 from ticgrpo.batch import PolicyBatch, StepNormalizers
-from ticgrpo.objectives import grpo, no_is, tic_grpo  # noqa: F401  (registration)
+from ticgrpo.objectives import (  # noqa: F401  (registration)
+    cispo,
+    dppo,
+    gmpo,
+    grpo,
+    gspo,
+    gtpo,
+    no_is,
+    presets_grpo,
+    tic_grpo,
+)
 from ticgrpo.objectives.registry import OBJECTIVES
 
 

@@ -1,0 +1,39 @@
+"""`dr_grpo` and `dapo`: the `grpo` loss (spec §4.1) under other defaults (spec §4.4).
+
+Both are registered with the very same function `grpo_loss`; only the config class (and so
+the defaults) and the default advantage differ.
+
+- `dr_grpo`: aggregation `seq-mean-token-sum-norm` ((1/N_seq) Σ_i Σ_t / L_max, no 1/|o_i|
+  length bias), advantage `mean_only` (no std division), ε 0.2, β 0.
+  Liu et al., "Understanding R1-Zero-Like Training: A Critical Perspective" (arXiv 2503.20783).
+- `dapo`: clip-higher ε_low = 0.2, ε_high = 0.28, aggregation `token-mean`, β 0, advantage
+  `group_norm`. Dynamic sampling and soft overlong punishment are trainer mechanisms
+  (spec §5), switched on by the `dapo` preset (`ticgrpo.presets`).
+  Yu et al., "DAPO: An Open-Source LLM Reinforcement Learning System at Scale" (arXiv 2503.14476).
+
+`bnpo` is not an objective but a preset: `grpo` + the `beta_norm` advantage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ticgrpo.objectives.grpo import GRPOConfig, grpo_loss
+from ticgrpo.objectives.registry import OBJECTIVES
+
+
+@dataclass
+class DrGRPOConfig(GRPOConfig):
+    aggregation: str = "seq-mean-token-sum-norm"
+
+
+@dataclass
+class DAPOConfig(GRPOConfig):
+    epsilon_low: float | None = 0.2
+    epsilon_high: float | None = 0.28
+    aggregation: str = "token-mean"
+    beta: float = 0.0
+
+
+OBJECTIVES.register("dr_grpo", DrGRPOConfig, default_advantage="mean_only", uses_old_logprobs=True)(grpo_loss)
+OBJECTIVES.register("dapo", DAPOConfig, default_advantage="group_norm", uses_old_logprobs=True)(grpo_loss)
