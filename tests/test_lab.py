@@ -1,0 +1,290 @@
+"""The lab: enumeration, exact J/∇J, and what each objective's estimator estimates (spec §6)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from ticgrpo.batch import PolicyBatch, StepNormalizers
+from ticgrpo.cli import main
+from ticgrpo.lab import (
+    FIXED,
+    VARIANTS,
+    Problem,
+    Variant,
+    compare,
+    enumerate_trajectories,
+    exact_gradient,
+    exact_objective,
+    expected_gradient_exact,
+    group_advantages,
+    group_gradients,
+    make_policy,
+    make_rewards,
+    monte_carlo_gradient,
+    num_trajectories,
+    sample_groups,
+)
+from ticgrpo.lab.converge import inner_loop, make_optimizer
+from ticgrpo.objectives import compute_loss
+
+TOL = 1e-10
+POLICIES = ("tabular", "neural")
+
+
+def make_problem(policy: str = "tabular", vocab: int = 3, max_len: int = 4, reward: str = "target") -> Problem:
+    space = enumerate_trajectories(vocab, max_len)
+    return Problem(space, make_policy(policy, space), make_rewards(reward, space))
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def thetas_away(problem: Problem, theta_old: torch.Tensor) -> list[torch.Tensor]:
+    """Several θ ≠ θ_old: random directions at growing distance, and grpo's own inner iterates."""
+    gen = torch.Generator().manual_seed(123)
+    out = [
+        theta_old + scale * torch.randn(theta_old.shape, generator=gen, dtype=torch.float64)
+        for scale in (0.05, 0.3, 1.0)
+    ]
+    grpo = VARIANTS["grpo"]
+    idx = sample_groups(problem, theta_old, 4, 8, gen)
+    adv = group_advantages(problem, idx, "group_norm")
+    param = theta_old.clone().requires_grad_(True)
+    out += inner_loop(problem, grpo, param, make_optimizer("adam", param, 0.1), idx, adv, 3)[1:]
+    return out
+
+
+# --- enumeration, J, ∇J ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("vocab", "max_len"), [(2, 1), (2, 5), (3, 4), (4, 3)])
+def test_enumeration_is_complete_and_well_formed(vocab: int, max_len: int) -> None:
+    space = enumerate_trajectories(vocab, max_len)
+    assert space.num_trajectories == num_trajectories(vocab, max_len)
+    rows = {tuple(t[: int(n)].tolist()) for t, n in zip(space.tokens, space.lengths, strict=True)}
+    assert len(rows) == space.num_trajectories  # all distinct
+    for seq in rows:
+        assert 0 not in seq[:-1]  # EOS only at the end
+        assert seq[-1] == 0 or len(seq) == max_len
+    assert torch.equal(space.mask.sum(dim=1), space.lengths)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_probabilities_sum_to_one(policy: str) -> None:
+    problem = make_problem(policy, vocab=4, max_len=4)
+    for seed in (0, 1):
+        total = problem.probabilities(problem.policy.init(seed)).sum()
+        assert abs(float(total) - 1.0) < 1e-12
+
+
+def test_token_logprobs_match_a_per_trajectory_loop() -> None:
+    problem = make_problem("neural", vocab=3, max_len=4)
+    theta = problem.policy.init(0)
+    table = problem.policy.log_prob_table(theta)
+    space = problem.space
+    fast = problem.sequence_logprobs(theta)
+    for i in range(space.num_trajectories):
+        total = 0.0
+        for t in range(int(space.lengths[i])):
+            total += float(table[space.prefix_ids[i, t], space.tokens[i, t]])
+        assert abs(total - float(fast[i])) < 1e-12
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_exact_gradient_matches_finite_differences(policy: str) -> None:
+    problem = make_problem(policy, vocab=3, max_len=4, reward="count_short")
+    theta = problem.policy.init(3)
+    value, grad = exact_gradient(problem, theta)
+    assert abs(value - float(exact_objective(problem, theta))) < 1e-15
+    gen = torch.Generator().manual_seed(0)
+    h = 1e-5
+    for _ in range(4):
+        u = torch.randn(theta.shape, generator=gen, dtype=torch.float64)
+        u /= u.norm()
+        fd = (exact_objective(problem, theta + h * u) - exact_objective(problem, theta - h * u)) / (2 * h)
+        assert abs(float(fd) - float(grad @ u)) < 1e-9 * max(1.0, float(grad.norm()))
+
+
+def test_exact_gradient_is_fast_on_20k_trajectories() -> None:
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    space = enumerate_trajectories(5, 7)
+    problem = Problem(space, make_policy("tabular", space), make_rewards("target", space))
+    _, grad = exact_gradient(problem, problem.policy.init(0))
+    elapsed = time.perf_counter() - start
+    assert space.num_trajectories >= 20_000
+    assert torch.isfinite(grad).all()
+    assert elapsed < 1.0, f"enumeration + exact ∇J took {elapsed:.3f} s"
+
+
+# --- what the estimators estimate (exact, fixed baseline) -------------------------------------
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_tic_grpo_without_clip_is_unbiased_for_the_current_gradient(policy: str) -> None:
+    problem = make_problem(policy)
+    theta_old = problem.policy.init(0)
+    baseline = float(exact_objective(problem, theta_old))
+    variant = Variant("tic", "tic_grpo", {"epsilon_high": None})
+    for theta in [theta_old, *thetas_away(problem, theta_old)]:
+        _, grad = exact_gradient(problem, theta)
+        for b in (baseline, 0.0, 0.7):  # any fixed baseline
+            estimate = expected_gradient_exact(problem, variant, theta, theta_old, b)
+            assert rel(estimate, grad) < TOL
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_no_is_frozen_estimates_the_old_gradient_whatever_theta(policy: str) -> None:
+    problem = make_problem(policy)
+    theta_old = problem.policy.init(1)
+    baseline = float(exact_objective(problem, theta_old))
+    _, grad_old = exact_gradient(problem, theta_old)
+    variant = VARIANTS["no_is_tokensum"]  # frozen, no 1/|o|
+    assert variant.is_frozen()
+    for theta in thetas_away(problem, theta_old):
+        estimate = expected_gradient_exact(problem, variant, theta, theta_old, baseline)
+        assert rel(estimate, grad_old) < TOL
+        _, grad = exact_gradient(problem, theta)
+        assert rel(estimate, grad) > 1e-4  # and not the current gradient
+
+
+def test_weighting_reproduces_the_one_over_length_gradient() -> None:
+    """With 1/|o| (no_is default), E[ĝ] = Σ_o π_old(o) (r − b)/|o| ∇log π_old(o), computed independently."""
+    problem = make_problem("neural")
+    theta_old = problem.policy.init(2)
+    b = 0.3
+    th = theta_old.clone().requires_grad_(True)
+    seq = problem.sequence_logprobs(th)
+    weights = seq.detach().exp() * (problem.rewards - b) / problem.lengths
+    (reference,) = torch.autograd.grad((weights * seq).sum(), th)
+    estimate = expected_gradient_exact(problem, VARIANTS["no_is"], theta_old + 1.0, theta_old, b)
+    assert rel(estimate, reference) < TOL
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_grpo_is_the_current_gradient_only_at_theta_old(policy: str) -> None:
+    problem = make_problem(policy)
+    theta_old = problem.policy.init(2)
+    baseline = float(exact_objective(problem, theta_old))
+    variant = Variant(
+        "grpo_ts", "grpo", {"epsilon_low": None, "epsilon_high": None, "aggregation": "seq-mean-token-sum"}
+    )
+    _, grad_old = exact_gradient(problem, theta_old)
+    assert rel(expected_gradient_exact(problem, variant, theta_old, theta_old, baseline), grad_old) < TOL
+    # after k >= 1 inner steps of grpo: neither the current nor the old gradient
+    gen = torch.Generator().manual_seed(5)
+    idx = sample_groups(problem, theta_old, 4, 8, gen)
+    adv = group_advantages(problem, idx, "group_norm")
+    param = theta_old.clone().requires_grad_(True)
+    path = inner_loop(problem, variant, param, make_optimizer("adam", param, 0.1), idx, adv, 3)
+    for theta in path[1:]:
+        _, grad = exact_gradient(problem, theta)
+        estimate = expected_gradient_exact(problem, variant, theta, theta_old, baseline)
+        assert rel(estimate, grad) > 1e-3
+        assert rel(estimate, grad_old) > 1e-3
+        # independent reference: Σ_o π_old(o)(r − b) Σ_t ρ_t ∇ℓ_t
+        th = theta.clone().requires_grad_(True)
+        lp = problem.token_logprobs(th)
+        with torch.no_grad():
+            old = problem.token_logprobs(theta_old)
+        ratio_sum = ((lp - old).exp() * problem.space.mask).sum(dim=1)
+        p_old = old.sum(dim=1).exp()
+        (reference,) = torch.autograd.grad((p_old * (problem.rewards - baseline) * ratio_sum).sum(), th)
+        assert rel(estimate, reference) < TOL
+
+
+def test_clipping_makes_tic_grpo_biased_away_from_theta_old() -> None:
+    problem = make_problem("tabular")
+    theta_old = problem.policy.init(0)
+    baseline = float(exact_objective(problem, theta_old))
+    theta = thetas_away(problem, theta_old)[2]
+    _, grad = exact_gradient(problem, theta)
+    estimate = expected_gradient_exact(problem, VARIANTS["tic_grpo"], theta, theta_old, baseline)
+    assert rel(estimate, grad) > 1e-3
+
+
+# --- Monte Carlo --------------------------------------------------------------------------------
+
+
+def test_vectorised_group_gradients_match_a_loop_over_groups() -> None:
+    problem = make_problem("neural")
+    theta_old = problem.policy.init(0)
+    theta = thetas_away(problem, theta_old)[1]
+    gen = torch.Generator().manual_seed(9)
+    idx = sample_groups(problem, theta_old, 6, 5, gen)
+    names = ["grpo", "tic_grpo", "no_is", "dapo"]  # dapo: token-mean (per-group N_tok)
+    for name in names:
+        variant = VARIANTS.get(name) or Variant(name, name)
+        adv = group_advantages(problem, idx, variant.advantage_name)
+        fast = group_gradients(problem, variant, theta, theta_old, idx, adv, chunk=4)
+        eval_at = theta_old if variant.is_frozen() else theta
+        for g in range(idx.shape[0]):
+            th = eval_at.clone().requires_grad_(True)
+            rows = idx[g]
+            mask = problem.space.mask[rows]
+            with torch.no_grad():
+                old = problem.token_logprobs(theta_old, rows)
+            batch = PolicyBatch(problem.token_logprobs(th, rows), mask, adv[g], old_logprobs=old)
+            norms = StepNormalizers.from_mask(mask, max_new_tokens=problem.space.max_len)
+            loss, _ = compute_loss(variant.objective, batch, variant.config(), norms)
+            (slow,) = torch.autograd.grad(loss, th)
+            assert float((fast[g] + slow).norm()) <= TOL * max(1.0, float(slow.norm()))
+
+
+@pytest.mark.parametrize(("policy", "name"), [("tabular", "tic_grpo"), ("neural", "tic_grpo_lc"), ("tabular", "grpo")])
+def test_monte_carlo_agrees_with_exact_within_four_standard_errors(policy: str, name: str) -> None:
+    problem = make_problem(policy)
+    theta_old = problem.policy.init(4)
+    baseline = float(exact_objective(problem, theta_old))
+    theta = thetas_away(problem, theta_old)[4]
+    variant = VARIANTS[name]
+    exact = expected_gradient_exact(problem, variant, theta, theta_old, baseline)
+    gen = torch.Generator().manual_seed(11)
+    idx = sample_groups(problem, theta_old, 3000, 8, gen)
+    grads = group_gradients(problem, variant, theta, theta_old, idx, group_advantages(problem, idx, FIXED, baseline))
+    # projections on fixed directions: the exact estimate and 5 random unit vectors
+    dirs = [exact / exact.norm()] + [
+        (lambda u: u / u.norm())(torch.randn(exact.shape, generator=gen, dtype=torch.float64)) for _ in range(5)
+    ]
+    for u in dirs:
+        proj = grads @ u
+        se = float(proj.std(unbiased=True)) / proj.numel() ** 0.5
+        assert abs(float(proj.mean()) - float(exact @ u)) < 4 * se
+    mc = monte_carlo_gradient(problem, variant, theta, theta_old, 3000, 8, FIXED, gen, baseline)
+    assert compare(mc.mean, exact)["cos"] > 0.99
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def test_cli_bias_and_converge_write_outputs(tmp_path, capsys) -> None:
+    out = tmp_path / "bias"
+    rc = main(
+        ["lab", "bias", "--vocab", "3", "--max-len", "3", "--steps", "0,2", "--objectives", "grpo,tic_grpo",
+         "--mc-groups", "50", "--no-progress", "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {r["variant"] for r in results["rows"]} == {"grpo", "tic_grpo"}
+    assert (out / "report.md").exists() and (out / "bias_rel_error.png").exists()
+    out = tmp_path / "conv"
+    rc = main(
+        ["lab", "converge", "--vocab", "3", "--max-len", "3", "--algorithms", "grpo,no_is", "--seeds", "0,1",
+         "--iterations", "3", "--inner-steps", "2", "--no-progress", "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["summary"]["no_is"]["J_mean"]) == 4
+    assert (out / "converge_J.png").exists()
+
+
+def test_cli_rejects_unknown_objective(tmp_path, capsys) -> None:
+    rc = main(["lab", "bias", "--objectives", "nope", "--out", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope" in err[0]
