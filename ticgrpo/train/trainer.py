@@ -136,6 +136,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.evals: list[dict] = []
+        self.last_samples: list[dict] = []
 
     # ------------------------------------------------------------------ the loop
 
@@ -160,6 +161,7 @@ class Trainer:
             while self.step < cfg.max_steps:
                 metrics = self.train_step()
                 self.logger.log_step(self.step, metrics)
+                self.logger.log_samples(self.step, self.last_samples)
                 self.history.append({"step": self.step, **metrics})
                 if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.step < cfg.max_steps:
                     self.run_eval()
@@ -210,7 +212,7 @@ class Trainer:
             "train_tokens_per_s": float(batch.attention_mask.sum()) * passes / max(times["train"], 1e-9),
             **{f"time_{k}": v for k, v in times.items()},
         }
-        self.logger.log_samples(self.step, samples(scored, cfg.logging.samples_per_step))
+        self.last_samples = samples(scored, cfg.logging.samples_per_step)
         return metrics
 
     def collect(self) -> tuple[ScoredRollout, dict[str, float], dict[str, float]]:

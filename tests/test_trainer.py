@@ -1,0 +1,230 @@
+"""The trainer on a tiny in-process Llama with a real (word-level) tokenizer and real generate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_rollout import EOS, tiny_model, tiny_tokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ticgrpo.batch import PolicyBatch, StepNormalizers
+from ticgrpo.config import load_config
+from ticgrpo.logprobs import completion_logprobs
+from ticgrpo.objectives import compute_loss
+from ticgrpo.rollout import HFGenerateEngine, SamplingParams
+from ticgrpo.train import Trainer, train
+from ticgrpo.train.step import StepSettings, TrainingBatch, accumulate_gradients, fixed_logprobs, optimize
+
+ROWS = [{"prompt": f"What is {i} + {j} ?", "answer": str(i + j)} for i in range(10) for j in range(10)]
+
+
+def x_fraction(prompts, completions, **kwargs):
+    """Reward: the fraction of 'x' tokens in the completion."""
+    return [c.split().count("x") / max(len(c.split()), 1) for c in completions]
+
+
+def base_config(tmp_path: Path, **sections) -> dict:
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "max_steps": 3,
+        "seed": 0,
+        "model": {"name": "in-process", "chat_template": False},
+        "rollout": {"prompts_per_step": 2, "num_generations": 4, "max_new_tokens": 6},
+        "optim": {"lr": 1e-2},
+        "eval": {"every_steps": 0, "num_examples": 6, "reward": "answer_format"},
+        "logging": {"progress_bar": False},
+        "checkpoint": {"every_steps": 0},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def make_trainer(tmp_path: Path, reward=x_fraction, rows=ROWS, **sections) -> Trainer:
+    return Trainer(load_config(base_config(tmp_path, **sections)), model=tiny_model(), tokenizer=tiny_tokenizer(),
+                   train_rows=rows, eval_rows=ROWS[:6], reward_fns=[(reward, 1.0)])
+
+
+def rollout_batch(model, n_prompts: int = 2, g: int = 4, max_new: int = 6, seed: int = 0) -> TrainingBatch:
+    engine = HFGenerateEngine(model, tiny_tokenizer())
+    torch.manual_seed(seed)
+    out = engine.generate([r["prompt"] for r in ROWS[:n_prompts]], g, SamplingParams(max_new_tokens=max_new))
+    adv = torch.randn(len(out), generator=torch.Generator().manual_seed(seed))
+    return TrainingBatch.from_rollout(out, adv)
+
+
+def grads(model) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_train_eval_save_reload(tmp_path):
+    result = make_trainer(tmp_path, eval={"every_steps": 2, "mean_at_k": 2}).train()
+    run = Path(result.output_dir)
+    assert result.steps == 3
+    for name in ("config.yaml", "metrics.jsonl", "eval.jsonl", "samples.jsonl", "curves.png"):
+        assert (run / name).is_file(), name
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for key in ("reward_mean", "reward_std", "reward/x_fraction_mean", "advantage_std", "frac_zero_std",
+                "loss", "grad_norm", "lr", "entropy", "completion_length_mean", "truncated_frac",
+                "rollout_tokens_per_s", "train_tokens_per_s", "time_rollout", "time_reward",
+                "time_old_logprobs", "time_train", "time_step", "log_w_mean", "clip_frac_high"):
+        assert key in metrics[0], key
+    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 2, 3]  # before, every 2, at the end
+    assert "accuracy" in evals[0] and "mean_at_2" in evals[0]
+    assert load_config(run / "config.yaml").rollout.num_generations == 4  # the resolved config reloads
+    reloaded = AutoModelForCausalLM.from_pretrained(result.final_dir)
+    fresh = tiny_model()  # training changed the weights
+    same = [torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), fresh.state_dict().values(),
+                                                   strict=True)]
+    assert not all(same)
+    tok = AutoTokenizer.from_pretrained(result.final_dir)
+    assert tok.eos_token_id == EOS
+
+
+def test_final_model_equals_trained_model(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1, eval={"at_start": False, "at_end": False})
+    trainer.train()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    for name, p in trainer.model.state_dict().items():
+        assert torch.equal(p, reloaded.state_dict()[name]), name
+
+
+def test_mu1_trainer_loss_equals_compute_loss(tmp_path):
+    model = tiny_model()
+    batch = rollout_batch(model)
+    settings = StepSettings("tic_grpo", None, max_new_tokens=6)
+    from ticgrpo.objectives import make_objective_config
+
+    settings.objective_config = make_objective_config("tic_grpo")
+    assert not settings.needs_old_logprobs  # μ·M = 1: on-policy, no old log-probs
+    logp, _ = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.completion_ids,
+                                  batch.completion_mask)
+    direct, _ = compute_loss("tic_grpo", PolicyBatch(logp, batch.completion_mask, batch.advantages),
+                             settings.objective_config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    stats = optimize(model, optimizer, batch, settings)
+    assert stats.losses == [pytest.approx(float(direct.detach()), abs=1e-6)]
+
+
+@pytest.mark.parametrize("objective", ["tic_grpo", "grpo", "no_is"])
+def test_micro_batches_give_the_same_gradient(objective):
+    from ticgrpo.objectives import make_objective_config
+
+    model = tiny_model()
+    batch = rollout_batch(model, n_prompts=2, g=4)
+    settings = StepSettings(objective, make_objective_config(objective), max_new_tokens=6)
+    # an off-policy batch, so that ratios and clipping are exercised
+    old = fixed_logprobs(model, batch, settings)
+    batch.old_logprobs = old + 0.1 * torch.randn(old.shape, generator=torch.Generator().manual_seed(1))
+    batch.old_logprobs = batch.old_logprobs * batch.completion_mask
+    accumulate_gradients(model, batch, settings)
+    whole = grads(model)
+    model.zero_grad(set_to_none=True)
+    settings.micro_batch_size = 3  # uneven split 3+3+2
+    norms = StepNormalizers.from_mask(batch.completion_mask, 6)
+    accumulate_gradients(model, batch, settings, norms)
+    split = grads(model)
+    for a, b in zip(whole, split, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_frozen_schedule_applies_one_gradient(tmp_path):
+    from ticgrpo.objectives import make_objective_config
+
+    model = tiny_model()
+    batch = rollout_batch(model)
+    settings = StepSettings("no_is", make_objective_config("no_is", {"mode": "frozen"}), num_iterations=2,
+                            num_minibatches=2, micro_batch_size=2, max_grad_norm=None, max_new_tokens=6)
+    assert settings.frozen and not settings.needs_old_logprobs
+    accumulate_gradients(model, batch, settings)
+    at_old = grads(model)  # ĝ(θ_old) of the whole batch
+    model.zero_grad(set_to_none=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    applied = []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: applied.append(grads(model)))
+    params_before = [p.detach().clone() for p in model.parameters()]
+    stats = optimize(model, optimizer, batch, settings)
+    assert len(applied) == 4 == stats.metrics["optimizer_steps"]
+    for step_grads in applied:
+        for a, b in zip(step_grads, at_old, strict=True):
+            assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(params_before, model.parameters(), strict=True))
+
+    # `stale` re-evaluates at the current θ: the gradient changes between inner steps
+    model2 = tiny_model()
+    settings.objective_config = make_objective_config("no_is", {"mode": "stale"})
+    optimizer2 = torch.optim.AdamW(model2.parameters(), lr=1e-2)
+    applied2 = []
+    optimizer2.register_step_pre_hook(lambda opt, args, kwargs: applied2.append(grads(model2)))
+    settings.num_minibatches = 1
+    optimize(model2, optimizer2, batch, settings)
+    assert not torch.equal(applied2[0][0], applied2[1][0])
+
+
+def mixed_for_some(prompts, completions, kind, **kwargs):
+    """Constant reward for 'const' prompts, completion-dependent for the others."""
+    return [1.0 if k == "const" else float(c.split().count("x") > 0) + 0.01 * len(c.split())
+            for c, k in zip(completions, kind, strict=True)]
+
+
+def test_dynamic_sampling_keeps_only_mixed_groups(tmp_path):
+    rows = [{"prompt": "x y", "kind": "const"}, {"prompt": "What is 1 + 1 ?", "kind": "mixed"}] * 20
+    trainer = make_trainer(tmp_path, reward=mixed_for_some, rows=rows,
+                           rollout={"prompts_per_step": 3},
+                           algorithm={"dynamic_sampling": True, "dynamic_sampling_max_rounds": 6},
+                           data={"shuffle": False})
+    scored, _, info = trainer.collect()
+    rewards = scored.group_rewards()
+    assert rewards.shape == (3, 4)  # the batch is filled with P groups
+    assert info["groups_kept"] == 3 and info["sampling_rounds"] >= 2
+    assert all(row["kind"] == "mixed" for row in scored.rows)
+    assert all(not bool((r == r[0]).all()) for r in rewards)
+    assert scored.rollout.group_ids.tolist() == [k for k in range(3) for _ in range(4)]
+    metrics = trainer.train_step()  # and the step trains on it
+    assert metrics["frac_zero_std"] == 0.0 and metrics["groups_kept"] == 3
+
+
+def test_resume_continues_like_an_uninterrupted_run(tmp_path):
+    sections = {"max_steps": 4, "checkpoint": {"every_steps": 2, "save_final": False},
+                "eval": {"at_start": False, "at_end": False},
+                "algorithm": {"num_iterations": 2, "num_minibatches": 2}, "optim": {"lr": 1e-2, "warmup_steps": 1}}
+    full = make_trainer(tmp_path / "a", **sections)
+    full.train()
+    first = make_trainer(tmp_path / "b", **{**sections, "max_steps": 2})
+    first.train()
+    assert (tmp_path / "b" / "run" / "checkpoints" / "step-0002").is_dir()
+    resumed = make_trainer(tmp_path / "b", **sections)
+    result = resumed.train(resume=True)
+    assert result.steps == 4
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    lines = (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
+
+
+def test_learning_happens(tmp_path):
+    """Reward = fraction of 'x' tokens; a tiny model learns to emit them within a few dozen steps."""
+    result = make_trainer(tmp_path, max_steps=24, eval={"at_start": False, "at_end": False},
+                          checkpoint={"save_final": False}, logging={"plot": False, "progress_bar": False},
+                          algorithm={"log_entropy": False}).train()
+    rewards = [m["reward_mean"] for m in result.history]
+    early, late = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert early < 0.25 and late > early + 0.3, rewards
+
+
+def test_train_function_from_yaml(tmp_path):
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path, max_steps=1, eval={"at_start": False})))
+    result = train(path, model=tiny_model(), tokenizer=tiny_tokenizer(), train_rows=ROWS, eval_rows=ROWS[:4],
+                   reward_fns=[(x_fraction, 1.0)])
+    assert result.steps == 1 and len(result.evals) == 1
