@@ -1,0 +1,146 @@
+"""Naive loop implementations of the §4.4 variants (explicit loops, Python branching), used
+to check the vectorised objectives in ticgrpo.objectives.{gspo,gmpo,cispo,dppo,gtpo}."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from naive import naive_aggregate, naive_kl
+from torch import Tensor
+
+
+def _tokens(mask: Tensor, i: int) -> list[int]:
+    return [t for t in range(mask.shape[1]) if mask[i, t] > 0]
+
+
+def _mean_kl(logp, ref, i, tokens, kl):
+    return sum(naive_kl(kl, logp[i, t], ref[i, t]) for t in tokens) / len(tokens)
+
+
+def naive_gspo(logp, old, ref, mask, adv, *, eps_low, eps_high, beta, kl, n_seq):
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(logp.shape[0]):
+        tokens = _tokens(mask, i)
+        if not tokens:
+            continue
+        s = torch.exp(sum(logp[i, t] - old[i, t] for t in tokens) / len(tokens))
+        lo = 1 - eps_low if eps_low is not None else -math.inf
+        hi = 1 + eps_high if eps_high is not None else math.inf
+        loss_i = -torch.minimum(s * adv[i], torch.clamp(s, lo, hi) * adv[i])
+        if beta:
+            loss_i = loss_i + beta * _mean_kl(logp, ref, i, tokens, kl)
+        total = total + loss_i / n_seq
+    return total
+
+
+def naive_gmpo(logp, old, ref, mask, adv, *, eps, beta, kl, n_seq):
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(logp.shape[0]):
+        tokens = _tokens(mask, i)
+        if not tokens:
+            continue
+        clipped = []
+        for t in tokens:
+            x = logp[i, t] - old[i, t]
+            if eps is not None and adv[i] > 0:
+                x = torch.clamp(x, max=eps)
+            elif eps is not None and adv[i] < 0:
+                x = torch.clamp(x, min=-eps)
+            clipped.append(x)
+        loss_i = -adv[i] * torch.exp(sum(clipped) / len(tokens))
+        if beta:
+            loss_i = loss_i + beta * _mean_kl(logp, ref, i, tokens, kl)
+        total = total + loss_i / n_seq
+    return total
+
+
+def naive_cispo(logp, old, ref, mask, adv, *, eps_low, eps_high, beta, kl, aggregation, n_seq, n_tok, l_max):
+    rows = []
+    for i in range(logp.shape[0]):
+        terms = []
+        for t in _tokens(mask, i):
+            rho = math.exp(float(logp[i, t].detach() - old[i, t]))
+            if eps_high is not None:
+                rho = min(rho, 1 + eps_high)
+            if eps_low is not None:
+                rho = max(rho, 1 - eps_low)
+            term = -rho * adv[i] * logp[i, t]
+            if beta:
+                term = term + beta * naive_kl(kl, logp[i, t], ref[i, t])
+            terms.append(term)
+        rows.append(terms)
+    return naive_aggregate(rows, aggregation, n_seq, n_tok, l_max)
+
+
+def naive_dppo_drop(p: float, q: float, a: float, divergence: str, delta: float) -> bool:
+    """Is the token dropped? p = π (current), q = π_old, a = advantage."""
+    if divergence == "tv":
+        return (a > 0 and p - q > delta) or (a < 0 and p - q < -delta)
+    d = q * math.log(q / p) + ((1 - q) * math.log((1 - q) / (1 - p)) if q < 1 else 0.0)
+    return d > delta and ((a > 0 and p > q) or (a < 0 and p < q))
+
+
+def naive_dppo(logp, old, ref, mask, adv, *, divergence, delta, cap, beta, kl, aggregation, n_seq, n_tok, l_max):
+    rows = []
+    for i in range(logp.shape[0]):
+        terms = []
+        for t in _tokens(mask, i):
+            p, q, a = math.exp(float(logp[i, t].detach())), math.exp(float(old[i, t])), float(adv[i])
+            w = math.exp(float(logp[i, t].detach() - old[i, t]))
+            if cap is not None:
+                w = min(w, cap)
+            term = 0.0 * logp[i, t] if naive_dppo_drop(p, q, a, divergence, delta) else -a * w * logp[i, t]
+            if beta:
+                term = term + beta * naive_kl(kl, logp[i, t], ref[i, t])
+            terms.append(term)
+        rows.append(terms)
+    return naive_aggregate(rows, aggregation, n_seq, n_tok, l_max)
+
+
+def naive_conflicts(token_ids, mask, adv, group_ids) -> set[tuple[int, int]]:
+    """(i, t) pairs of conflict tokens: leading runs shared with opposite-sign completions."""
+    flags = set()
+    n = token_ids.shape[0]
+    for i in range(n):
+        for j in range(n):
+            if group_ids[i] != group_ids[j] or not (adv[i] * adv[j] < 0):
+                continue
+            ti, tj = _tokens(mask, i), _tokens(mask, j)
+            k = 0
+            while k < len(ti) and k < len(tj) and token_ids[i, ti[k]] == token_ids[j, tj[k]]:
+                flags.add((i, ti[k]))
+                k += 1
+            k = 0
+            while k < len(ti) and k < len(tj) and token_ids[i, ti[-1 - k]] == token_ids[j, tj[-1 - k]]:
+                flags.add((i, ti[-1 - k]))
+                k += 1
+    return flags
+
+
+def naive_gtpo(logp, ref, mask, adv, token_ids, entropies, group_ids, *, threshold, penalty, w_pos, w_neg,
+               normalize, beta, kl, aggregation, n_seq, n_tok, l_max):
+    conflicts = naive_conflicts(token_ids, mask, adv, group_ids)
+    rows = []
+    for i in range(logp.shape[0]):
+        tokens = _tokens(mask, i)
+        if not tokens:
+            rows.append([])
+            continue
+        h = sum(float(entropies[i, t]) for t in tokens) / len(tokens)
+        a = float(adv[i])
+        a_adj = 0.0 if (threshold is not None and h > threshold) else a - penalty * h
+        count = sum(1 for t in tokens if (i, t) in conflicts)
+        terms = []
+        for t in tokens:
+            weight = 1.0
+            if (i, t) in conflicts:
+                weight = w_pos if a > 0 else w_neg
+            term = -a_adj * weight * logp[i, t]
+            if normalize:
+                term = term / max(1, count)
+            if beta:
+                term = term + beta * naive_kl(kl, logp[i, t], ref[i, t])
+            terms.append(term)
+        rows.append(terms)
+    return naive_aggregate(rows, aggregation, n_seq, n_tok, l_max)
