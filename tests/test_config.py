@@ -1,0 +1,121 @@
+"""Config loading, overrides and validation; every kind of error is one line, exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ticgrpo.cli import main
+from ticgrpo.config import ConfigError, TrainConfig, config_to_yaml, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_valid():
+    config = load_config({})
+    assert isinstance(config, TrainConfig)
+    assert config.algorithm.objective == "tic_grpo"
+    assert config.advantage_name == "length_corrected"  # the objective's default advantage
+    assert load_config({"algorithm": {"objective": "grpo"}}).advantage_name == "group_norm"
+
+
+def test_overrides_are_yaml_scalars(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"optim": {"lr": 3e-5}, "rollout": {"num_generations": 4}}))
+    config = load_config(path, [
+        "algorithm.objective=grpo", "optim.lr=1e-5", "rollout.top_k=5", "algorithm.advantage=null",
+        "algorithm.objective_options={epsilon_high: 0.28}", "model.autocast_bf16=true",
+        "algorithm.rewards=[{name: math_correctness, weight: 1.0}, {name: answer_format, weight: 0.1}]",
+    ], output_dir=str(tmp_path / "out"))
+    assert config.algorithm.objective == "grpo" and config.optim.lr == 1e-5
+    assert config.rollout.num_generations == 4 and config.rollout.top_k == 5
+    assert config.algorithm.objective_options == {"epsilon_high": 0.28}
+    assert config.model.autocast_bf16 is True
+    assert [r.name for r in config.algorithm.rewards] == ["math_correctness", "answer_format"]
+    assert config.output_dir == str(tmp_path / "out")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = load_config({"algorithm": {"objective": "no_is", "objective_options": {"mode": "stale"}}})
+    path = tmp_path / "config.yaml"
+    path.write_text(config_to_yaml(config))
+    assert load_config(path) == config
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "tiny.yaml"])
+def test_shipped_configs_are_valid(name):
+    path = ROOT / "configs" / name
+    if not path.is_file():
+        pytest.skip(f"{name} not present")
+    load_config(path)
+
+
+# (overrides, fragment of the one-line message)
+ERRORS = [
+    (["modle.name=x"], "did you mean 'model'"),
+    (["rollout.num_generation=4"], "did you mean 'rollout.num_generations'"),
+    (["rollout.num_generations=abc"], "rollout.num_generations must be an integer"),
+    (["optim.lr=fast"], "optim.lr must be a number"),
+    (["model.autocast_bf16=3"], "model.autocast_bf16 must be true or false"),
+    (["rollout=5"], "rollout must be a mapping"),
+    (["rollout.num_generations=1"], "num_generations (G) must be >= 2"),
+    (["rollout.prompts_per_step=3", "rollout.num_generations=2", "algorithm.num_minibatches=4"],
+     "num_minibatches=4 must divide prompts_per_step*num_generations=6"),
+    (["algorithm.micro_batch_size=5"], "micro_batch_size=5 must divide the minibatch size 32"),
+    (["rollout.max_new_tokens=0"], "rollout.max_new_tokens must be >= 1"),
+    (["rollout.temperature=0"], "rollout.temperature must be > 0"),
+    (["algorithm.num_iterations=0"], "num_iterations (μ) must be >= 1"),
+    (["algorithm.objective=tic-grpo"], "unknown value 'tic-grpo' (did you mean 'tic_grpo'?); choose one of:"),
+    (["algorithm.advantage=group"], "algorithm.advantage: unknown value 'group'"),
+    (["algorithm.objective=grpo", "algorithm.objective_options={aggregation: mean}"],
+     "unknown aggregation 'mean'"),
+    (["algorithm.objective_options={epsilon: 0.1}"], "unknown option 'epsilon' for objective 'tic_grpo'"),
+    (["algorithm.objective_options={beta: -0.1}"], "beta must be >= 0"),
+    (["algorithm.objective_options={beta: 0.1, kl_estimator: k9}"], "k9"),
+    (["algorithm.objective=no_is", "algorithm.objective_options={mode: lazy}"], "unknown no_is mode 'lazy'"),
+    (["algorithm.advantage_options={delta: x}"], "advantage_options.delta must be a number"),
+    (["algorithm.advantage=rloo", "algorithm.advantage_options={delta: 0.1}"],
+     "unknown option 'delta' for advantage 'rloo'"),
+    (["algorithm.rewards=[{name: correctness}]"], "algorithm.rewards[0].name: unknown value 'correctness'"),
+    (["optim.schedule=exp"], "choose one of: constant, cosine, linear"),
+    (["optim.lr=0"], "optim.lr must be > 0"),
+    (["model.dtype=fp8"], "model.dtype: unknown value 'fp8'"),
+    (["data.train={task: arithmetic, jsonl: x.jsonl}"], "data.train must name exactly one source"),
+    (["eval.reward=nope"], "eval.reward: unknown value 'nope'"),
+    (["nonsense"], "must look like key.path=value"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), ERRORS, ids=[e[1][:40] for e in ERRORS])
+def test_config_errors_exit_2_with_one_line(overrides, fragment, capsys):
+    argv = ["train", "--dry-run"]
+    for item in overrides:
+        argv += ["--set", item]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line
+    assert fragment in err, err
+    with pytest.raises(ConfigError):
+        load_config({}, overrides)
+
+
+def test_missing_and_malformed_config_files(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "not valid YAML" in err and err.count("\n") == 1
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    assert main(["train", "--config", str(listed)]) == 2
+    assert "top level must be a mapping" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert main(["train", "--dry-run", "--set", "algorithm.objective=grpo"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["algorithm"]["objective"] == "grpo"
