@@ -158,10 +158,19 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+# Objectives whose loss couples the sequences of a group (not a sum of per-sequence terms):
+# neither the exact weighting nor the one-backward-for-all-groups Monte Carlo applies.
+UNSUPPORTED = {
+    "gtpo": "gtpo couples the completions of a group (conflict tokens) and needs entropies",
+}
+
+
 def get_variant(name: str) -> Variant:
     """A named lab variant, or any registered objective with its defaults."""
     if name in VARIANTS:
         return VARIANTS[name]
+    if name in UNSUPPORTED:
+        raise ValueError(f"the lab cannot run objective {name!r}: {UNSUPPORTED[name]}")
     if name in OBJECTIVES:
         return Variant(name, name, {}, None, f"{name} with its defaults")
     choices = sorted(set(VARIANTS) | set(OBJECTIVES.names()))
