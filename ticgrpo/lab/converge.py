@@ -196,6 +196,7 @@ def summarise(runs: dict[str, dict[str, Any]], cfg: ConvergeConfig) -> dict[str,
         final_m, final_h = t_interval(curves[:, -1])
         auc_m, auc_h = t_interval(curves[:, 1:].mean(axis=1))
         diff_m, diff_h = t_interval(curves[:, -1] - ref[:, -1])
+        auc_diff_m, auc_diff_h = t_interval(curves[:, 1:].mean(axis=1) - ref[:, 1:].mean(axis=1))
         kl_m, _ = t_interval(np.array([run["seeds"][str(s)]["kl_per_iteration"] for s in cfg.seeds]))
         out[name] = {
             "J_mean": mean.tolist(),
@@ -207,6 +208,8 @@ def summarise(runs: dict[str, dict[str, Any]], cfg: ConvergeConfig) -> dict[str,
             "J_mean_over_training_half_width": float(auc_h),
             "final_minus_reference": float(diff_m),
             "final_minus_reference_half_width": float(diff_h),
+            "mean_minus_reference": float(auc_diff_m),
+            "mean_minus_reference_half_width": float(auc_diff_h),
             "reference": first,
             "mean_kl_per_iteration": float(kl_m.mean()),
         }
@@ -247,6 +250,7 @@ def write_converge_outputs(results: dict[str, Any], out_dir: Path) -> list[Path]
             f"{s['J_final']:.4f} ± {s['J_final_half_width']:.4f}",
             f"{s['J_mean_over_training']:.4f} ± {s['J_mean_over_training_half_width']:.4f}",
             f"{s['final_minus_reference']:+.4f} ± {s['final_minus_reference_half_width']:.4f}",
+            f"{s['mean_minus_reference']:+.4f} ± {s['mean_minus_reference_half_width']:.4f}",
             s["mean_kl_per_iteration"],
         ]
         for name, s in summary.items()
@@ -261,7 +265,8 @@ def write_converge_outputs(results: dict[str, Any], out_dir: Path) -> list[Path]
         f"{cfg['optimizer']} steps at lr={cfg['lr']}, {cfg['iterations']} iterations, seeds {cfg['seeds']}.",
         "",
         "J is exact (enumerated). ± is the 95% Student-t half-width over seeds; Δ is the paired "
-        f"difference of final J against `{ref}` (same seed = same init and sampler seed).",
+        f"difference against `{ref}` (same seed = same init and sampler seed) of the final J and of "
+        "the mean J over iterations 1..N (area under the curve: the speed of convergence).",
         "",
         markdown_table(
             [
@@ -271,6 +276,7 @@ def write_converge_outputs(results: dict[str, Any], out_dir: Path) -> list[Path]
                 "J final",
                 "mean J over training",
                 f"Δ final vs {ref}",
+                f"Δ mean J vs {ref}",
                 "mean KL(old‖new)/iter",
             ],
             rows,

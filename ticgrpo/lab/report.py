@@ -26,9 +26,8 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     """A GitHub markdown table; floats are written with 4 significant digits."""
 
     def cell(x: Any) -> str:
-        if isinstance(x, float):
-            return f"{x:.4g}"
-        return str(x)
+        text = f"{x:.4g}" if isinstance(x, float) else str(x)
+        return text.replace("|", "\\|")  # a literal | (as in 1/|o|) would split the cell
 
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows]
