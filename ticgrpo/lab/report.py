@@ -34,8 +34,19 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=1, allow_nan=True) + "\n")
+def _rounded(data: Any, digits: int) -> Any:
+    if isinstance(data, float):
+        return float(f"{data:.{digits}g}")
+    if isinstance(data, dict):
+        return {k: _rounded(v, digits) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_rounded(v, digits) for v in data]
+    return data
+
+
+def write_json(path: Path, data: Any, digits: int = 10) -> None:
+    """Compact JSON, floats rounded to `digits` significant digits (keeps the committed outputs small)."""
+    path.write_text(json.dumps(_rounded(data, digits), separators=(",", ":"), allow_nan=True) + "\n")
 
 
 def pyplot() -> Any:
