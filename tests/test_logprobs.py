@@ -59,7 +59,8 @@ def _batch(seed: int = 0):
 def _naive(model, input_ids, attention_mask, comp, cmask, temperature=1.0):
     t = comp.shape[1]
     p = input_ids.shape[1] - t
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
     z = logits[:, p - 1 : p - 1 + t].float() / temperature
     logz = torch.log_softmax(z, -1)
     m = cmask.float()
@@ -221,3 +222,21 @@ def test_fast_path_resolution_and_input_checks():
         completion_logprobs(model, ids, am, comp, cmask, temperature=0.0)
     lp, _ = completion_logprobs(model, ids, am, comp, torch.zeros_like(cmask))  # nothing to score
     assert lp.shape == comp.shape and lp.eq(0).all()
+
+
+@pytest.mark.parametrize("make", [_llama, _gpt2])
+def test_left_padding_changes_nothing(make):
+    """Positions count from the first real token (as in `generate`), so the same prompt and
+    completion give the same log-probs whatever the left padding."""
+    model = make()
+    g = torch.Generator().manual_seed(5)
+    prompt = torch.randint(3, V, (5,), generator=g)
+    comp = torch.randint(3, V, (1, 4), generator=g)
+    cmask = torch.ones(1, 4, dtype=torch.long)
+    results = []
+    for pad in (0, 3):
+        ids = torch.cat([torch.zeros(pad, dtype=torch.long), prompt, comp[0]])[None]
+        att = torch.cat([torch.zeros(pad, dtype=torch.long), torch.ones(9, dtype=torch.long)])[None]
+        with torch.no_grad():
+            results.append(completion_logprobs(model, ids, att, comp, cmask)[0])
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)

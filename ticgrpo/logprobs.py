@@ -309,6 +309,22 @@ def _scatter_rows(values: Tensor, mask: Tensor) -> Tensor:
     return out
 
 
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions counted from each row's first real token, as `generate` computes them for
+    left-padded prompts, so that scoring sees the positions sampling saw."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.clamp(min=0)
+
+
+def _model_inputs(input_ids: Tensor, attention_mask: Tensor) -> dict:
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids_from_mask(attention_mask),
+        "use_cache": False,
+    }
+
+
 def _fallback_rows(
     model: nn.Module,
     input_ids: Tensor,
@@ -321,7 +337,7 @@ def _fallback_rows(
     with_entropy: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """Correct path for any causal LM: logits of the T+1 last positions, log_softmax per chunk."""
-    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    kwargs = _model_inputs(input_ids, attention_mask)
     try:
         logits = model(**kwargs, logits_to_keep=t + 1).logits
     except TypeError:  # model without logits_to_keep
@@ -370,9 +386,9 @@ def completion_logprobs(
     left-padded to width P and the completion right-padded to width T, so ``L = P + T`` and the
     completion occupies the LAST T positions of ``input_ids``.  The logits predicting completion
     token ``t`` come from position ``P - 1 + t``.  ``attention_mask`` covers all L positions
-    (0 on prompt left-padding and completion right-padding); the model is called with
-    ``input_ids`` and ``attention_mask`` only, exactly as ``model(input_ids, attention_mask)``
-    would be.
+    (0 on prompt left-padding and completion right-padding). Position ids are counted from
+    each row's first real token (``cumsum(attention_mask) - 1``), as ``generate`` does, so
+    left padding changes nothing and the log-probs match those of sampling.
 
     Args:
         model: a causal LM (``transformers.PreTrainedModel`` or PEFT wrapper of one).
@@ -407,7 +423,7 @@ def completion_logprobs(
         )
     else:
         decoder, head = resolved
-        out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        out = decoder(**_model_inputs(input_ids, attention_mask))
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         del out
         hidden = hidden[:, -(t + 1) : -1][mask]  # [N, H]: only real completion positions
