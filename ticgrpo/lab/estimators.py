@@ -291,6 +291,8 @@ class MonteCarloEstimate:
     stderr: Tensor
     trace_cov: float
     num_groups: int
+    projection_mean: Tensor | None = None  # [R] mean of ĝ·u_r over groups
+    projection_stderr: Tensor | None = None  # [R] its standard error
 
 
 def monte_carlo_gradient(
@@ -303,17 +305,26 @@ def monte_carlo_gradient(
     advantage: str,
     generator: torch.Generator,
     baseline: float | None = None,
+    directions: Tensor | None = None,
 ) -> MonteCarloEstimate:
-    """E[ĝ(θ)] estimated from `num_groups` groups of `group_size` samples of π_old."""
+    """E[ĝ(θ)] estimated from `num_groups` groups of `group_size` samples of π_old.
+
+    `directions` [R, D]: also the mean and standard error of the projections ĝ·u_r. Per-coordinate
+    z-scores mislead for rarely visited coordinates (a skewed, mostly-zero distribution whose
+    rare large values a finite sample may miss); projections mix many coordinates.
+    """
     idx = sample_groups(problem, theta_old, num_groups, group_size, generator)
     adv = group_advantages(problem, idx, advantage, baseline)
     grads = group_gradients(problem, variant, theta, theta_old, idx, adv)
     var = grads.var(dim=0, unbiased=True)
+    proj = None if directions is None else grads @ directions.T  # [M, R]
     return MonteCarloEstimate(
         mean=grads.mean(dim=0),
         stderr=(var / num_groups).sqrt(),
         trace_cov=float(var.sum()),
         num_groups=num_groups,
+        projection_mean=None if proj is None else proj.mean(dim=0),
+        projection_stderr=None if proj is None else proj.std(dim=0, unbiased=True) / num_groups**0.5,
     )
 
 
