@@ -228,3 +228,19 @@ def test_train_function_from_yaml(tmp_path):
     result = train(path, model=tiny_model(), tokenizer=tiny_tokenizer(), train_rows=ROWS, eval_rows=ROWS[:4],
                    reward_fns=[(x_fraction, 1.0)])
     assert result.steps == 1 and len(result.evals) == 1
+
+
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16])
+def test_old_logprobs_match_the_first_inner_step(autocast):
+    """ℓ^old (no_grad) equals the differentiable ℓ of the first inner step, so w = 1 exactly there."""
+    from ticgrpo.objectives import make_objective_config
+    from ticgrpo.train.step import policy_logprobs
+
+    model = tiny_model()
+    batch = rollout_batch(model)
+    settings = StepSettings("tic_grpo", make_objective_config("tic_grpo"), num_iterations=2, max_new_tokens=6,
+                            autocast_dtype=autocast, micro_batch_size=4)
+    assert settings.needs_old_logprobs
+    old = fixed_logprobs(model, batch, settings)
+    current, _ = policy_logprobs(model, batch.rows(torch.arange(4)), settings)
+    assert torch.equal(old[:4], current.detach())
