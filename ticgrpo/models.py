@@ -50,7 +50,7 @@ def default_cache_dir() -> Path:
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", ".", "~")) or os.sep in name and not _looks_like_hub_id(name)
+    return name.startswith(("/", ".", "~")) or (os.sep in name and not _looks_like_hub_id(name))
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -177,9 +177,7 @@ def _load_model(name_or_path: str, dtype: str, trust_remote_code: bool) -> Any:
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
-    return AutoModelForCausalLM.from_pretrained(
-        path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code
-    )
+    return AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
 
 
 def load_model_and_tokenizer(
@@ -201,7 +199,11 @@ def load_model_and_tokenizer(
     if gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen inputs (LoRA) without the
         # enable_input_require_grads hack.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -233,9 +235,7 @@ def chat_prompt(tokenizer: Any, prompt: str | list[dict], system_prompt: str | N
     """
     if isinstance(prompt, str):
         messages = [{"role": "user", "content": prompt}]
-    elif isinstance(prompt, list) and all(
-        isinstance(m, dict) and "role" in m and "content" in m for m in prompt
-    ):
+    elif isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
         messages = [dict(m) for m in prompt]
     else:
         raise ValueError(
