@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def digit_fraction(prompts, completions, **kwargs):
     """A cheap reward with spread: the fraction of digit characters in the completion."""
-    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]  # TRL: chat messages
+    return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
 
 
 def prepare_model(args: argparse.Namespace, folder: Path) -> str:
@@ -65,7 +66,7 @@ def run_ticgrpo(args: argparse.Namespace) -> dict:
     out = Path(tempfile.mkdtemp(prefix="bench-ticgrpo-"))
     config = load_config({
         "output_dir": str(out), "seed": 0, "max_steps": args.steps,
-        "model": {"name": args.model_path, "chat_template": False},
+        "model": {"name": args.model_path, "chat_template": True},  # as TRL does for chat prompts
         "rollout": {"prompts_per_step": args.prompts, "num_generations": args.g,
                     "max_new_tokens": args.max_new_tokens, "temperature": 1.0},
         "algorithm": {"objective": "grpo", "num_iterations": args.mu, "num_minibatches": 1,

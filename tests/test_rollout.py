@@ -4,36 +4,26 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 from ticgrpo.rollout import HFGenerateEngine, SamplingParams, completion_mask_from_eos, concat_rollouts
+from ticgrpo.testing import IM_END, make_tiny_model, make_tiny_tokenizer
 
 hf_logging.set_verbosity_error()
 
-WORDS = ["<pad>", "<eos>", "<unk>", *[str(i) for i in range(10)], "+", "=", "?", "What", "is", "x", "y", "z"]
-PAD, EOS = 0, 1
+TOKENIZER = make_tiny_tokenizer()
+PAD, EOS = TOKENIZER.pad_token_id, TOKENIZER.eos_token_id
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A real (word-level) fast tokenizer built in-process; left padding, pad and eos tokens."""
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    out = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    out.padding_side = "left"
-    return out
+def tiny_tokenizer():
+    return make_tiny_tokenizer()
 
 
-def tiny_model(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      pad_token_id=PAD, eos_token_id=EOS, bos_token_id=None)
-    model = LlamaForCausalLM(cfg)
-    model.generation_config.eos_token_id = EOS
-    model.generation_config.pad_token_id = PAD
+def tiny_model(seed: int = 0, eos_scale: float = 1.0):
+    """`eos_scale` > 1 scales EOS's (tied) embedding row so that EOS is often sampled early."""
+    model = make_tiny_model(seed=seed, tokenizer=TOKENIZER)
+    with torch.no_grad():
+        model.get_output_embeddings().weight[EOS] *= eos_scale
     return model
 
 
@@ -52,11 +42,11 @@ def test_several_eos_ids():
 
 @pytest.mark.parametrize("batch_size", [None, 5])
 def test_generate_layout_and_eos_invariants(batch_size):
-    model, tok = tiny_model(), tiny_tokenizer()
+    model, tok = tiny_model(eos_scale=30.0), tiny_tokenizer()
     model.train()
     engine = HFGenerateEngine(model, tok, batch_size=batch_size)
     torch.manual_seed(0)
-    prompts = ["What is 1 + 2 ?", "x", "What is 9 + 9 + 9 + 9 ?"]
+    prompts = ["What is 1 + 2?", "x", "What is 9 + 9 + 9 + 9 + 9 + 9?"]
     g, max_new = 8, 6
     out = engine.generate(prompts, g, SamplingParams(max_new_tokens=max_new, temperature=1.0))
     b = len(prompts) * g
@@ -82,7 +72,7 @@ def test_generate_layout_and_eos_invariants(batch_size):
         else:
             seen_eos = True
             assert eos_positions == [n - 1]  # the mask ends at and includes the first EOS
-        assert "<eos>" not in out.completions[i]
+        assert IM_END not in out.completions[i]
     assert seen_truncated and seen_eos
     assert torch.equal(out.input_ids[:, -out.completion_ids.shape[1] :], out.completion_ids)
 
@@ -90,7 +80,7 @@ def test_generate_layout_and_eos_invariants(batch_size):
 def test_greedy_is_deterministic_and_no_grad():
     model, tok = tiny_model(), tiny_tokenizer()
     engine = HFGenerateEngine(model, tok)
-    out = engine.generate(["What is 3 + 4 ?"], 3, SamplingParams(max_new_tokens=5, greedy=True))
+    out = engine.generate(["What is 3 + 4?"], 3, SamplingParams(max_new_tokens=5, greedy=True))
     assert not out.completion_ids.requires_grad
     assert out.completion_ids[0].tolist() == out.completion_ids[1].tolist() == out.completion_ids[2].tolist()
 
@@ -100,7 +90,7 @@ def test_concat_rollouts_repads_and_renumbers_groups():
     engine = HFGenerateEngine(model, tok)
     torch.manual_seed(1)
     a = engine.generate(["x"], 2, SamplingParams(max_new_tokens=3))
-    b = engine.generate(["What is 1 + 1 ?"], 2, SamplingParams(max_new_tokens=6))
+    b = engine.generate(["What is 1 + 1?"], 2, SamplingParams(max_new_tokens=6))
     both = concat_rollouts([a, b], PAD)
     assert both.group_ids.tolist() == [0, 0, 1, 1]
     assert both.prompt_ids.shape[1] == max(a.prompt_ids.shape[1], b.prompt_ids.shape[1])

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_rollout import EOS, tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ticgrpo.batch import PolicyBatch, StepNormalizers
@@ -15,15 +14,28 @@ from ticgrpo.config import load_config
 from ticgrpo.logprobs import completion_logprobs
 from ticgrpo.objectives import compute_loss
 from ticgrpo.rollout import HFGenerateEngine, SamplingParams
+from ticgrpo.testing import make_tiny_model, make_tiny_tokenizer
 from ticgrpo.train import Trainer, train
 from ticgrpo.train.step import StepSettings, TrainingBatch, accumulate_gradients, fixed_logprobs, optimize
 
-ROWS = [{"prompt": f"What is {i} + {j} ?", "answer": str(i + j)} for i in range(10) for j in range(10)]
+TOKENIZER = make_tiny_tokenizer()
+EOS = TOKENIZER.eos_token_id
+
+
+def tiny_tokenizer():
+    return make_tiny_tokenizer()
+
+
+def tiny_model(seed: int = 0):
+    return make_tiny_model(seed=seed, tokenizer=TOKENIZER)
+
+
+ROWS = [{"prompt": f"What is {i} + {j}?", "answer": str(i + j)} for i in range(10) for j in range(10)]
 
 
 def x_fraction(prompts, completions, **kwargs):
-    """Reward: the fraction of 'x' tokens in the completion."""
-    return [c.split().count("x") / max(len(c.split()), 1) for c in completions]
+    """Reward: the fraction of the characters '7' in the completion."""
+    return [c.count("7") / max(len(c), 1) for c in completions]
 
 
 def base_config(tmp_path: Path, **sections) -> dict:
@@ -171,12 +183,12 @@ def test_frozen_schedule_applies_one_gradient(tmp_path):
 
 def mixed_for_some(prompts, completions, kind, **kwargs):
     """Constant reward for 'const' prompts, completion-dependent for the others."""
-    return [1.0 if k == "const" else float(c.split().count("x") > 0) + 0.01 * len(c.split())
+    return [1.0 if k == "const" else float(c.count("7") > 0) + 0.01 * len(c)
             for c, k in zip(completions, kind, strict=True)]
 
 
 def test_dynamic_sampling_keeps_only_mixed_groups(tmp_path):
-    rows = [{"prompt": "x y", "kind": "const"}, {"prompt": "What is 1 + 1 ?", "kind": "mixed"}] * 20
+    rows = [{"prompt": "x y", "kind": "const"}, {"prompt": "What is 1 + 1?", "kind": "mixed"}] * 20
     trainer = make_trainer(tmp_path, reward=mixed_for_some, rows=rows,
                            rollout={"prompts_per_step": 3},
                            algorithm={"dynamic_sampling": True, "dynamic_sampling_max_rounds": 6},
@@ -211,13 +223,14 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path):
 
 
 def test_learning_happens(tmp_path):
-    """Reward = fraction of 'x' tokens; a tiny model learns to emit them within a few dozen steps."""
-    result = make_trainer(tmp_path, max_steps=24, eval={"at_start": False, "at_end": False},
+    """Reward = fraction of '7' characters; a tiny model learns to emit them within a few dozen steps."""
+    result = make_trainer(tmp_path, max_steps=20, eval={"at_start": False, "at_end": False},
+                          rollout={"max_new_tokens": 4}, optim={"lr": 2e-2},
                           checkpoint={"save_final": False}, logging={"plot": False, "progress_bar": False},
-                          algorithm={"log_entropy": False}).train()
+                          algorithm={"log_entropy": False, "num_iterations": 2, "num_minibatches": 2}).train()
     rewards = [m["reward_mean"] for m in result.history]
     early, late = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
-    assert early < 0.25 and late > early + 0.3, rewards
+    assert early < 0.2 and late > early + 0.3, rewards
 
 
 def test_train_function_from_yaml(tmp_path):

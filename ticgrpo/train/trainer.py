@@ -390,7 +390,8 @@ def _load_model(cfg: TrainConfig) -> tuple[Any, Any]:
     if m.name == TINY_ALIAS:
         from ticgrpo import testing
 
-        model, tokenizer = testing.make_tiny_model(), testing.make_tiny_tokenizer()
+        tokenizer = testing.make_tiny_tokenizer()
+        model = testing.make_tiny_model(seed=cfg.seed, tokenizer=tokenizer)
         if m.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model, tokenizer
