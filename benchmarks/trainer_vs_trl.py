@@ -13,6 +13,7 @@ leaves out the first step (warm-up). Prints a table, the ratios, and ticgrpo's t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -117,7 +118,7 @@ def run_trl(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     trainer.train()
     ends = [start, *timer.times][:: args.mu]  # one entry per rollout batch (μ optimizer steps)
-    per_step = [b - a for a, b in zip(ends[:-1], ends[1:], strict=True)]
+    per_step = [b - a for a, b in itertools.pairwise(ends)]
     steady = per_step[1:] or per_step
     return {"seconds_per_step": sum(steady) / len(steady)}
 

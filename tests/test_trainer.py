@@ -257,3 +257,18 @@ def test_old_logprobs_match_the_first_inner_step(autocast):
     old = fixed_logprobs(model, batch, settings)
     current, _ = policy_logprobs(model, batch.rows(torch.arange(4)), settings)
     assert torch.equal(old[:4], current.detach())
+
+
+def test_cli_tiny_config_end_to_end_and_resume(tmp_path):
+    from ticgrpo.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "tiny"
+    args = ["train", "--config", str(root / "configs" / "tiny.yaml"), "--output-dir", str(out),
+            "--set", "logging.progress_bar=false", "--set", "eval.mean_at_k=0", "--set", "eval.num_examples=4",
+            "--set", "rollout.max_new_tokens=8"]
+    assert main([*args, "--set", "max_steps=2"]) == 0
+    assert (out / "final" / "config.json").is_file() and (out / "checkpoints" / "step-0002").is_dir()
+    assert main([*args, "--set", "max_steps=3", "--resume"]) == 0
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
