@@ -272,3 +272,20 @@ def test_cli_tiny_config_end_to_end_and_resume(tmp_path):
     assert main([*args, "--set", "max_steps=3", "--resume"]) == 0
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4, "lora_alpha": 8}])
+def test_beta_uses_a_reference_model(tmp_path, lora):
+    cfg = base_config(tmp_path, max_steps=1, eval={"at_start": False, "at_end": False},
+                      checkpoint={"save_final": False}, logging={"plot": False, "progress_bar": False})
+    cfg["model"] = {"name": "tiny-test", "chat_template": True, "lora": lora}
+    cfg["algorithm"] = {"objective_options": {"beta": 0.1}, "num_iterations": 2}
+    trainer = Trainer(load_config(cfg), train_rows=ROWS, eval_rows=[], reward_fns=[(x_fraction, 1.0)])
+    assert trainer.ref_model is not None
+    metrics = trainer.train_step()
+    assert metrics["kl"] >= 0.0
+    if lora is not None:
+        assert trainer.ref_context is not None  # the adapter-disabled base model is the reference
+    else:
+        ref_params = dict(trainer.ref_model.named_parameters())
+        assert not any(p.requires_grad for p in ref_params.values())

@@ -184,7 +184,7 @@ def accumulate_gradients(
         loss.backward()
         total += float(loss.detach())
         for key, value in values.items():
-            metrics[key].append(float(value))
+            metrics[key].append(float(value.detach()))
         if entropies is not None:
             m = micro.completion_mask.to(torch.float32)
             metrics["entropy"].append(float((entropies.detach() * m).sum() / m.sum().clamp(min=1.0)))

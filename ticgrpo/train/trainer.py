@@ -394,6 +394,11 @@ def _load_model(cfg: TrainConfig) -> tuple[Any, Any]:
         model = testing.make_tiny_model(seed=cfg.seed, tokenizer=tokenizer)
         if m.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if m.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(**{"target_modules": "all-linear", "task_type": "CAUSAL_LM",
+                                                        **m.lora}))
         return model, tokenizer
     from ticgrpo.models import load_model_and_tokenizer
 
