@@ -13,6 +13,8 @@ import sys
 _COMMANDS = {
     "train": "ticgrpo.train.cli",
     "lab": "ticgrpo.lab.cli",
+    "compare": "ticgrpo.compare.cli",
+    "report": "ticgrpo.compare.report_cli",
 }
 
 
