@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import time
+from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,7 +34,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ticgrpo.train.trainer import train
 
+    started = time.monotonic()
     result = train(config, resume=args.resume)
     final = f", final model in {result.final_dir}" if result.final_dir else ""
-    print(f"trained {result.steps} steps; outputs in {result.output_dir}{final}")
+    print(f"trained {result.steps} steps in {(time.monotonic() - started) / 60:.1f} min; "
+          f"outputs in {result.output_dir}{final}")
+    summary = accuracy_summary(Path(result.output_dir) / "eval.jsonl")
+    if summary:
+        print(summary)
     return 0
+
+
+def accuracy_summary(eval_log: Path) -> str | None:
+    """'held-out accuracy A (step s) → B (step t), ±N points' from a run's eval.jsonl."""
+    if not eval_log.exists():
+        return None
+    records = [json.loads(line) for line in eval_log.read_text().splitlines() if line.strip()]
+    records = [r for r in records if "accuracy" in r]
+    if len(records) < 2:
+        return None
+    first, last = records[0], records[-1]
+    delta = 100 * (last["accuracy"] - first["accuracy"])
+    return (f"held-out accuracy {first['accuracy']:.2f} (step {first['step']}) → "
+            f"{last['accuracy']:.2f} (step {last['step']}): {delta:+.1f} points "
+            f"on {int(last.get('num_examples', 0))} problems")
