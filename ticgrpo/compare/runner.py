@@ -1,0 +1,542 @@
+"""Plan and run a comparison: every (algorithm, seed) pair on one base config.
+
+    plan = plan_comparison("configs/ablation.yaml", ["tic_grpo", "grpo"], [0, 1, 2], "runs/ablation")
+    outcomes = run_plan(plan, parallel=1)        # in-process, one after another
+    outcomes = run_plan(plan, parallel=2)        # `ticgrpo train` subprocesses, two at a time
+
+An *algorithm* name resolves, first match wins, to:
+1. `compare.algorithms.<name>` in the base config,
+2. a built-in named ablation (`BUILTIN_ALGORITHMS`: the TIC-GRPO component ablation),
+3. a preset of `ticgrpo.presets` (objective + advantage + options + trainer mechanisms),
+4. an objective name of `ticgrpo.objectives` (its default advantage and options).
+
+A resolved algorithm is a dict of `algorithm.*` config keys. `objective`, `advantage`,
+`objective_options` and `advantage_options` *replace* the base config's values (options left
+out take the objective's defaults); any other `algorithm.*` key given overrides the base; `set`
+holds dotted overrides of other sections (`{optim.lr: 1e-5}`); `add_rewards` appends reward
+specs. Every other setting comes from the base config. `--set` overrides are applied after the
+algorithm, to every run. Each run goes to `<out>/runs/<algorithm>/seed-<s>/` with its seed set.
+
+Every combination's config is resolved and validated before anything runs. Resume: a run
+folder holding `compare_done.json` (written after training finished) is skipped; a folder with
+`compare.json` but no done marker continues from its newest checkpoint (`train --resume`) or
+restarts when it has none. A folder made from a different config is an error, never overwritten.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as _dt
+import difflib
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ticgrpo.config import AlgorithmConfig, ConfigError, TrainConfig, apply_override, config_to_yaml, load_config
+
+MARKER = "compare.json"  # identity of a run folder: algorithm, seed, resolved algorithm spec
+DONE_MARKER = "compare_done.json"  # written after the run finished
+COMPARISON_FILE = "comparison.json"  # at the top of the output folder: what was asked
+
+# The paper's component ablation (spec: trajectory ratio, upper-only clip, length-corrected
+# advantage). ε_high = 0.2 is ticgrpo's choice (the paper's value is not public).
+BUILTIN_ALGORITHMS: dict[str, dict[str, Any]] = {
+    "tic_ratio_only": {
+        "description": "trajectory ratio only: no clip, group_norm advantage",
+        "objective": "tic_grpo",
+        "advantage": "group_norm",
+        "objective_options": {"epsilon_high": None},
+    },
+    "tic_ratio_lenadv": {
+        "description": "trajectory ratio + length-corrected advantage, no clip",
+        "objective": "tic_grpo",
+        "advantage": "length_corrected",
+        "objective_options": {"epsilon_high": None},
+    },
+    "tic_ratio_clip": {
+        "description": "trajectory ratio + upper-only clip (ε_high 0.2), group_norm advantage",
+        "objective": "tic_grpo",
+        "advantage": "group_norm",
+        "objective_options": {"epsilon_high": 0.2},
+    },
+    "tic_grpo": {
+        "description": "full TIC-GRPO: trajectory ratio + upper-only clip (ε_high 0.2) + length-corrected advantage",
+        "objective": "tic_grpo",
+        "advantage": "length_corrected",
+        "objective_options": {"epsilon_high": 0.2},
+    },
+}
+
+_REPLACED = ("advantage", "objective_options", "advantage_options")
+_SPEC_EXTRA = ("description", "set", "add_rewards")
+_COMPARE_KEYS = ("algorithms", "run", "seeds")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+# sections of the resolved config that do not change results (ignored when checking a run folder)
+_NEUTRAL = ("output_dir", "logging")
+
+
+@dataclass
+class RunSpec:
+    algorithm: str
+    seed: int
+    run_dir: Path
+    config: TrainConfig
+    spec: dict[str, Any]  # the resolved algorithm definition
+    status: str = "new"  # new | done | resume | restart
+
+    @property
+    def label(self) -> str:
+        return f"{self.algorithm} seed {self.seed}"
+
+
+@dataclass
+class ComparisonPlan:
+    out_dir: Path
+    base_config: str | None
+    algorithms: list[str]
+    seeds: list[int]
+    overrides: list[str]
+    runs: list[RunSpec] = field(default_factory=list)
+    specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class RunOutcome:
+    run: RunSpec
+    ok: bool
+    skipped: bool = False
+    wall_s: float = 0.0
+    error: str = ""
+
+
+# ---------------------------------------------------------------------- resolving algorithms
+
+
+def parse_list(text: str | list | tuple | None, what: str) -> list[str]:
+    if text is None:
+        return []
+    items = text.split(",") if isinstance(text, str) else [str(x) for x in text]
+    items = [x.strip() for x in items if str(x).strip()]
+    if len(set(items)) != len(items):
+        raise ConfigError(f"{what} lists a name twice: {items}")
+    return items
+
+
+def parse_seeds(text: str | list | tuple) -> list[int]:
+    seeds = []
+    for item in parse_list(text if isinstance(text, str) else [str(x) for x in text], "--seeds"):
+        try:
+            seeds.append(int(item))
+        except ValueError:
+            raise ConfigError(f"--seeds: {item!r} is not an integer (expected e.g. 0,1,2)") from None
+    if not seeds:
+        raise ConfigError("--seeds: expected at least one seed, e.g. 0,1,2")
+    return seeds
+
+
+def known_algorithms(custom: dict[str, Any] | None = None) -> list[str]:
+    from ticgrpo.objectives import OBJECTIVES
+    from ticgrpo.presets import PRESETS
+
+    names = list(custom or {}) + list(BUILTIN_ALGORITHMS) + list(PRESETS) + list(OBJECTIVES.names())
+    return list(dict.fromkeys(names))
+
+
+def resolve_algorithm(name: str, custom: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The algorithm definition of `name` (see the module docstring for the lookup order)."""
+    from ticgrpo.objectives import OBJECTIVES
+    from ticgrpo.presets import PRESETS
+
+    if not _NAME.match(name):
+        raise ConfigError(f"algorithm name {name!r} must be letters, digits and _.+- (it names a folder)")
+    custom = custom or {}
+    if name in custom:
+        spec = custom[name]
+        if not isinstance(spec, dict):
+            raise ConfigError(f"compare.algorithms.{name} must be a mapping, got {type(spec).__name__}")
+        spec = copy.deepcopy(spec)
+        source = "config"
+    elif name in BUILTIN_ALGORITHMS:
+        spec, source = copy.deepcopy(BUILTIN_ALGORITHMS[name]), "builtin"
+    elif name in PRESETS:
+        spec, source = _preset_spec(name), "preset"
+    elif name in OBJECTIVES.names():
+        spec, source = {"objective": name}, "objective"
+    else:
+        choices = known_algorithms(custom)
+        close = difflib.get_close_matches(name, choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown algorithm {name!r}{hint}; choose one of: {', '.join(choices)}")
+    allowed = {f.name for f in dataclasses.fields(AlgorithmConfig)} | set(_SPEC_EXTRA)
+    for key in spec:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"algorithm {name!r}: unknown key {key!r}{hint} (allowed: {', '.join(sorted(allowed))})")
+    if "objective" not in spec:
+        raise ConfigError(f"algorithm {name!r} must name an objective (compare.algorithms.{name}.objective)")
+    spec["source"] = source
+    return spec
+
+
+def _preset_spec(name: str) -> dict[str, Any]:
+    from ticgrpo.presets import get_preset
+
+    preset = get_preset(name)
+    spec: dict[str, Any] = {
+        "description": f"preset {name!r}",
+        "objective": preset.objective,
+        "advantage": preset.advantage,
+        "objective_options": dict(preset.objective_options),
+        "advantage_options": dict(preset.advantage_options),
+    }
+    trainer = dict(preset.trainer)
+    if trainer["dynamic_sampling"]:
+        spec["dynamic_sampling"] = True
+    if trainer["overlong_filter"]:
+        spec["mask_truncated"] = True
+    if trainer["overlong_reward"]:
+        spec["add_rewards"] = [{"name": "overlong_soft", "weight": 1.0}]
+    if trainer["espo_delta"] is not None:
+        raise ConfigError(f"preset {name!r} needs espo_delta, which the trainer does not implement")
+    return spec
+
+
+def apply_algorithm(raw: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the raw base config with the algorithm definition applied."""
+    raw = copy.deepcopy(raw)
+    section = raw.get("algorithm") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"algorithm must be a mapping, got {type(section).__name__}")
+    section = dict(section)
+    section["objective"] = spec["objective"]
+    section["advantage"] = spec.get("advantage")
+    section["objective_options"] = copy.deepcopy(spec.get("objective_options") or {})
+    section["advantage_options"] = copy.deepcopy(spec.get("advantage_options") or {})
+    for key, value in spec.items():
+        if key in ("objective", *_REPLACED, *_SPEC_EXTRA, "source"):
+            continue
+        section[key] = copy.deepcopy(value)
+    if spec.get("add_rewards"):
+        rewards = list(section.get("rewards") or [{"name": "math_correctness", "weight": 1.0}])
+        present = {r.get("name") for r in rewards if isinstance(r, dict)}
+        rewards += [copy.deepcopy(r) for r in spec["add_rewards"] if r.get("name") not in present]
+        section["rewards"] = rewards
+    raw["algorithm"] = section
+    extra = spec.get("set") or {}
+    items = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+             for k, v in extra.items()] if isinstance(extra, dict) else list(extra)
+    for item in items:
+        apply_override(raw, item)
+    return raw
+
+
+# ---------------------------------------------------------------------- planning
+
+
+def load_base(source: str | Path | dict | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(raw base config without its `compare` section, the `compare` section)."""
+    if isinstance(source, dict):
+        raw = copy.deepcopy(source)
+    elif source is None:
+        raw = {}
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    section = raw.pop("compare", None) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"compare must be a mapping, got {type(section).__name__}")
+    for key in section:
+        if key not in _COMPARE_KEYS:
+            close = difflib.get_close_matches(str(key), _COMPARE_KEYS, n=1)
+            hint = f"; did you mean 'compare.{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown key 'compare.{key}'{hint} (allowed: {', '.join(_COMPARE_KEYS)})")
+    if not isinstance(section.get("algorithms") or {}, dict):
+        raise ConfigError("compare.algorithms must be a mapping {name: {objective: ..., advantage: ...}}")
+    return raw, section
+
+
+def plan_comparison(
+    base: str | Path | dict | None,
+    algorithms: list[str] | str | None,
+    seeds: list[int] | str | None,
+    out_dir: str | Path,
+    overrides: list[str] | None = None,
+) -> ComparisonPlan:
+    """Resolve and validate every (algorithm, seed) config and classify each run folder; runs nothing."""
+    raw, section = load_base(base)
+    custom = section.get("algorithms") or {}
+    names = parse_list(algorithms if algorithms is not None else section.get("run"), "--algorithms")
+    if not names:
+        raise ConfigError("no algorithms: pass --algorithms a,b,... (or list them under compare.run)")
+    seed_list = parse_seeds(seeds if seeds is not None else section.get("seeds", [0, 1, 2]))
+    overrides = list(overrides or [])
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key in ("algorithm.objective", "algorithm.advantage", "seed", "output_dir"):
+            raise ConfigError(f"--set {key} would make every run the same; the comparison sets it per run")
+    out_dir = Path(out_dir)
+    plan = ComparisonPlan(out_dir, None if isinstance(base, dict) or base is None else str(base), names,
+                          seed_list, overrides)
+    for name in names:
+        spec = resolve_algorithm(name, custom)
+        plan.specs[name] = spec
+        for seed in seed_list:
+            run_dir = out_dir / "runs" / name / f"seed-{seed}"
+            algo_raw = apply_algorithm(raw, spec)
+            algo_raw["seed"] = seed
+            try:
+                config = load_config(algo_raw, overrides, str(run_dir))
+            except ConfigError as exc:
+                raise ConfigError(f"algorithm {name!r} (seed {seed}): {exc}") from None
+            run = RunSpec(name, seed, run_dir, config, spec)
+            run.status = _folder_status(run)
+            plan.runs.append(run)
+    return plan
+
+
+def _fingerprint(config_dict: dict[str, Any]) -> dict[str, Any]:
+    data = yaml.safe_load(yaml.safe_dump(config_dict, sort_keys=True))
+    return {k: v for k, v in data.items() if k not in _NEUTRAL}
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _folder_status(run: RunSpec) -> str:
+    from ticgrpo.train.checkpoint import latest_checkpoint
+
+    marker = run.run_dir / MARKER
+    if not marker.is_file():
+        if run.run_dir.is_dir() and any(run.run_dir.iterdir()):
+            raise ConfigError(f"{run.run_dir} exists and is not a comparison run folder; choose another --out")
+        return "new"
+    try:
+        identity = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        identity = {}
+    if identity.get("algorithm") != run.algorithm or identity.get("seed") != run.seed:
+        raise ConfigError(f"{run.run_dir} holds {identity.get('algorithm')!r} seed {identity.get('seed')!r}, "
+                          f"not {run.algorithm!r} seed {run.seed}; choose another --out")
+    saved = run.run_dir / "config.yaml"
+    if saved.is_file():
+        old = _fingerprint(yaml.safe_load(saved.read_text()) or {})
+        new = _fingerprint(run.config.to_dict())
+        diff = _differences(old, new)
+        if diff:
+            raise ConfigError(f"{run.run_dir} was run with a different config (differs in: {', '.join(diff[:6])}); "
+                              f"delete that folder or choose another --out")
+    if (run.run_dir / DONE_MARKER).is_file():
+        return "done"
+    return "resume" if latest_checkpoint(run.run_dir) is not None else "restart"
+
+
+# ---------------------------------------------------------------------- running
+
+
+def _now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+def write_comparison_file(plan: ComparisonPlan) -> None:
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    info = {
+        "base_config": plan.base_config,
+        "algorithms": plan.algorithms,
+        "seeds": plan.seeds,
+        "overrides": plan.overrides,
+        "specs": plan.specs,
+        "command": " ".join(sys.argv),
+        "updated": _now(),
+    }
+    (plan.out_dir / COMPARISON_FILE).write_text(json.dumps(info, indent=1, default=str) + "\n")
+
+
+def _prepare(run: RunSpec) -> bool:
+    """Write the identity marker and the resolved config; returns whether to pass --resume."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    identity = {"algorithm": run.algorithm, "seed": run.seed, "spec": run.spec, "started": _now()}
+    (run.run_dir / MARKER).write_text(json.dumps(identity, indent=1, default=str) + "\n")
+    (run.run_dir / "config.yaml").write_text(config_to_yaml(run.config))
+    return run.status == "resume"
+
+
+def _finish(run: RunSpec, wall_s: float) -> None:
+    from ticgrpo.reports.plots import read_jsonl
+
+    steps = [m["step"] for m in read_jsonl(run.run_dir / "metrics.jsonl")]
+    done = {"algorithm": run.algorithm, "seed": run.seed, "steps": max(steps, default=0),
+            "wall_s": round(wall_s, 3), "finished": _now()}
+    (run.run_dir / DONE_MARKER).write_text(json.dumps(done, indent=1) + "\n")
+
+
+def run_in_process(run: RunSpec) -> RunOutcome:
+    from ticgrpo.train import train
+
+    resume = _prepare(run)
+    start = time.perf_counter()
+    try:
+        train(run.config, resume=resume)
+    except Exception as exc:  # one failed run must not lose the others
+        (run.run_dir / "error.log").write_text(traceback.format_exc())
+        return RunOutcome(run, False, wall_s=time.perf_counter() - start,
+                          error=f"{type(exc).__name__}: {exc} (traceback in {run.run_dir / 'error.log'})")
+    wall = time.perf_counter() - start
+    _finish(run, wall)
+    return RunOutcome(run, True, wall_s=wall)
+
+
+class _Children:
+    """The subprocesses this comparison started (to stop them, and only them, on interrupt)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.procs: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def terminate(self) -> None:
+        with self.lock:
+            self.stopping = True
+            procs = list(self.procs)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def run_subprocess(run: RunSpec, threads: int | None = None, children: _Children | None = None) -> RunOutcome:
+    """`python -m ticgrpo.cli train --config <run>/config.yaml [--resume]`, output in <run>/train.log."""
+    resume = _prepare(run)
+    cmd = [sys.executable, "-m", "ticgrpo.cli", "train", "--config", str(run.run_dir / "config.yaml"),
+           "--set", "logging.progress_bar=false"] + (["--resume"] if resume else [])
+    env = dict(os.environ)
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(threads)
+    start = time.perf_counter()
+    with open(run.run_dir / "train.log", "a") as log:
+        log.write(f"\n# {_now()} {' '.join(cmd)}\n")
+        log.flush()
+        if children is not None and children.stopping:
+            return RunOutcome(run, False, error="interrupted")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if children is not None:
+            with children.lock:
+                children.procs.add(proc)
+        try:
+            code = proc.wait()
+        finally:
+            if children is not None:
+                with children.lock:
+                    children.procs.discard(proc)
+    wall = time.perf_counter() - start
+    if code != 0:
+        tail = (run.run_dir / "train.log").read_text().strip().splitlines()[-1:]
+        return RunOutcome(run, False, wall_s=wall,
+                          error=f"exit code {code}: {tail[0] if tail else ''} (log: {run.run_dir / 'train.log'})")
+    _finish(run, wall)
+    return RunOutcome(run, True, wall_s=wall)
+
+
+def run_plan(
+    plan: ComparisonPlan,
+    parallel: int = 1,
+    log: Any = print,
+    subprocesses: bool | None = None,
+) -> list[RunOutcome]:
+    """Run every pending run of the plan; finished runs are skipped. `parallel` > 1 (or
+    `subprocesses=True`) runs `ticgrpo train` subprocesses; otherwise train() in this process."""
+    if parallel < 1:
+        raise ConfigError(f"--parallel must be >= 1, got {parallel}")
+    write_comparison_file(plan)
+    outcomes: list[RunOutcome] = []
+    pending = []
+    for run in plan.runs:
+        if run.status == "done":
+            outcomes.append(RunOutcome(run, True, skipped=True))
+            log(f"skip   {run.label}: finished earlier ({run.run_dir})")
+        else:
+            pending.append(run)
+    total = len(pending)
+    use_subprocesses = parallel > 1 if subprocesses is None else subprocesses
+    counter = {"n": 0}
+    lock = threading.Lock()
+
+    def report(outcome: RunOutcome) -> None:
+        with lock:
+            counter["n"] += 1
+            state = "done  " if outcome.ok else "FAILED"
+            extra = "" if outcome.ok else f": {outcome.error}"
+            log(f"{state} [{counter['n']}/{total}] {outcome.run.label} in {outcome.wall_s:.0f} s{extra}")
+
+    for run in pending:
+        verb = {"resume": "resume from checkpoint", "restart": "restart (no checkpoint)"}.get(run.status, "start")
+        if not use_subprocesses:
+            log(f"{verb} {run.label} → {run.run_dir}")
+            outcome = run_in_process(run)
+            report(outcome)
+            outcomes.append(outcome)
+    if use_subprocesses and pending:
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+        children = _Children()
+        log(f"running {total} runs, {parallel} at a time ({threads} CPU threads each); logs in <run>/train.log")
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            futures = [pool.submit(run_subprocess, run, threads, children) for run in pending]
+            try:
+                for future in futures:
+                    outcome = future.result()
+                    report(outcome)
+                    outcomes.append(outcome)
+            except KeyboardInterrupt:
+                children.terminate()
+                for future in futures:
+                    future.cancel()
+                raise
+    order = {(r.algorithm, r.seed): i for i, r in enumerate(plan.runs)}
+    return sorted(outcomes, key=lambda o: order[(o.run.algorithm, o.run.seed)])
+
+
+__all__ = [
+    "BUILTIN_ALGORITHMS",
+    "DONE_MARKER",
+    "MARKER",
+    "ComparisonPlan",
+    "RunOutcome",
+    "RunSpec",
+    "apply_algorithm",
+    "known_algorithms",
+    "load_base",
+    "parse_seeds",
+    "plan_comparison",
+    "resolve_algorithm",
+    "run_plan",
+]
