@@ -43,13 +43,15 @@ class FigureSpec:
     keys: tuple[str, ...]  # one panel per key (× axes)
     axes: tuple[str, ...] = ("step",)
     smooth: bool = True
+    bounds: tuple[float, float] | None = None  # the quantity's range: the interval band is clipped to it
 
 
 FIGURES = (
     FigureSpec("reward", "training reward (batch mean)", "metrics", ("reward_mean",), ("step", "samples", "time")),
-    FigureSpec("accuracy", "held-out accuracy (greedy)", "evals", ("accuracy",), ("step", "samples", "time"), False),
+    FigureSpec("accuracy", "held-out accuracy (greedy)", "evals", ("accuracy",), ("step", "samples", "time"), False,
+               (0.0, 1.0)),
     FigureSpec("kl", "KL to the reference policy", "metrics", ("kl",)),
-    FigureSpec("clip_frac", "clip fractions", "metrics", ("clip_frac_high", "clip_frac_low")),
+    FigureSpec("clip_frac", "clip fractions", "metrics", ("clip_frac_high", "clip_frac_low"), bounds=(0.0, 1.0)),
     FigureSpec("log_w", "trajectory log-ratio log w = log P_θ(o|q)/P_old(o|q)", "metrics",
                ("log_w_mean", "log_w_min", "log_w_max")),
     FigureSpec("ratio", "token ratio ρ = π_θ/π_old", "metrics", ("ratio_mean", "ratio_min", "ratio_max")),
@@ -242,10 +244,14 @@ def summarize(runs: list[RunData], threshold: float | None = None, order: list[s
         threshold_note = f"{threshold:.4g}, set with --threshold"
     elif best_value is not None:
         start = initial if initial is not None else min(c.mean[0] for c in curves.values() if c.mean)
-        threshold = (start + best_value) / 2
         where = "at step 0, mean over all runs" if initial is not None else "first evaluation (no step-0 eval)"
-        threshold_note = (f"{threshold:.4g} = midpoint between the initial accuracy {start:.4g} ({where}) and the "
-                          f"best mean accuracy {best_value:.4g} ({best_name} at step {best_step})")
+        if best_value > start:
+            threshold = (start + best_value) / 2
+            threshold_note = (f"{threshold:.4g} = midpoint between the initial accuracy {start:.4g} ({where}) and "
+                              f"the best mean accuracy {best_value:.4g} ({best_name} at step {best_step})")
+        else:
+            threshold_note = (f"none: no algorithm's mean accuracy rose above the initial {start:.4g} ({where}); "
+                              "pass --threshold to set one")
     else:
         threshold_note = "no held-out accuracy in these runs"
     rows = []
@@ -301,10 +307,11 @@ def summarize(runs: list[RunData], threshold: float | None = None, order: list[s
             "paired_note": paired.note if paired else "seeds differ" if set(by_seed_a) != set(by_seed_b) else "",
             "permutation_p": perm.p_value, "permutation_note": perm.note,
         })
+    rank = {name: i for i, name in enumerate([*names, *(order or [])])}
     run_rows = [{"algorithm": r.algorithm, "seed": r.seed, "complete": r.complete, "steps": r.last_step,
                  "max_steps": r.max_steps, "final_accuracy": r.final_accuracy, "train_seconds": r.train_seconds,
                  "run_wall_seconds": (r.done or {}).get("wall_s"), "run_dir": str(r.run_dir)}
-                for r in sorted(runs, key=lambda r: (r.algorithm, r.seed))]
+                for r in sorted(runs, key=lambda r: (rank.get(r.algorithm, len(rank)), r.algorithm, r.seed))]
     specs = {}
     for name in names:
         config = groups[name][0].config.get("algorithm") or {}
@@ -349,13 +356,19 @@ def plot_figures(runs: list[RunData], plots_dir: Path, order: list[str]) -> list
                 axis_obj.plot(xs, curve.mean, color=colors[name], marker=marker, markersize=4,
                               label=f"{name} (n={len(rs)})")
                 if max(curve.n) > 1:
-                    axis_obj.fill_between(xs, curve.low, curve.high, color=colors[name], alpha=0.18, linewidth=0)
+                    low, high = curve.low, curve.high
+                    if spec.bounds is not None:
+                        low = [min(max(v, spec.bounds[0]), spec.bounds[1]) for v in low]
+                        high = [min(max(v, spec.bounds[0]), spec.bounds[1]) for v in high]
+                    axis_obj.fill_between(xs, low, high, color=colors[name], alpha=0.15, linewidth=0)
             axis_obj.set_xlabel(AXES[x_name])
             axis_obj.set_ylabel(key)
             axis_obj.grid(alpha=0.3)
             axis_obj.set_title(key if len(spec.axes) == 1 else f"{key} vs {x_name}", fontsize=10)
         axs[0][0].legend(fontsize=8)
         note = f"; moving average over {smooth} steps" if smooth > 1 else ""
+        if spec.bounds is not None:
+            note += f"; band clipped to [{spec.bounds[0]:g}, {spec.bounds[1]:g}]"
         fig.suptitle(f"{spec.title}: mean over seeds, band = 95% t-interval{note}", fontsize=11)
         fig.tight_layout()
         path = plots_dir / f"{spec.name}.png"
@@ -455,8 +468,11 @@ def render_markdown(summary: dict[str, Any], figures: list[tuple[FigureSpec, Pat
             "so the pairing removes shared seed effects); the permutation test is exact over all relabellings "
             "of the runs between the two algorithms.",
             f"With {n_seeds} seed(s) per algorithm the power is low: only large differences can reach p < 0.05, "
-            "a large p-value is not evidence of equal performance, and with 3 vs 3 runs the smallest possible "
-            "permutation p-value is 0.1. The t-tests also assume roughly normal final accuracies.",
+            "a large p-value is not evidence of equal performance, and with "
+            f"{n_seeds} vs {n_seeds} runs the smallest possible permutation p-value is "
+            f"{2 / math.comb(2 * n_seeds, n_seeds) if n_seeds else math.nan:.3g}. The t-tests also assume roughly "
+            "normal final accuracies; ties and zero variances (common with few evaluation prompts) make them "
+            "undefined (—).",
         ]
     else:
         lines.append("Not available: the tests need at least two algorithms with held-out accuracy.")

@@ -185,7 +185,7 @@ def resolve_algorithm(name: str, custom: dict[str, Any] | None = None) -> dict[s
             close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"algorithm {name!r}: unknown key {key!r}{hint} (allowed: {', '.join(sorted(allowed))})")
-    if "objective" not in spec:
+    if "objective" not in spec and "preset" not in spec:
         raise ConfigError(f"algorithm {name!r} must name an objective (compare.algorithms.{name}.objective)")
     spec["source"] = source
     return spec
@@ -203,14 +203,20 @@ def _preset_spec(name: str) -> dict[str, Any]:
         "advantage_options": dict(preset.advantage_options),
     }
     trainer = dict(preset.trainer)
+    fields = {f.name for f in dataclasses.fields(AlgorithmConfig)}
     if trainer["dynamic_sampling"]:
         spec["dynamic_sampling"] = True
     if trainer["overlong_filter"]:
         spec["mask_truncated"] = True
     if trainer["overlong_reward"]:
-        spec["add_rewards"] = [{"name": "overlong_soft", "weight": 1.0}]
+        if "overlong_reward" in fields:
+            spec["overlong_reward"] = True
+        else:
+            spec["add_rewards"] = [{"name": "overlong_soft", "weight": 1.0}]
     if trainer["espo_delta"] is not None:
-        raise ConfigError(f"preset {name!r} needs espo_delta, which the trainer does not implement")
+        if "espo_delta" not in fields:
+            raise ConfigError(f"preset {name!r} needs espo_delta, which this trainer does not implement")
+        spec["espo_delta"] = trainer["espo_delta"]
     return spec
 
 
@@ -221,12 +227,17 @@ def apply_algorithm(raw: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]
     if not isinstance(section, dict):
         raise ConfigError(f"algorithm must be a mapping, got {type(section).__name__}")
     section = dict(section)
-    section["objective"] = spec["objective"]
-    section["advantage"] = spec.get("advantage")
-    section["objective_options"] = copy.deepcopy(spec.get("objective_options") or {})
-    section["advantage_options"] = copy.deepcopy(spec.get("advantage_options") or {})
+    section.pop("preset", None)  # the base config's preset must not leak into other algorithms
+    if "objective" in spec:
+        section["objective"] = spec["objective"]
+        section["advantage"] = spec.get("advantage")
+        section["objective_options"] = copy.deepcopy(spec.get("objective_options") or {})
+        section["advantage_options"] = copy.deepcopy(spec.get("advantage_options") or {})
+    else:  # {preset: name, ...}: the trainer's preset fills what the spec leaves out
+        for key in ("objective", *_REPLACED):
+            section.pop(key, None)
     for key, value in spec.items():
-        if key in ("objective", *_REPLACED, *_SPEC_EXTRA, "source"):
+        if key in _SPEC_EXTRA or key == "source" or ("objective" in spec and key in ("objective", *_REPLACED)):
             continue
         section[key] = copy.deepcopy(value)
     if spec.get("add_rewards"):
