@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name != module_name:
+            if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
                 raise
             continue  # that part of the package is not installed in this build
         module.add_parser(subparsers)
@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError, FileNotFoundError) as exc:
         print(f"ticgrpo {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not isinstance(getattr(exc, "exit_code", None), int):  # e.g. TrainingHalted: one line, its code
+            raise
+        print(f"ticgrpo {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"ticgrpo {args.command}: interrupted", file=sys.stderr)
         return 130

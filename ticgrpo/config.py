@@ -24,6 +24,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 ROLLOUT_ENGINES = ("hf",)
 DEVICES = ("auto", "cpu", "cuda")
+REWARD_ERROR_MODES = ("raise", "zero", "skip")
 
 
 class ConfigError(ValueError):
@@ -85,6 +86,7 @@ class AlgorithmConfig:
     mask_truncated: bool = False  # DAPO overlong filtering: truncated completions get no loss
     logprob_chunk_size: int = 1024
     log_entropy: bool = True
+    on_reward_error: str = "raise"  # a reward fn raising / returning NaN or too few values: raise | zero | skip
 
 
 @dataclass
@@ -98,6 +100,7 @@ class OptimConfig:
     warmup_steps: int = 0  # training steps (rollout batches) of linear warm-up
     schedule: str = "constant"  # after warm-up: constant | cosine | linear
     min_lr_ratio: float = 0.0  # floor of cosine/linear decay, as a fraction of lr
+    max_consecutive_nonfinite: int = 3  # stop (exit 3) after this many steps in a row with a NaN/inf loss or grad
 
 
 @dataclass
@@ -378,6 +381,9 @@ def validate(config: TrainConfig) -> None:
     _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _choice("optim.schedule", o.schedule, LR_SCHEDULES)
     _check(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    _check(o.max_consecutive_nonfinite >= 1,
+           f"optim.max_consecutive_nonfinite must be >= 1, got {o.max_consecutive_nonfinite}")
+    _choice("algorithm.on_reward_error", a.on_reward_error, REWARD_ERROR_MODES)
 
     _check(e.every_steps >= 0, f"eval.every_steps must be >= 0, got {e.every_steps}")
     _check(e.num_examples is None or e.num_examples >= 1, f"eval.num_examples must be >= 1 or null, got "

@@ -19,6 +19,7 @@ RewardFn = Callable[..., list]
 REWARDS: Registry[RewardFn] = Registry("reward")
 
 # Registration happens on import; these imports must follow REWARDS' definition.
+from ticgrpo.rewards import code as _code  # noqa: E402, F401  (code_tests: sandboxed unit tests)
 from ticgrpo.rewards import math as _math_rewards  # noqa: E402, F401
 from ticgrpo.rewards import shaping as _shaping  # noqa: E402, F401
 from ticgrpo.rewards.math import extract_final_answer, math_correctness  # noqa: E402
@@ -120,11 +121,75 @@ def _check_values(name: str, values: Any, n: int) -> list[float]:
     return out
 
 
+def guard_reward(fn: RewardFn, on_error: str = "raise", errors: list | None = None) -> RewardFn:
+    """Wrap reward `fn` so that a failure (it raises, returns the wrong number of values, or a
+    NaN/inf/non-number) names the function and the sample index. `on_error`: "raise" raises
+    ValueError; "zero" and "skip" return 0 for the failing samples and append
+    (sample index, message) to `errors` (the trainer drops whole groups under "skip").
+    When the batched call raises, the samples are retried one at a time to find the culprits."""
+    import functools
+
+    name = reward_name(fn)
+    sink = errors if errors is not None else []
+
+    def problems(values: Any, n: int) -> dict[int, str] | str | None:
+        try:
+            values = list(values)
+        except TypeError:
+            return f"returned {type(values).__name__}, expected a list of floats"
+        if len(values) != n:
+            return f"returned {len(values)} values for {n} completions"
+        bad = {}
+        for i, v in enumerate(values):
+            try:
+                ok = v is None or _math.isfinite(float(v))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                bad[i] = f"returned {v!r}"
+        return bad or None
+
+    @functools.wraps(fn)
+    def guarded(prompts: list, completions: list, **columns: Any) -> list:
+        n = len(completions)
+        try:
+            values = fn(prompts, completions, **columns)
+            found = problems(values, n)
+        except Exception as exc:  # locate the failing samples one by one
+            values, found = [None] * n, {}
+            for i in range(n):
+                cols = {k: [v[i]] if isinstance(v, list) and len(v) == n else v for k, v in columns.items()}
+                try:
+                    one = fn(prompts[i : i + 1], completions[i : i + 1], **cols)
+                    issue = problems(one, 1)
+                    values[i] = next(iter(one)) if issue is None else None
+                    if issue is not None:
+                        found[i] = issue if isinstance(issue, str) else issue[0]
+                except Exception as inner:
+                    found[i] = f"raised {type(inner).__name__}: {inner}"
+            if not found:
+                found = {i: f"raised {type(exc).__name__}: {exc}" for i in range(n)}
+        if found is None:
+            return list(values)
+        if isinstance(found, str):  # the whole call is unusable
+            if on_error == "raise":
+                raise ValueError(f"reward function {name!r} {found}")
+            found = {i: found for i in range(n)}
+        if on_error == "raise":
+            i, message = next(iter(found.items()))
+            raise ValueError(f"reward function {name!r} {message} at sample {i} (completion {completions[i][:60]!r})")
+        sink.extend((i, f"reward function {name!r} {message} at sample {i}") for i, message in found.items())
+        return [0.0 if i in found else values[i] for i in range(n)]
+
+    return guarded
+
+
 __all__ = [
     "REWARDS",
     "answer_format",
     "combine_rewards",
     "extract_final_answer",
+    "guard_reward",
     "math_correctness",
     "overlong_soft",
     "resolve_reward",

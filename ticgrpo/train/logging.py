@@ -40,8 +40,10 @@ class RunLogger:
             path = self.run_dir / name
             if not path.is_file():
                 continue
-            keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in keep))
+            keep = [line for line in path.read_text().splitlines() if _step_of(line) <= step]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            tmp.replace(path)  # atomic: a crash here leaves the old or the new file, never half of one
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         self._append("metrics.jsonl", {"step": step, **metrics})
@@ -83,6 +85,15 @@ class RunLogger:
                 self._tb.add_scalar(f"{prefix}/{key}", value, step)
         if self._wandb is not None:
             self._wandb.log({f"{prefix}/{k}": v for k, v in numeric.items()}, step=step)
+
+
+def _step_of(line: str) -> float:
+    """The step of a jsonl record; a torn (partially written) or malformed line counts as infinitely
+    late, so `truncate_after` drops it."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,0 +1,157 @@
+"""Crash safety: `ticgrpo train` SIGKILLed at many points (including during a checkpoint write)
+and resumed ends bit-identical to an uninterrupted run; torn checkpoints and logs are never used.
+
+The kills come from the test hook TICGRPO_TEST_CRASH_AT=<point>[:<n>] (ticgrpo.train.checkpoint.
+crash_point): the training process SIGKILLs itself at the n-th arrival at <point>.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ticgrpo.train import checkpoint as ckpt
+from ticgrpo.train.logging import RunLogger
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_STEPS = 3
+OVERRIDES = [
+    f"max_steps={MAX_STEPS}", "checkpoint.every_steps=1", "checkpoint.keep_last=2", "checkpoint.save_final=false",
+    "eval.at_start=false", "eval.at_end=false", "eval.every_steps=0", "data.eval=null",
+    "logging.progress_bar=false", "logging.plot=false", "rollout.max_new_tokens=8",
+]
+
+# (crash point, n-th arrival) in the order the chain of runs hits them; each run resumes the last.
+CHAIN = [
+    ("after_rollout", 2),  # step 2's rollout done, nothing saved since step 1
+    ("mid_backward", 2),  # inside step 2's optimisation, after a backward pass
+    ("checkpoint_mid_write", 1),  # step 2 trained; its checkpoint half written (model.pt only)
+    ("after_optimizer_step", 2),  # step 2 saved; step 3's optimizer steps done, not saved
+    ("checkpoint_before_rename", 1),  # step 3's checkpoint complete in the temp folder, not renamed
+    ("checkpoint_after_rename", 1),  # step 3's checkpoint renamed, killed before pruning
+]
+
+
+def _cmd(out: Path, resume: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "ticgrpo.cli", "train", "--config", str(ROOT / "configs" / "tiny.yaml"),
+           "--output-dir", str(out)]
+    for item in OVERRIDES:
+        cmd += ["--set", item]
+    return [*cmd, "--resume"] if resume else cmd
+
+
+def _env(crash: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != ckpt.CRASH_ENV}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    if crash is not None:
+        env[ckpt.CRASH_ENV] = crash
+    return env
+
+
+def _final_state(out: Path) -> tuple[dict, dict]:
+    last = out / "checkpoints" / f"step-{MAX_STEPS:04d}"
+    ckpt.verify_checkpoint(last)
+    return (torch.load(last / "model.pt", weights_only=True), torch.load(last / "optimizer.pt", weights_only=True))
+
+
+def test_kill9_at_many_points_then_resume_is_bit_identical(tmp_path):
+    reference = subprocess.Popen(_cmd(tmp_path / "ref", False), env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+    out = tmp_path / "crashy"
+    for i, (point, nth) in enumerate(CHAIN):
+        run = subprocess.run(_cmd(out, resume=i > 0), env=_env(f"{point}:{nth}"), cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == -signal.SIGKILL, (point, run.returncode, run.stderr[-2000:])
+    root = out / "checkpoints"
+    assert (root / "step-0003" / ckpt.MANIFEST).is_file()
+    # A checkpoint corrupted after the fact (same size, different bytes) is detected and skipped.
+    victim = root / "step-0003" / "optimizer.pt"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with open(out / "metrics.jsonl", "a") as f:  # a torn last log line, as from a kill mid-write
+        f.write('{"step": 9, "loss": 0.')
+    final = subprocess.run(_cmd(out, resume=True), env=_env(), cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert final.returncode == 0, final.stderr[-2000:]
+    warnings = [line for line in final.stderr.splitlines() if "skipping corrupt checkpoint" in line]
+    assert len(warnings) == 1 and "step-0003" in warnings[0] and "sha256" in warnings[0]
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()[-2000:]
+    ref_model, ref_opt = _final_state(tmp_path / "ref")
+    model, opt = _final_state(out)
+    assert ref_model.keys() == model.keys()
+    for name, value in ref_model.items():
+        assert torch.equal(value, model[name]), name
+    for key, state in ref_opt["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, opt["state"][key][name]), (key, name)
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, MAX_STEPS + 1))
+    assert not list(root.glob(".step-*.tmp-*"))  # the next save sweeps up interrupted temp folders
+
+
+def _tiny_state():
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    return model, optimizer, scheduler
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest"])
+def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, capsys, damage):
+    model, optimizer, scheduler = _tiny_state()
+    ckpt.save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {"stream": {}})
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    second = ckpt.save_checkpoint(tmp_path, 2, model, optimizer, scheduler, {"stream": {}})
+    target = second / "model.pt"
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[:-10])
+    elif damage == "flip":
+        data = bytearray(target.read_bytes())
+        data[100] ^= 1
+        target.write_bytes(bytes(data))
+    elif damage == "delete":
+        target.unlink()
+    else:
+        (second / ckpt.MANIFEST).write_text('{"step": 2, "files": {')
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.load_checkpoint(second, *_tiny_state())
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert latest is not None and latest.name == "step-0001"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: skipping corrupt checkpoint") and "step-0002" in err[0]
+    fresh = _tiny_state()
+    ckpt.load_checkpoint(latest, *fresh)
+    assert not torch.equal(fresh[0].weight, model.weight)  # the older weights came back
+
+
+def test_temp_folders_are_never_checkpoints(tmp_path):
+    model, optimizer, scheduler = _tiny_state()
+    ckpt.save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {})
+    torn = ckpt.checkpoint_root(tmp_path) / ".step-0002.tmp-abc"
+    torn.mkdir()
+    (torn / "model.pt").write_bytes(b"partial")
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-0001"]
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-0001"
+
+
+def test_torn_last_jsonl_line_is_dropped_on_resume(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 2.0}\n{"step": 3, "lo')
+    (tmp_path / "samples.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n')
+    logger = RunLogger(tmp_path, 5, 2, progress_bar=False)
+    logger.truncate_after(2)
+    logger.log_step(3, {"loss": 3.0})
+    logger.close()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3] and lines[-1]["loss"] == 3.0
+    assert [json.loads(x)["step"] for x in (tmp_path / "samples.jsonl").read_text().splitlines()] == [1, 2]
