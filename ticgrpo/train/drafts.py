@@ -1,0 +1,102 @@
+"""iGRPO two-stage drafts (spec §5): the group update runs on refinements of the best draft.
+
+    refiner = DraftRefiner(num_drafts=4, engine=..., prompt_text=..., sampling=..., score=...)
+    rows, metrics = refiner.refine(rows)        # rows whose prompt now carries the best draft
+
+For each prompt: sample `num_drafts` completions with the current policy (no gradient: the
+engine generates under no_grad and they never enter the loss), score them with the
+training rewards, and rewrite the prompt with the highest-reward draft (first one on ties)
+through `template` — by default
+
+    {prompt}
+
+    Here is a draft answer:
+    {draft}
+
+    Improve it.
+
+The trainer then samples its G completions (the refinements) from these prompts and runs
+the usual group update on them; every other column of the row (e.g. `answer`) is kept, so
+the rewards score the refinements exactly as they would score first attempts. With a chat
+prompt (a list of messages) the template is applied to the content of the last user message.
+Configured by `algorithm.igrpo: {num_drafts: N, template: "..."}`; held-out evaluation stays
+single-stage (no drafts).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ticgrpo.rollout import RolloutEngine, SamplingParams
+
+DEFAULT_TEMPLATE = "{prompt}\n\nHere is a draft answer:\n{draft}\n\nImprove it."
+OPTIONS = ("num_drafts", "template")
+
+
+def check_igrpo_options(options: dict) -> None:
+    """Raise ValueError (one line) unless `options` is a valid `algorithm.igrpo` mapping."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; allowed: {', '.join(OPTIONS)}")
+    n = options.get("num_drafts", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"num_drafts must be an integer >= 1, got {n!r}")
+    template = options.get("template", DEFAULT_TEMPLATE)
+    if not isinstance(template, str) or "{prompt}" not in template or "{draft}" not in template:
+        raise ValueError(f"template must be a string containing {{prompt}} and {{draft}}, got {template!r}")
+    try:
+        template.format(prompt="", draft="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"template {template!r} does not format with prompt and draft only ({exc})") from None
+
+
+def with_draft(prompt: Any, draft: str, template: str = DEFAULT_TEMPLATE) -> Any:
+    """The prompt (a string or a list of chat messages) rewritten to carry `draft`."""
+    if isinstance(prompt, list):
+        messages = [dict(m) for m in prompt]
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"] or [len(messages) - 1]
+        last = users[-1]
+        messages[last]["content"] = template.format(prompt=messages[last]["content"], draft=draft)
+        return messages
+    return template.format(prompt=prompt, draft=draft)
+
+
+@dataclass
+class DraftRefiner:
+    """Stage one of iGRPO. `score(rollout, rows, num_samples)` returns a ScoredRollout."""
+
+    num_drafts: int
+    engine: RolloutEngine
+    prompt_text: Callable[[dict], str]
+    sampling: Callable[[], SamplingParams]
+    score: Callable[..., Any]
+    template: str = DEFAULT_TEMPLATE
+
+    @classmethod
+    def from_options(cls, options: dict, **kwargs: Any) -> DraftRefiner:
+        check_igrpo_options(options)
+        return cls(int(options.get("num_drafts", 1)), template=options.get("template", DEFAULT_TEMPLATE), **kwargs)
+
+    def refine(self, rows: list[dict]) -> tuple[list[dict], dict[str, float]]:
+        """(rows with the best draft in their prompt, metrics `draft_*` and `time_drafts`)."""
+        start = time.perf_counter()
+        n = self.num_drafts
+        drafts = self.engine.generate([self.prompt_text(r) for r in rows], n, self.sampling())
+        rewards = self.score(drafts, rows, n).group_rewards()  # [P, N]
+        best = rewards.argmax(dim=1)  # first maximum on ties
+        out = []
+        for k, row in enumerate(rows):
+            draft = drafts.completions[k * n + int(best[k])].strip()
+            out.append({**row, "prompt": with_draft(row["prompt"], draft, self.template)})
+        metrics = {
+            "draft_reward_mean": float(rewards.mean()),
+            "draft_best_reward_mean": float(rewards.max(dim=1).values.mean()),
+            "time_drafts": time.perf_counter() - start,
+        }
+        return out, metrics
+
+
+__all__ = ["DEFAULT_TEMPLATE", "DraftRefiner", "check_igrpo_options", "with_draft"]
