@@ -23,6 +23,7 @@ No formulas live here: losses come from `ticgrpo.objectives`, log-probs from
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from ticgrpo.batch import PolicyBatch, StepNormalizers
 from ticgrpo.logprobs import completion_logprobs
 from ticgrpo.objectives import OBJECTIVES, compute_loss
 from ticgrpo.rollout.base import RolloutBatch
+from ticgrpo.train.checkpoint import crash_point
 
 
 @dataclass
@@ -114,6 +116,7 @@ class StepStats:
     metrics: dict[str, float] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     losses: list[float] = field(default_factory=list)  # one per optimizer step
+    skipped_nonfinite: int = 0  # optimizer steps skipped for a non-finite loss or gradient
 
 
 def autocast_context(model: Any, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -188,6 +191,7 @@ def accumulate_gradients(
             metrics[_ESPO_SUM].append(float((dev * m).sum()))
             metrics[_ESPO_TOKENS].append(float(m.sum()))
         loss.backward()
+        crash_point("mid_backward")  # test hook (ticgrpo.train.checkpoint); a no-op normally
         total += float(loss.detach())
         for key, value in values.items():
             metrics[key].append(float(value.detach()))
@@ -215,9 +219,7 @@ def optimize(model: Any, optimizer: torch.optim.Optimizer, batch: TrainingBatch,
             for p, g in zip(params, frozen, strict=True):
                 p.grad = None if g is None else g.clone()
             start = time.perf_counter()
-            grad_norms.append(_clip(params, settings.max_grad_norm))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            _apply_step(optimizer, params, settings.max_grad_norm, loss, grad_norms, stats)
             stats.times["optimizer"] += time.perf_counter() - start
             stats.losses.append(loss)
     else:
@@ -241,9 +243,7 @@ def optimize(model: Any, optimizer: torch.optim.Optimizer, batch: TrainingBatch,
                         break
                 _merge(micro_metrics, values)
                 start = time.perf_counter()
-                grad_norms.append(_clip(params, settings.max_grad_norm))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                _apply_step(optimizer, params, settings.max_grad_norm, loss, grad_norms, stats)
                 stats.times["optimizer"] += time.perf_counter() - start
                 stats.losses.append(loss)
     stats.metrics = reduce_metrics(micro_metrics)
@@ -255,6 +255,7 @@ def optimize(model: Any, optimizer: torch.optim.Optimizer, batch: TrainingBatch,
     stats.metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
     stats.metrics["grad_norm_max"] = max(grad_norms)
     stats.metrics["optimizer_steps"] = float(len(stats.losses))
+    stats.metrics["skipped_nonfinite"] = float(stats.skipped_nonfinite)
     return stats
 
 
@@ -286,6 +287,19 @@ def reduce_metrics(values: dict[str, list[float]]) -> dict[str, float]:
 
 def with_old_logprobs(batch: TrainingBatch, old: Tensor | None, ref: Tensor | None) -> TrainingBatch:
     return replace(batch, old_logprobs=old, ref_logprobs=ref)
+
+
+def _apply_step(optimizer: torch.optim.Optimizer, params: list[Tensor], max_grad_norm: float | None, loss: float,
+                grad_norms: list[float], stats: StepStats) -> None:
+    """Clip and step. A non-finite loss or gradient norm skips the step instead (its gradient
+    is dropped) and is counted in `stats.skipped_nonfinite`; the trainer decides when to stop."""
+    norm = _clip(params, max_grad_norm)
+    grad_norms.append(norm)
+    if math.isfinite(loss) and math.isfinite(norm):
+        optimizer.step()
+    else:
+        stats.skipped_nonfinite += 1
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _clip(params: list[Tensor], max_norm: float | None) -> float:

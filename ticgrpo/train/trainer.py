@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 from ticgrpo.advantages import compute_advantages
 from ticgrpo.config import TrainConfig, config_to_yaml, load_config
 from ticgrpo.objectives import make_objective_config
-from ticgrpo.rewards import resolve_reward
+from ticgrpo.rewards import guard_reward, resolve_reward
 from ticgrpo.rollout import HFGenerateEngine, SamplingParams
 from ticgrpo.train import checkpoint as ckpt
 from ticgrpo.train.evaluate import ScoredRollout, concat_scored, evaluate, score_rollout
@@ -30,6 +31,12 @@ from ticgrpo.train.logging import RunLogger
 from ticgrpo.train.step import StepSettings, TrainingBatch, fixed_logprobs, optimize
 
 TINY_ALIAS = "tiny-test"
+
+
+class TrainingHalted(RuntimeError):
+    """The run stopped itself (e.g. too many non-finite steps in a row); `ticgrpo` exits with 3."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -102,6 +109,9 @@ class Trainer:
         overlong = resolve_reward("overlong_soft")  # DAPO soft overlong punishment, weight 1, unless listed
         if cfg.algorithm.overlong_reward and overlong not in [fn for fn, _ in self.reward_specs]:
             self.reward_specs.append((overlong, 1.0))
+        self.reward_errors: list[tuple[int, str]] = []  # filled by the guards during one scoring call
+        self.reward_specs = [(guard_reward(fn, cfg.algorithm.on_reward_error, self.reward_errors), w)
+                             for fn, w in self.reward_specs]
         self.objective_config = make_objective_config(cfg.algorithm.objective, cfg.algorithm.objective_options)
         self.advantage = cfg.advantage_name
         self.train_rows = train_rows if train_rows is not None else _load_rows(cfg.data.train)
@@ -146,6 +156,8 @@ class Trainer:
                                            weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.step = 0
+        self.nonfinite_streak = 0  # consecutive training steps with a skipped non-finite optimizer step
+        self.step_reward_errors = 0
         self.history: list[dict] = []
         self.evals: list[dict] = []
         self.last_samples: list[dict] = []
@@ -175,6 +187,7 @@ class Trainer:
                 self.logger.log_step(self.step, metrics)
                 self.logger.log_samples(self.step, self.last_samples)
                 self.history.append({"step": self.step, **metrics})
+                self._check_nonfinite(metrics)
                 if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.step < cfg.max_steps:
                     self.run_eval()
                 if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
@@ -194,7 +207,9 @@ class Trainer:
         """One rollout batch → μ·M optimizer steps. Returns the step's metrics."""
         cfg, a = self.config, self.config.algorithm
         start = time.perf_counter()
+        self.step_reward_errors = 0
         scored, times, sampling = self.collect()
+        ckpt.crash_point("after_rollout")  # test hook; a no-op normally
         rollout = scored.rollout
         g = cfg.rollout.num_generations
         lengths = rollout.completion_lengths.float().cpu()
@@ -209,6 +224,9 @@ class Trainer:
         times["old_logprobs"] = time.perf_counter() - t0
         lr = self.scheduler.get_last_lr()[0]
         stats = optimize(self.model, self.optimizer, batch, self.settings)
+        ckpt.crash_point("after_optimizer_step")  # test hook; a no-op normally
+        if stats.metrics.get("skipped_nonfinite"):
+            self._warn_nonfinite(stats.metrics, scored, adv, batch)
         self.scheduler.step()
         self.step += 1
         times.update({k: v for k, v in stats.times.items()})
@@ -220,6 +238,7 @@ class Trainer:
             **stats.metrics,
             **sampling,
             "lr": lr,
+            "reward_errors": float(self.step_reward_errors),
             "rollout_tokens_per_s": float(lengths.sum()) / max(times["rollout"], 1e-9),
             "train_tokens_per_s": float(batch.attention_mask.sum()) * passes / max(times["train"], 1e-9),
             **{f"time_{k}": v for k, v in times.items()},
@@ -247,8 +266,10 @@ class Trainer:
             t0 = time.perf_counter()
             rollout = self.engine.generate([self.prompt_text(r) for r in rows], g, self.sampling_params())
             t1 = time.perf_counter()
+            self.reward_errors.clear()
             last = score_rollout(rollout, rows, g, self.reward_specs, cfg.rollout.max_new_tokens,
                                  cfg.algorithm.reward_kwargs)
+            last = self._handle_reward_errors(last)
             times["rollout"] += t1 - t0
             times["reward"] += time.perf_counter() - t1
             generated += p
@@ -269,7 +290,6 @@ class Trainer:
     def _score(self, rollout: Any, rows: list[dict], num_samples: int) -> ScoredRollout:
         return score_rollout(rollout, rows, num_samples, self.reward_specs, self.config.rollout.max_new_tokens,
                              self.config.algorithm.reward_kwargs)
-
 
     # ------------------------------------------------------------------ pieces
 
@@ -313,6 +333,48 @@ class Trainer:
         ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         return ref, None
 
+    def _handle_reward_errors(self, scored: ScoredRollout) -> ScoredRollout:
+        """on_reward_error zero/skip: the guards already zeroed the failing samples; under
+        "skip" the groups holding one are dropped (all of them failing: the zeroed batch is used)."""
+        errors = list(self.reward_errors)
+        self.reward_errors.clear()
+        if not errors:
+            return scored
+        self.step_reward_errors += len(errors)
+        g, mode = scored.num_samples, self.config.algorithm.on_reward_error
+        bad = {i // g for i, _ in errors}
+        keep = [k for k in range(len(scored.rows)) if k not in bad] if mode == "skip" else []
+        action = f"dropped {len(bad)} group(s)" if keep else "zeroed those rewards"
+        print(f"warning: step {self.step + 1}: {len(errors)} reward error(s), {action}; first: {errors[0][1]}",
+              file=sys.stderr)
+        return scored.select_groups(keep) if keep else scored
+
+    def _warn_nonfinite(self, metrics: dict, scored: ScoredRollout, adv: Any, batch: TrainingBatch) -> None:
+        """One warning line with the statistics of a batch whose loss or gradient was non-finite."""
+        with torch.no_grad():
+            logp = fixed_logprobs(self.model, batch, self.settings)[batch.completion_mask.bool()].float().cpu()
+
+        def describe(t: torch.Tensor) -> str:
+            t = t.detach().float().flatten()
+            finite = t[torch.isfinite(t)]
+            span = f"{float(finite.min()):.4g}..{float(finite.max()):.4g}" if finite.numel() else "-"
+            return f"non-finite {int((~torch.isfinite(t)).sum())}/{t.numel()}, finite range {span}"
+
+        print(f"warning: step {self.step + 1}: non-finite loss or gradient, skipped "
+              f"{int(metrics['skipped_nonfinite'])} optimizer step(s) (grads zeroed); rewards: "
+              f"{describe(scored.rewards)}; advantages: {describe(adv.advantages)}; log-probs: {describe(logp)}",
+              file=sys.stderr)
+
+    def _check_nonfinite(self, metrics: dict) -> None:
+        limit = self.config.optim.max_consecutive_nonfinite
+        self.nonfinite_streak = self.nonfinite_streak + 1 if metrics.get("skipped_nonfinite") else 0
+        if self.nonfinite_streak >= limit:
+            raise TrainingHalted(
+                f"stopped at step {self.step}: {self.nonfinite_streak} consecutive steps had a non-finite loss or "
+                f"gradient (optim.max_consecutive_nonfinite={limit}); the last good checkpoint is "
+                f"{ckpt.latest_checkpoint(self.output_dir) or 'none'}"
+            )
+
     def save_checkpoint(self) -> Path:
         state = {"stream": self.stream.state(), "evals": self.evals}
         return ckpt.save_checkpoint(self.output_dir, self.step, self.model, self.optimizer, self.scheduler,
@@ -322,7 +384,7 @@ class Trainer:
         path = ckpt.latest_checkpoint(self.output_dir)
         if path is None:
             raise ValueError(f"--resume: no checkpoint under {ckpt.checkpoint_root(self.output_dir)}")
-        state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler, verify=False)  # verified
         self.step = int(state["step"])
         self.stream.load_state(state["stream"])
         self.evals = list(state.get("evals", []))
