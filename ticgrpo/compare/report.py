@@ -506,6 +506,15 @@ def render_markdown(summary: dict[str, Any], figures: list[tuple[FigureSpec, Pat
     return "\n".join(lines) + "\n"
 
 
+def comparison_meta(runs: list[RunData], out_dir: Path) -> dict[str, Any]:
+    """What `ticgrpo compare` recorded (comparison.json) in out_dir or above the run folders; {} if none."""
+    candidates = [out_dir] + [p for r in runs for p in list(r.run_dir.parents)[:3]]
+    for folder in dict.fromkeys(candidates):
+        if (folder / COMPARISON_FILE).is_file():
+            return _read_json(folder / COMPARISON_FILE)
+    return {}
+
+
 def build_report(
     runs: list[RunData],
     out_dir: str | Path,
@@ -518,9 +527,7 @@ def build_report(
         raise ValueError("no runs to report on")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = dict(meta or {})
-    if not meta and (out_dir / COMPARISON_FILE).is_file():
-        meta = _read_json(out_dir / COMPARISON_FILE)
+    meta = dict(meta or {}) or comparison_meta(runs, out_dir)
     order = list(order or meta.get("algorithms") or [])
     order += sorted({r.algorithm for r in runs} - set(order))
     summary = summarize(runs, threshold, order)

@@ -1,0 +1,232 @@
+"""`ticgrpo compare` / `ticgrpo report`: planning, validation, resume, parallel runs, report, statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+import ticgrpo.train
+from ticgrpo.cli import main
+from ticgrpo.compare import runner
+from ticgrpo.compare.runner import DONE_MARKER, MARKER, apply_algorithm, plan_comparison, resolve_algorithm
+from ticgrpo.compare.stats import paired_t_test, permutation_test, t_interval, t_ppf, t_sf, welch_t_test
+
+PNGS = ("reward.png", "accuracy.png", "clip_frac.png", "completion_length.png")
+
+
+def base_config(**sections) -> dict:
+    cfg = {
+        "max_steps": 2,
+        "model": {"name": "tiny-test", "chat_template": False},
+        "data": {"train": {"task": "arithmetic", "level": 2, "split": "train", "num_train": 40, "num_eval": 4},
+                 "eval": {"task": "arithmetic", "level": 2, "split": "eval", "num_eval": 4}},
+        "rollout": {"prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 3},
+        "algorithm": {"rewards": [{"name": "answer_format", "weight": 1.0}], "num_iterations": 2,
+                      "log_entropy": False},
+        "optim": {"lr": 1e-2},
+        "eval": {"every_steps": 0, "num_examples": 2, "reward": "answer_format"},
+        "logging": {"progress_bar": False, "plot": False, "samples_per_step": 0},
+        "checkpoint": {"every_steps": 1, "keep_last": 0, "save_final": False},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def write_config(path: Path, **sections) -> Path:
+    path.write_text(yaml.safe_dump(base_config(**sections)))
+    return path
+
+
+@pytest.fixture
+def train_calls(monkeypatch):
+    """Counts the in-process train() calls of the comparison (run folder, resume flag)."""
+    calls = []
+    real = ticgrpo.train.train
+
+    def counting(config, resume=False, **kwargs):
+        calls.append((Path(config.output_dir).relative_to(Path(config.output_dir).parents[1]).as_posix(), resume))
+        return real(config, resume=resume, **kwargs)
+
+    monkeypatch.setattr(ticgrpo.train, "train", counting)
+    return calls
+
+
+def results_table(report: Path) -> list[str]:
+    lines = report.read_text().split("## Results", 1)[1].strip().splitlines()
+    return [line for line in lines[: lines.index("")] if line.startswith("|")]
+
+
+def test_compare_report_resume_and_rebuild(tmp_path, train_calls, capsys):
+    config = write_config(tmp_path / "base.yaml")
+    out = tmp_path / "cmp"
+    args = ["compare", "--config", str(config), "--algorithms", "tic_grpo,grpo", "--seeds", "0,1", "--out", str(out)]
+    assert main(args) == 0
+    assert sorted(train_calls) == sorted((f"{a}/seed-{s}", False) for a in ("tic_grpo", "grpo") for s in (0, 1))
+    for algorithm in ("tic_grpo", "grpo"):
+        for seed in (0, 1):
+            run = out / "runs" / algorithm / f"seed-{seed}"
+            marker = json.loads((run / MARKER).read_text())
+            assert (marker["algorithm"], marker["seed"]) == (algorithm, seed)
+            assert (run / DONE_MARKER).is_file() and (run / "eval.jsonl").is_file()
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            assert cfg["seed"] == seed and cfg["algorithm"]["objective"] == algorithm
+    assert yaml.safe_load((out / "runs/tic_grpo/seed-0/config.yaml").read_text())["algorithm"]["advantage"] == \
+        "length_corrected"
+    report = out / "report.md"
+    table = results_table(report)
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["tic_grpo", "grpo"]
+    assert all("0,1" in line for line in table[2:])
+    text = report.read_text()
+    assert "Welch" in text and "| tic_grpo | grpo |" in text and "power is low" in text
+    for name in PNGS:
+        assert (out / "plots" / name).stat().st_size > 1000, name
+        assert f"plots/{name}" in text
+    assert (out / "plots" / "log_w.png").is_file() and (out / "plots" / "ratio.png").is_file()
+
+    # resume: finished runs are skipped, a deleted run is redone, an interrupted one continues
+    done_mtimes = {p: p.stat().st_mtime_ns for p in out.glob(f"runs/*/*/{DONE_MARKER}")}
+    shutil.rmtree(out / "runs/grpo/seed-1")
+    interrupted = out / "runs/tic_grpo/seed-0"
+    (interrupted / DONE_MARKER).unlink()
+    shutil.rmtree(interrupted / "checkpoints/step-0002")
+    train_calls.clear()
+    assert main([*args, "--no-report"]) == 0
+    assert sorted(train_calls) == [("grpo/seed-1", False), ("tic_grpo/seed-0", True)]
+    for path, mtime in done_mtimes.items():
+        if "grpo/seed-1" not in path.as_posix() and path.parent != interrupted:
+            assert path.stat().st_mtime_ns == mtime, path
+    assert (out / "runs/grpo/seed-1" / DONE_MARKER).is_file() and (interrupted / DONE_MARKER).is_file()
+    steps = [json.loads(x)["step"] for x in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    train_calls.clear()
+    assert main([*args, "--no-report"]) == 0 and train_calls == []  # everything finished: nothing runs
+
+    # `report` rebuilds the same table from the run folders (the whole comparison or single runs)
+    assert main(["report", str(out)]) == 0
+    run_dirs = [str(out / "runs" / a / f"seed-{s}") for a in ("grpo", "tic_grpo") for s in (0, 1)]
+    assert main(["report", *run_dirs, "--out", str(tmp_path / "rebuilt")]) == 0
+    assert results_table(tmp_path / "rebuilt" / "report.md") == results_table(report)
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert rows == json.loads((tmp_path / "rebuilt" / "summary.json").read_text())["rows"]
+    assert [r["algorithm"] for r in rows] == ["tic_grpo", "grpo"]  # the comparison's order, from comparison.json
+
+    # the same folder with a different config is refused before anything runs
+    capsys.readouterr()
+    train_calls.clear()
+    assert main([*args, "--set", "optim.lr=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "optim.lr" in err and len(err.strip().splitlines()) == 1
+    assert train_calls == []
+
+
+def test_parallel_subprocesses(tmp_path):
+    config = write_config(tmp_path / "base.yaml", max_steps=1, eval={"at_start": False},
+                          checkpoint={"every_steps": 0})
+    out = tmp_path / "cmp"
+    assert main(["compare", "--config", str(config), "--algorithms", "no_is", "--seeds", "0,1", "--out", str(out),
+                 "--parallel", "2"]) == 0
+    for seed in (0, 1):
+        run = out / "runs/no_is" / f"seed-{seed}"
+        assert (run / DONE_MARKER).is_file(), (run / "train.log").read_text()
+        assert "trained 1 steps" in (run / "train.log").read_text()
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    table = results_table(out / "report.md")
+    assert table[2].startswith("| no_is | 0,1 |")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--algorithms", "tic_grpo,grpoo"], "did you mean 'grpo'"),
+        (["--algorithms", "grpo", "--set", "optim.lrr=1"], "optim.lrr"),
+        (["--algorithms", "grpo", "--seeds", "0,x"], "not an integer"),
+        # valid for tic_grpo, invalid for the second algorithm: caught before the first run starts
+        (["--algorithms", "tic_grpo,no_is", "--set", "algorithm.objective_options.epsilon_high=0.3"], "no_is"),
+        (["--algorithms", "mine"], "epsilon_hihg"),
+        (["--algorithms", "grpo", "--set", "algorithm.objective=grpo"], "every run the same"),
+    ],
+)
+def test_config_errors_exit_2_before_any_run(tmp_path, monkeypatch, capsys, extra, message):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a run started")
+
+    monkeypatch.setattr(ticgrpo.train, "train", no_training)
+    monkeypatch.setattr(runner, "run_subprocess", no_training)
+    config = base_config()
+    config["compare"] = {"algorithms": {"mine": {"objective": "tic_grpo", "objective_options": {"epsilon_hihg": 1}}}}
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "cmp"
+    assert main(["compare", "--config", str(path), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_algorithm_resolution():
+    only = resolve_algorithm("tic_ratio_only")
+    assert (only["objective"], only["advantage"], only["objective_options"]) == \
+        ("tic_grpo", "group_norm", {"epsilon_high": None})
+    assert resolve_algorithm("tic_ratio_lenadv")["advantage"] == "length_corrected"
+    assert resolve_algorithm("tic_ratio_clip")["objective_options"]["epsilon_high"] == 0.2
+    full = resolve_algorithm("tic_grpo")
+    assert (full["advantage"], full["objective_options"]["epsilon_high"]) == ("length_corrected", 0.2)
+    assert resolve_algorithm("dapo")["dynamic_sampling"] is True  # preset → trainer mechanisms
+    bnpo = resolve_algorithm("bnpo")
+    assert (bnpo["objective"], bnpo["advantage"], bnpo["objective_options"]["epsilon_high"]) == \
+        ("grpo", "beta_norm", 0.28)
+    custom = {"tic_grpo": {"objective": "tic_grpo", "objective_options": {"epsilon_high": 0.5}}}
+    assert resolve_algorithm("tic_grpo", custom)["objective_options"] == {"epsilon_high": 0.5}  # config wins
+    with pytest.raises(ValueError, match="did you mean 'tic_ratio_clip'"):
+        resolve_algorithm("tic_ratio_clp")
+
+    base = base_config(algorithm={"objective": "tic_grpo", "objective_options": {"epsilon_high": 0.1},
+                                  "num_iterations": 3})
+    raw = apply_algorithm(base, resolve_algorithm("no_is"))
+    algo = raw["algorithm"]
+    assert (algo["objective"], algo["objective_options"], algo["num_iterations"]) == ("no_is", {}, 3)
+    raw = apply_algorithm(base, {"objective": "grpo", "set": {"optim.lr": 0.5}})
+    assert raw["optim"]["lr"] == 0.5 and base["optim"]["lr"] == 1e-2
+
+
+def test_plan_validates_and_classifies(tmp_path):
+    plan = plan_comparison(base_config(), "tic_ratio_only,grpo", "3,4", tmp_path / "cmp",
+                           ["algorithm.objective_options.beta=0.0"])
+    assert [(r.algorithm, r.seed, r.status) for r in plan.runs] == [
+        ("tic_ratio_only", 3, "new"), ("tic_ratio_only", 4, "new"), ("grpo", 3, "new"), ("grpo", 4, "new")]
+    first = plan.runs[0].config
+    assert first.seed == 3 and first.algorithm.objective_options == {"epsilon_high": None, "beta": 0.0}
+    assert first.output_dir == str(tmp_path / "cmp/runs/tic_ratio_only/seed-3")
+
+
+def test_stats_against_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 2.5, 4, 29, 500):
+        for t in (-5.0, -0.3, 0.0, 1.1, 2.7, 40.0):
+            assert t_sf(t, df) == pytest.approx(float(scipy_stats.t.sf(t, df)), abs=1e-11)
+        for q in (0.01, 0.3, 0.975, 0.999):
+            assert t_ppf(q, df) == pytest.approx(float(scipy_stats.t.ppf(q, df)), rel=1e-8)
+    a, b = [0.41, 0.47, 0.44, 0.52], [0.30, 0.52, 0.33]
+    mean, low, high = t_interval(a)
+    ref = scipy_stats.t.interval(0.95, len(a) - 1, loc=sum(a) / len(a), scale=scipy_stats.sem(a))
+    assert (low, high) == pytest.approx(tuple(map(float, ref)), rel=1e-9) and mean == pytest.approx(0.46)
+    welch, ref = welch_t_test(a, b), scipy_stats.ttest_ind(a, b, equal_var=False)
+    assert (welch.statistic, welch.p_value) == pytest.approx((float(ref.statistic), float(ref.pvalue)), rel=1e-9)
+    paired, ref = paired_t_test(a[:3], b), scipy_stats.ttest_rel(a[:3], b)
+    assert (paired.statistic, paired.p_value) == pytest.approx((float(ref.statistic), float(ref.pvalue)), rel=1e-9)
+    perm = permutation_test(a[1:], b)  # equal sizes: a symmetric null, where scipy's two-sided rule agrees
+    ref = scipy_stats.permutation_test((a[1:], b), lambda x, y, axis=-1: x.mean(axis=axis) - y.mean(axis=axis),
+                                       permutation_type="independent", n_resamples=math.inf, vectorized=True)
+    assert perm.p_value == pytest.approx(float(ref.pvalue))
+    assert permutation_test([1, 2, 3], [4, 5, 6]).p_value == pytest.approx(0.1)  # 2 of 20 relabellings
+    assert math.isnan(welch_t_test([1, 1, 1], [1, 1, 1]).p_value)
+    assert t_interval([0.5]) == (0.5, 0.5, 0.5)
