@@ -231,3 +231,18 @@ def test_igrpo_config_is_checked():
         load_config({"algorithm": {"igrpo": {"drafts": 2}}})
     with pytest.raises(ConfigError, match=r"algorithm\.igrpo"):
         load_config({"algorithm": {"igrpo": {"template": "no placeholders"}}})
+
+
+# ---------------------------------------------------------------- lab coverage
+
+
+def test_lab_all_objectives_covers_every_registered_objective_but_gtpo():
+    from ticgrpo.lab.bias import all_objectives, expand_objectives
+    from ticgrpo.lab.estimators import get_variant
+    from ticgrpo.objectives import OBJECTIVES
+
+    names = all_objectives()
+    assert set(names) == set(OBJECTIVES.names()) - {"gtpo"}
+    assert expand_objectives(("grpo", "all", "tic_grpo_ratio")) == (*names, "tic_grpo_ratio")
+    with pytest.raises(ValueError, match="couples"):
+        get_variant("gtpo")  # the lab rejects the group-coupled gtpo

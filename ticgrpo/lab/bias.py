@@ -52,6 +52,27 @@ DEFAULT_OBJECTIVES = (
 )
 
 
+def all_objectives() -> tuple[str, ...]:
+    """Every registered objective the lab can run (all but the group-coupled `gtpo`, see
+    `estimators.UNSUPPORTED`), each with its defaults: what `--objectives all` expands to."""
+    from ticgrpo.lab.estimators import UNSUPPORTED
+    from ticgrpo.objectives import OBJECTIVES
+
+    first = ("grpo", "no_is", "tic_grpo")
+    rest = [n for n in OBJECTIVES.names() if n not in first and n not in UNSUPPORTED]
+    return first + tuple(rest)
+
+
+def expand_objectives(names: tuple[str, ...]) -> tuple[str, ...]:
+    """`names` with `all` replaced by `all_objectives()`, duplicates dropped (first kept)."""
+    out: list[str] = []
+    for name in names:
+        for n in all_objectives() if name == "all" else (name,):
+            if n not in out:
+                out.append(n)
+    return tuple(out)
+
+
 @dataclass
 class BiasConfig:
     policy: str = "tabular"
@@ -325,4 +346,12 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["DEFAULT_OBJECTIVES", "BiasConfig", "run_bias", "summary_lines", "write_bias_outputs"]
+__all__ = [
+    "DEFAULT_OBJECTIVES",
+    "BiasConfig",
+    "all_objectives",
+    "expand_objectives",
+    "run_bias",
+    "summary_lines",
+    "write_bias_outputs",
+]

@@ -1,6 +1,7 @@
 """`ticgrpo lab bias|converge`: exact policy-gradient experiments on enumerable policies.
 
     python -m ticgrpo.cli lab bias --policy tabular --steps 0,1,2,4,8,16 --out docs/lab/bias
+    python -m ticgrpo.cli lab bias --objectives all --out docs/lab/objectives   # every supported objective
     python -m ticgrpo.cli lab converge --seeds 0,1,2,3,4 --iterations 60 --out docs/lab/converge
 
 Each writes results.json (every number), report.md (tables) and PNG plots into --out.
@@ -14,7 +15,14 @@ from pathlib import Path
 import torch
 
 from ticgrpo.cli import UsageError
-from ticgrpo.lab.bias import DEFAULT_OBJECTIVES, BiasConfig, run_bias, summary_lines, write_bias_outputs
+from ticgrpo.lab.bias import (
+    DEFAULT_OBJECTIVES,
+    BiasConfig,
+    expand_objectives,
+    run_bias,
+    summary_lines,
+    write_bias_outputs,
+)
 from ticgrpo.lab.converge import DEFAULT_ALGORITHMS, OPTIMIZERS, ConvergeConfig, run_converge, write_converge_outputs
 from ticgrpo.lab.estimators import get_variant
 from ticgrpo.lab.policies import POLICIES
@@ -57,7 +65,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bias = sub.add_parser("bias", help="what each estimator estimates as θ leaves θ_old")
     _common(bias, "outputs/lab/bias")
     bias.add_argument("--steps", type=_int_list, default=(0, 1, 2, 4, 8, 16), help="inner steps k")
-    bias.add_argument("--objectives", type=_name_list, default=DEFAULT_OBJECTIVES)
+    bias.add_argument(
+        "--objectives",
+        type=_name_list,
+        default=DEFAULT_OBJECTIVES,
+        help="lab variants or registered objectives; 'all' = every registered objective the lab supports "
+        "(all but gtpo, whose loss couples a group's completions)",
+    )
     bias.add_argument("--mc-groups", type=int, default=2000, help="Monte Carlo groups per estimate")
     bias.add_argument("--rollout-groups", type=int, default=4, help="groups of the batch that moves θ")
     bias.add_argument("--seed", type=int, default=0)
@@ -82,6 +96,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"unknown --reward {args.reward!r}; choose one of: {', '.join(REWARDS.names())}")
     if args.lr <= 0:
         raise UsageError(f"--lr must be > 0, got {args.lr}")
+    if args.lab_command == "bias":
+        args.objectives = expand_objectives(args.objectives)
     names = args.objectives if args.lab_command == "bias" else args.algorithms
     for name in names:
         get_variant(name)  # ValueError naming the choices
