@@ -230,3 +230,14 @@ def test_stats_against_scipy():
     assert permutation_test([1, 2, 3], [4, 5, 6]).p_value == pytest.approx(0.1)  # 2 of 20 relabellings
     assert math.isnan(welch_t_test([1, 1, 1], [1, 1, 1]).p_value)
     assert t_interval([0.5]) == (0.5, 0.5, 0.5)
+
+
+def test_ablation_config_plans_the_paper_ablation(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    plan = plan_comparison(root / "configs" / "ablation.yaml", None, None, tmp_path / "abl")
+    assert plan.algorithms == ["tic_grpo", "grpo", "no_is", "tic_ratio_only", "tic_ratio_lenadv", "tic_ratio_clip"]
+    assert plan.seeds == [0, 1, 2] and len(plan.runs) == 18
+    quickstart = yaml.safe_load((root / "configs" / "quickstart.yaml").read_text())
+    config = plan.runs[0].config
+    assert config.model.name == quickstart["model"]["name"] and config.max_steps == quickstart["max_steps"]
+    assert config.checkpoint.every_steps > 0  # resumable

@@ -81,7 +81,7 @@ BUILTIN_ALGORITHMS: dict[str, dict[str, Any]] = {
 
 _REPLACED = ("advantage", "objective_options", "advantage_options")
 _SPEC_EXTRA = ("description", "set", "add_rewards")
-_COMPARE_KEYS = ("algorithms", "run", "seeds")
+_COMPARE_KEYS = ("base", "algorithms", "run", "seeds")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # sections of the resolved config that do not change results (ignored when checking a run folder)
 _NEUTRAL = ("output_dir", "logging")
@@ -283,7 +283,26 @@ def load_base(source: str | Path | dict | None) -> tuple[dict[str, Any], dict[st
             raise ConfigError(f"unknown key 'compare.{key}'{hint} (allowed: {', '.join(_COMPARE_KEYS)})")
     if not isinstance(section.get("algorithms") or {}, dict):
         raise ConfigError("compare.algorithms must be a mapping {name: {objective: ..., advantage: ...}}")
+    reference = section.pop("base", None)
+    if reference is not None:
+        # compare.base: another config (path relative to this file) that this one's keys refine
+        if not isinstance(reference, str) or isinstance(source, dict) or source is None:
+            raise ConfigError("compare.base must be a config path (relative to the config file)")
+        parent_raw, parent_section = load_base(Path(source).parent / reference)
+        raw = _merge(parent_raw, raw)
+        section = _merge(parent_section, section)
     return raw, section
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in `over` replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def plan_comparison(
