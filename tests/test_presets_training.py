@@ -117,6 +117,22 @@ def test_explicit_keys_override_the_preset():
     raw = {"algorithm": {"preset": "dapo"}}
     load_config(raw)
     assert raw == {"algorithm": {"preset": "dapo"}}  # the caller's mapping is left alone
+    # advantage: null means "the default", which with a preset is the preset's
+    assert load_config({"algorithm": {"preset": "bnpo", "advantage": None}}).algorithm.advantage == "beta_norm"
+
+
+def test_preset_given_with_set_replaces_the_files_method(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("algorithm:\n  objective: tic_grpo\n  objective_options: {epsilon_high: 0.2}\n"
+                    "  mask_truncated: true\n  num_iterations: 2\n")
+    a = load_config(path, overrides=["algorithm.preset=dapo"]).algorithm
+    assert (a.objective, a.advantage, a.objective_options) == ("dapo", "group_norm", {})
+    assert a.dynamic_sampling and not a.mask_truncated and a.num_iterations == 2  # other keys stay
+    b = load_config(path, overrides=["algorithm.preset=dapo", "algorithm.dynamic_sampling=false"]).algorithm
+    assert b.objective == "dapo" and not b.dynamic_sampling  # other --set keys still win
+    c = load_config(path, overrides=["algorithm.dynamic_sampling=false", "algorithm.preset=dapo"]).algorithm
+    assert not c.dynamic_sampling  # whatever their order
+    assert load_config(path).algorithm.objective == "tic_grpo"
 
 
 def test_unknown_preset_is_one_line_listing_names(tmp_path):

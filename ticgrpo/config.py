@@ -195,7 +195,14 @@ def load_config(
             raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    for item in overrides or []:
+    overrides = list(overrides or [])
+    if any(item.partition("=")[0].strip() == "algorithm.preset" for item in overrides):
+        # a preset chosen with --set replaces the method the file describes (its objective,
+        # advantage, their options, the mechanism keys); other --set keys still win over it
+        algo = raw.get("algorithm")
+        if isinstance(algo, dict):
+            raw["algorithm"] = {k: v for k, v in algo.items() if k not in _PRESET_KEYS}
+    for item in overrides:
         apply_override(raw, item)
     if output_dir is not None:
         raw["output_dir"] = output_dir
@@ -212,6 +219,7 @@ _PRESET_TRAINER_KEYS = {
     "overlong_reward": "overlong_reward",
     "espo_delta": "espo_delta",
 }
+_PRESET_KEYS = ("objective", "advantage", "objective_options", "advantage_options", *_PRESET_TRAINER_KEYS.values())
 
 
 def apply_preset(raw: dict) -> None:
@@ -220,7 +228,8 @@ def apply_preset(raw: dict) -> None:
     objective, advantage and the trainer mechanisms are taken from the preset unless the
     config sets them; objective_options / advantage_options merge key by key (the config's
     keys win), but only while the objective (advantage) is the preset's own: options of one
-    objective do not carry over to another.
+    objective do not carry over to another. `advantage: null` counts as unset (null means
+    "the default", which with a preset is the preset's advantage).
     """
     algo = raw.get("algorithm")
     if not isinstance(algo, dict) or algo.get("preset") is None:
@@ -234,8 +243,9 @@ def apply_preset(raw: dict) -> None:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"algorithm.preset: unknown preset {name!r}{hint}; choose one of: {', '.join(PRESETS)}")
     preset = PRESETS[name]
-    for key, value in (("objective", preset.objective), ("advantage", preset.advantage)):
-        algo.setdefault(key, value)
+    algo.setdefault("objective", preset.objective)
+    if algo.get("advantage") is None:
+        algo["advantage"] = preset.advantage
     for key, own, options in (
         ("objective_options", algo["objective"] == preset.objective, preset.objective_options),
         ("advantage_options", algo["advantage"] == preset.advantage, preset.advantage_options),
