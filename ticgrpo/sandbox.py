@@ -125,16 +125,17 @@ if mode == "stdio":
     raise SystemExit(0)
 nonce = sys.stdin.readline().strip()
 exprs = json.load(open("tests.json", encoding="utf-8"))
-_write, _type, _dumps, _ch = os.write, type, json.dumps, os.dup(1)
+_write, _type, _dumps, _ch, _eval, _compile = os.write, type, json.dumps, os.dup(1), eval, compile
 os.dup2(2, 1)
-PLAIN = (int, float, str, bool, type(None), complex, bytes)
-def plain(v, depth=0):
+# builtins are bound now, before the program can patch them
+def plain(v, depth=0, _type=type, _repr=repr, _plain=(int, float, str, bool, type(None), complex, bytes),
+          _seqs=(list, tuple, set, frozenset), _dict=dict, _name=lambda t: t.__name__):
     t = _type(v)
-    if t in PLAIN:
-        return ["p", repr(v)]
-    if depth < 20 and t in (list, tuple, set, frozenset):
-        return [t.__name__, [plain(x, depth + 1) for x in v]]
-    if depth < 20 and t is dict:
+    if t in _plain:
+        return ["p", _repr(v)]
+    if depth < 20 and t in _seqs:
+        return [_name(t), [plain(x, depth + 1) for x in v]]
+    if depth < 20 and t is _dict:
         return ["dict", [[plain(k, depth + 1), plain(x, depth + 1)] for k, x in v.items()]]
     raise TypeError("not plain data")
 def answer(i, kind, payload):
@@ -148,7 +149,7 @@ except BaseException as exc:
     sys.stderr.write("solution raised %s\n" % _type(exc).__name__)
 for i, (kind, expr) in enumerate(exprs):
     try:
-        value = eval(compile(expr, "test", "eval"), ns)
+        value = _eval(_compile(expr, "test", "eval"), ns)
         answer(i, "value", plain(value if kind == "value" else bool(value)))
     except MemoryError:
         answer(i, "violation", "MemoryError")
