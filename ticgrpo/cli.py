@@ -39,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(modules[args.command].run(args) or 0)
     except (UsageError, ValueError, FileNotFoundError) as exc:
-        print(f"ticgrpo {args.command}: error: {exc}", file=sys.stderr)
+        print(f"ticgrpo {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         return 2
     except Exception as exc:
         if not isinstance(getattr(exc, "exit_code", None), int):  # e.g. TrainingHalted: one line, its code
             raise
-        print(f"ticgrpo {args.command}: error: {exc}", file=sys.stderr)
+        print(f"ticgrpo {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"ticgrpo {args.command}: interrupted", file=sys.stderr)

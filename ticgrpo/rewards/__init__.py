@@ -86,6 +86,8 @@ def combine_rewards(
         fn = resolve_reward(fn_spec)
         try:
             values = fn(prompts, completions, **columns)
+        except RewardError:
+            raise  # from `guard_reward`: already names the function and the sample
         except Exception as exc:
             raise ValueError(f"reward function {name!r} raised {type(exc).__name__}: {exc}") from exc
         values = _check_values(name, values, len(completions))
@@ -119,6 +121,10 @@ def _check_values(name: str, values: Any, n: int) -> list[float]:
             raise ValueError(f"reward function {name!r} returned {f} at index {i}; rewards must be finite")
         out.append(f)
     return out
+
+
+class RewardError(ValueError):
+    """A reward function failed (raised, wrong count, NaN); the message names it and the sample."""
 
 
 def guard_reward(fn: RewardFn, on_error: str = "raise", errors: list | None = None) -> RewardFn:
@@ -173,11 +179,11 @@ def guard_reward(fn: RewardFn, on_error: str = "raise", errors: list | None = No
             return list(values)
         if isinstance(found, str):  # the whole call is unusable
             if on_error == "raise":
-                raise ValueError(f"reward function {name!r} {found}")
+                raise RewardError(f"reward function {name!r} {found}")
             found = {i: found for i in range(n)}
         if on_error == "raise":
             i, message = next(iter(found.items()))
-            raise ValueError(f"reward function {name!r} {message} at sample {i} (completion {completions[i][:60]!r})")
+            raise RewardError(f"reward function {name!r} {message} at sample {i} (completion {completions[i][:60]!r})")
         sink.extend((i, f"reward function {name!r} {message} at sample {i}") for i, message in found.items())
         return [0.0 if i in found else values[i] for i in range(n)]
 
