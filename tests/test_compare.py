@@ -153,6 +153,7 @@ def test_parallel_subprocesses(tmp_path):
         (["--algorithms", "tic_grpo,no_is", "--set", "algorithm.objective_options.epsilon_high=0.3"], "no_is"),
         (["--algorithms", "mine"], "epsilon_hihg"),
         (["--algorithms", "grpo", "--set", "algorithm.objective=grpo"], "every run the same"),
+        (["--algorithms", "grpo", "--set", "algorithm.preset=dapo"], "every run the same"),
     ],
 )
 def test_config_errors_exit_2_before_any_run(tmp_path, monkeypatch, capsys, extra, message):

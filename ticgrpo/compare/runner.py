@@ -322,7 +322,7 @@ def plan_comparison(
     overrides = list(overrides or [])
     for item in overrides:
         key = item.partition("=")[0].strip()
-        if key in ("algorithm.objective", "algorithm.advantage", "seed", "output_dir"):
+        if key in ("algorithm.objective", "algorithm.advantage", "algorithm.preset", "seed", "output_dir"):
             raise ConfigError(f"--set {key} would make every run the same; the comparison sets it per run")
     out_dir = Path(out_dir)
     plan = ComparisonPlan(out_dir, None if isinstance(base, dict) or base is None else str(base), names,
