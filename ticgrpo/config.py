@@ -173,6 +173,20 @@ class TrainConfig:
 # --------------------------------------------------------------------------- loading
 
 
+def read_yaml_mapping(source: str | Path) -> dict:
+    """The top-level mapping of a YAML config file, with one-line errors."""
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
 def load_config(
     source: str | Path | dict | TrainConfig | None = None,
     overrides: list[str] | None = None,
@@ -186,15 +200,7 @@ def load_config(
     elif source is None:
         raw = {}
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+        raw = read_yaml_mapping(source)
     overrides = list(overrides or [])
     if any(item.partition("=")[0].strip() == "algorithm.preset" for item in overrides):
         # a preset chosen with --set replaces the method the file describes (its objective,

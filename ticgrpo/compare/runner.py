@@ -44,7 +44,15 @@ from typing import Any
 
 import yaml
 
-from ticgrpo.config import AlgorithmConfig, ConfigError, TrainConfig, apply_override, config_to_yaml, load_config
+from ticgrpo.config import (
+    AlgorithmConfig,
+    ConfigError,
+    TrainConfig,
+    apply_override,
+    config_to_yaml,
+    load_config,
+    read_yaml_mapping,
+)
 
 MARKER = "compare.json"  # identity of a run folder: algorithm, seed, resolved algorithm spec
 DONE_MARKER = "compare_done.json"  # written after the run finished
@@ -264,15 +272,7 @@ def load_base(source: str | Path | dict | None) -> tuple[dict[str, Any], dict[st
     elif source is None:
         raw = {}
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raw = read_yaml_mapping(source)
     section = raw.pop("compare", None) or {}
     if not isinstance(section, dict):
         raise ConfigError(f"compare must be a mapping, got {type(section).__name__}")
