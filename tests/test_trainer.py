@@ -289,3 +289,16 @@ def test_beta_uses_a_reference_model(tmp_path, lora):
     else:
         ref_params = dict(trainer.ref_model.named_parameters())
         assert not any(p.requires_grad for p in ref_params.values())
+
+
+def test_tensorboard_logs_the_step_metrics(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    make_trainer(tmp_path, max_steps=2, logging={"tensorboard": True}, eval={"at_start": False}).train()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert any("reward_mean" in tag for tag in tags), tags
+    reward_tag = next(tag for tag in tags if tag.endswith("reward_mean"))
+    assert [e.step for e in events.Scalars(reward_tag)] == [1, 2]
