@@ -67,7 +67,8 @@ def run_ticgrpo(args: argparse.Namespace) -> dict:
     out = Path(tempfile.mkdtemp(prefix="bench-ticgrpo-"))
     config = load_config({
         "output_dir": str(out), "seed": 0, "max_steps": args.steps,
-        "model": {"name": args.model_path, "chat_template": True},  # as TRL does for chat prompts
+        "model": {"name": args.model_path, "chat_template": True,  # as TRL does for chat prompts
+                  "gradient_checkpointing": args.gradient_checkpointing == "on"},
         "rollout": {"prompts_per_step": args.prompts, "num_generations": args.g,
                     "max_new_tokens": args.max_new_tokens, "temperature": 1.0},
         "algorithm": {"objective": "grpo", "num_iterations": args.mu, "num_minibatches": 1,
@@ -109,6 +110,7 @@ def run_trl(args: argparse.Namespace) -> dict:
         num_generations=args.g, num_iterations=args.mu, max_completion_length=args.max_new_tokens,
         temperature=1.0, loss_type="grpo", beta=0.0, epsilon=0.2, max_grad_norm=1.0, use_cpu=True,
         bf16=False, report_to="none", save_strategy="no", logging_steps=1000, seed=0, disable_dropout=True,
+        gradient_checkpointing=args.gradient_checkpointing == "on",  # TRL 1.16 defaults to on
         shuffle_dataset=False, log_completions=False,
     )
     dataset = Dataset.from_list(prompts(args.prompts * args.steps))
@@ -143,6 +145,8 @@ def main() -> None:
     parser.add_argument("--g", type=int, default=4, help="G completions per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--mu", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
+                        help="the same for both trainers (TRL's GRPOConfig default is on)")
     parser.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 2)))
     parser.add_argument("--child", choices=["ticgrpo", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
@@ -154,13 +158,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = prepare_model(args, Path(tmp) / "model")
         print(f"model={args.model} P={args.prompts} G={args.g} max_new_tokens={args.max_new_tokens} "
-              f"steps={args.steps} threads={args.threads}")
+              f"steps={args.steps} threads={args.threads} gradient_checkpointing={args.gradient_checkpointing}")
         rows = []
         for mu in args.mu:
             for which in ("ticgrpo", "trl"):
                 cmd = [sys.executable, __file__, "--child", which, "--model-path", model_path, "--mu", str(mu),
                        "--steps", str(args.steps), "--prompts", str(args.prompts), "--g", str(args.g),
-                       "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)]
+                       "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads),
+                       "--gradient-checkpointing", args.gradient_checkpointing]
                 env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                        "TOKENIZERS_PARALLELISM": "false"}
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
