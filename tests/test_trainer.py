@@ -259,7 +259,7 @@ def test_old_logprobs_match_the_first_inner_step(autocast):
     assert torch.equal(old[:4], current.detach())
 
 
-def test_cli_tiny_config_end_to_end_and_resume(tmp_path):
+def test_cli_tiny_config_end_to_end_and_resume(tmp_path, capsys):
     from ticgrpo.cli import main
 
     root = Path(__file__).resolve().parents[1]
@@ -272,6 +272,11 @@ def test_cli_tiny_config_end_to_end_and_resume(tmp_path):
     assert main([*args, "--set", "max_steps=3", "--resume"]) == 0
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+    # the closing summary reads the whole eval log, including the records before the resume
+    evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"held-out accuracy {evals[0]['accuracy']:.2f} (step 0) → ")
+    assert f"(step {evals[-1]['step']})" in last
 
 
 @pytest.mark.parametrize("lora", [None, {"r": 4, "lora_alpha": 8}])

@@ -27,12 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     modules = {}
     for name, module_name in _COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
-                raise
-            continue  # that part of the package is not installed in this build
+        module = importlib.import_module(module_name)
         module.add_parser(subparsers)
         modules[name] = module
     args = parser.parse_args(argv)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -47,10 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
 def accuracy_summary(eval_log: Path) -> str | None:
     """'held-out accuracy A (step s) → B (step t), ±N points' from a run's eval.jsonl."""
-    if not eval_log.exists():
-        return None
-    records = [json.loads(line) for line in eval_log.read_text().splitlines() if line.strip()]
-    records = [r for r in records if "accuracy" in r]
+    from ticgrpo.reports.plots import read_jsonl
+
+    records = [r for r in read_jsonl(eval_log) if "accuracy" in r]
     if len(records) < 2:
         return None
     first, last = records[0], records[-1]
