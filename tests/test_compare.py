@@ -203,7 +203,7 @@ def test_plan_validates_and_classifies(tmp_path):
     plan = plan_comparison(base_config(), "tic_ratio_only,grpo", "3,4", tmp_path / "cmp",
                            ["algorithm.objective_options.beta=0.0"])
     assert [(r.algorithm, r.seed, r.status) for r in plan.runs] == [
-        ("tic_ratio_only", 3, "new"), ("tic_ratio_only", 4, "new"), ("grpo", 3, "new"), ("grpo", 4, "new")]
+        ("tic_ratio_only", 3, "new"), ("grpo", 3, "new"), ("tic_ratio_only", 4, "new"), ("grpo", 4, "new")]
     first = plan.runs[0].config
     assert first.seed == 3 and first.algorithm.objective_options == {"epsilon_high": None, "beta": 0.0}
     assert first.output_dir == str(tmp_path / "cmp/runs/tic_ratio_only/seed-3")
@@ -240,5 +240,6 @@ def test_ablation_config_plans_the_paper_ablation(tmp_path):
     assert plan.seeds == [0, 1, 2] and len(plan.runs) == 18
     quickstart = yaml.safe_load((root / "configs" / "quickstart.yaml").read_text())
     config = plan.runs[0].config
-    assert config.model.name == quickstart["model"]["name"] and config.max_steps == quickstart["max_steps"]
+    assert config.model.name == quickstart["model"]["name"] and config.max_steps == 12  # ablation.yaml refines it
+    assert config.optim.lr == quickstart["optim"]["lr"] and config.rollout.num_generations == 8
     assert config.checkpoint.every_steps > 0  # resumable

@@ -328,9 +328,10 @@ def plan_comparison(
     plan = ComparisonPlan(out_dir, None if isinstance(base, dict) or base is None else str(base), names,
                           seed_list, overrides)
     for name in names:
-        spec = resolve_algorithm(name, custom)
-        plan.specs[name] = spec
-        for seed in seed_list:
+        plan.specs[name] = resolve_algorithm(name, custom)
+    # Seed-major order: an interrupted comparison leaves whole seeds (every algorithm) finished.
+    for seed in seed_list:
+        for name, spec in plan.specs.items():
             run_dir = out_dir / "runs" / name / f"seed-{seed}"
             algo_raw = apply_algorithm(raw, spec)
             algo_raw["seed"] = seed
