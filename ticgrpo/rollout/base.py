@@ -8,6 +8,9 @@ completions of prompt k are rows k·G … k·G+G−1):
   truncated       [B] bool — no EOS within max_new_tokens
   completion_lengths [B] long = completion_mask.sum(1)
   group_ids       [B] long — index of the prompt each row belongs to
+  behavior_logprobs [B, T] float32 or None — the sampling engine's log-prob of each sampled
+                  completion token (log-softmax of logits / temperature), 0 on padding; set
+                  by engines that sample from a copy of the policy (e.g. vLLM), None otherwise
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class RolloutBatch:
     group_ids: Tensor
     prompts: list[str] = field(default_factory=list)  # one per row (repeated G times)
     completions: list[str] = field(default_factory=list)
+    behavior_logprobs: Tensor | None = None
 
     @property
     def completion_lengths(self) -> Tensor:
@@ -69,6 +73,7 @@ class RolloutBatch:
             group_ids=self.group_ids[idx],
             prompts=[self.prompts[i] for i in keep],
             completions=[self.completions[i] for i in keep],
+            behavior_logprobs=None if self.behavior_logprobs is None else self.behavior_logprobs[idx],
         )
 
 
@@ -79,6 +84,9 @@ def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBa
     """
     if len(batches) == 1:
         return batches[0]
+    with_behavior = [b.behavior_logprobs is not None for b in batches]
+    if any(with_behavior) and not all(with_behavior):
+        raise ValueError("concat_rollouts: some batches have behavior_logprobs and others do not")
     p = max(b.prompt_ids.shape[1] for b in batches)
     t = max(b.completion_ids.shape[1] for b in batches)
     offset, groups = 0, []
@@ -95,6 +103,11 @@ def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBa
         group_ids=torch.cat(groups),
         prompts=[x for b in batches for x in b.prompts],
         completions=[x for b in batches for x in b.completions],
+        behavior_logprobs=(
+            torch.cat([pad_right(b.behavior_logprobs, t, 0.0) for b in batches])  # type: ignore[arg-type]
+            if all(with_behavior)
+            else None
+        ),
     )
 
 
@@ -128,6 +141,16 @@ def completion_mask_from_eos(completion_ids: Tensor, eos_token_ids: list[int]) -
 
 class RolloutEngine(ABC):
     """Generates `num_samples` completions for each prompt text."""
+
+    #: True when `generate` fills `RolloutBatch.behavior_logprobs`.
+    provides_behavior_logprobs: bool = False
+
+    def update_weights(self, model: object) -> None:  # noqa: B027 (a no-op by design)
+        """Push the trainer's current weights into the engine; engines that sample from the
+        training model itself need nothing."""
+
+    def close(self) -> None:  # noqa: B027 (a no-op by design)
+        """Release the engine's resources (processes, memory); a no-op by default."""
 
     @abstractmethod
     def generate(self, prompts: list[str], num_samples: int, params: SamplingParams) -> RolloutBatch:
