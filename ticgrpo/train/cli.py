@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     result = train(config, resume=args.resume)
+    if result.rank != 0:  # under torchrun / accelerate launch, process 0 reports for the job
+        return 0
     final = f", final model in {result.final_dir}" if result.final_dir else ""
     print(f"trained {result.steps} steps in {(time.monotonic() - started) / 60:.1f} min; "
           f"outputs in {result.output_dir}{final}")

@@ -11,6 +11,13 @@ from typing import Any
 PROGRESS_KEYS = (("reward_mean", "reward"), ("completion_length_mean", "len"), ("loss", "loss"))
 
 
+class NullLogger:
+    """What processes other than rank 0 log through: nothing (rank 0 writes the job's files)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
 class RunLogger:
     def __init__(
         self,

@@ -38,6 +38,7 @@ from ticgrpo.logprobs import completion_logprobs
 from ticgrpo.objectives import OBJECTIVES, compute_loss
 from ticgrpo.rollout.base import RolloutBatch
 from ticgrpo.train.checkpoint import crash_point
+from ticgrpo.train.distributed import SINGLE_PROCESS, Distributed
 
 
 @dataclass
@@ -201,8 +202,18 @@ def accumulate_gradients(
     return total, metrics
 
 
-def optimize(model: Any, optimizer: torch.optim.Optimizer, batch: TrainingBatch, settings: StepSettings) -> StepStats:
-    """μ inner epochs × M minibatches of optimizer steps on `batch` (see the module docstring)."""
+def optimize(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    batch: TrainingBatch,
+    settings: StepSettings,
+    dist: Distributed = SINGLE_PROCESS,
+) -> StepStats:
+    """μ inner epochs × M minibatches of optimizer steps on `batch` (see the module docstring).
+
+    With several processes (`dist`), `batch` is this process's share: normalisers count the
+    whole job's minibatch and gradients and losses are summed across processes before each
+    step, so every replica takes the one-process step of the whole batch."""
     stats = StepStats()
     params = [p for p in model.parameters() if p.requires_grad]
     micro_metrics: dict[str, list[float]] = defaultdict(list)
@@ -211,7 +222,11 @@ def optimize(model: Any, optimizer: torch.optim.Optimizer, batch: TrainingBatch,
     optimizer.zero_grad(set_to_none=True)
     if settings.frozen:
         start = time.perf_counter()
-        loss, values = accumulate_gradients(model, batch, settings)
+        loss, values = accumulate_gradients(
+            model, batch, settings, dist.normalizers(batch.completion_mask, settings.max_new_tokens)
+        )
+        dist.sum_gradients(params)
+        loss = dist.sum_floats([loss])[0]
         _merge(micro_metrics, values)
         frozen = [None if p.grad is None else p.grad.detach().clone() for p in params]
         stats.times["forward_backward"] += time.perf_counter() - start
@@ -229,11 +244,13 @@ def optimize(model: Any, optimizer: torch.optim.Optimizer, batch: TrainingBatch,
                 break
             for rows in _minibatches(len(batch), settings.num_minibatches):
                 minibatch = batch.rows(rows)
-                norms = StepNormalizers.from_mask(minibatch.completion_mask, settings.max_new_tokens)
+                norms = dist.normalizers(minibatch.completion_mask, settings.max_new_tokens)
                 start = time.perf_counter()
                 loss, values = accumulate_gradients(model, minibatch, settings, norms)
+                dist.sum_gradients(params)
+                loss = dist.sum_floats([loss])[0]
                 stats.times["forward_backward"] += time.perf_counter() - start
-                deviation = _espo_deviation(values)  # pops the ESPO sums out of `values`
+                deviation = _espo_deviation(values, dist)  # pops the ESPO sums out of `values`
                 if deviation is not None:
                     deviations.append(deviation)
                     if stats.losses and deviation > settings.espo_delta:
@@ -262,12 +279,14 @@ def optimize(model: Any, optimizer: torch.optim.Optimizer, batch: TrainingBatch,
 _ESPO_SUM, _ESPO_TOKENS = "_espo_dev_sum", "_espo_dev_tokens"
 
 
-def _espo_deviation(values: dict[str, list[float]]) -> float | None:
-    """Mean |ρ−1| over the minibatch's tokens (None without ESPO or ℓ^old); removes its sums."""
+def _espo_deviation(values: dict[str, list[float]], dist: Distributed = SINGLE_PROCESS) -> float | None:
+    """Mean |ρ−1| over the minibatch's tokens of every process (None without ESPO or ℓ^old);
+    removes its sums from `values`."""
     total, tokens = values.pop(_ESPO_SUM, None), values.pop(_ESPO_TOKENS, None)
-    if not total or not tokens:
+    if not total or not tokens:  # the same on every process: ESPO and ℓ^old are global settings
         return None
-    return sum(total) / max(sum(tokens), 1.0)
+    total_sum, token_sum = dist.sum_floats([sum(total), sum(tokens)])
+    return total_sum / max(token_sum, 1.0)
 
 
 def reduce_metrics(values: dict[str, list[float]]) -> dict[str, float]:

@@ -9,25 +9,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ticgrpo.advantages import compute_advantages
-from ticgrpo.config import TrainConfig, config_to_yaml, load_config
+from ticgrpo.advantages import AdvantageResult, compute_advantages
+from ticgrpo.config import ConfigError, TrainConfig, config_to_yaml, load_config
 from ticgrpo.objectives import make_objective_config
 from ticgrpo.rewards import guard_reward, resolve_reward
-from ticgrpo.rollout import HFGenerateEngine, SamplingParams
+from ticgrpo.rollout import HFGenerateEngine, RolloutBatch, SamplingParams, concat_rollouts
 from ticgrpo.train import checkpoint as ckpt
+from ticgrpo.train.distributed import Distributed
 from ticgrpo.train.evaluate import ScoredRollout, concat_scored, evaluate, score_rollout
-from ticgrpo.train.logging import RunLogger
+from ticgrpo.train.logging import NullLogger, RunLogger
 from ticgrpo.train.step import StepSettings, TrainingBatch, fixed_logprobs, optimize
 
 TINY_ALIAS = "tiny-test"
@@ -46,6 +48,7 @@ class TrainResult:
     final_dir: Path | None
     history: list[dict] = field(default_factory=list)  # metrics of the steps run in this call
     evals: list[dict] = field(default_factory=list)
+    rank: int = 0  # this process's rank (0 in a single-process run; only rank 0 writes files)
 
 
 class PromptStream:
@@ -103,6 +106,14 @@ class Trainer:
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
         )
+        self.dist = Distributed.from_environment(self.device.type)  # torchrun / accelerate launch
+        if self.dist.enabled:
+            if cfg.rollout.prompts_per_step % self.dist.world_size:
+                raise ConfigError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be a multiple of "
+                                  f"the number of processes ({self.dist.world_size}): each process samples an "
+                                  f"equal share of the prompts")
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", self.dist.local_rank)
         self.autocast_dtype = torch.bfloat16 if cfg.model.autocast_bf16 else None
         self.reward_specs = reward_fns or [(resolve_reward(s.name), s.weight) for s in cfg.algorithm.rewards]
         self.reward_specs = [(resolve_reward(fn), w) for fn, w in self.reward_specs]
@@ -165,18 +176,19 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def train(self, resume: bool = False) -> TrainResult:
-        cfg = self.config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        cfg, main = self.config, self.dist.is_main
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(config_to_yaml(cfg))
         if resume:
             self._resume()
-        elif (self.output_dir / "metrics.jsonl").exists():
+        elif main and (self.output_dir / "metrics.jsonl").exists():
             for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
                 (self.output_dir / name).unlink(missing_ok=True)
         self.logger = RunLogger(
             self.output_dir, cfg.max_steps, self.step, cfg.logging.progress_bar, cfg.logging.tensorboard,
             cfg.logging.wandb, cfg.logging.wandb_project, cfg.to_dict(),
-        )
+        ) if main else NullLogger()
         if resume:
             self.logger.truncate_after(self.step)
         try:
@@ -197,11 +209,12 @@ class Trainer:
             final_dir = self.save_final() if cfg.checkpoint.save_final else None
         finally:
             self.logger.close()
-        if cfg.logging.plot:
+            self.dist.close()
+        if cfg.logging.plot and main:
             from ticgrpo.reports.plots import plot_curves
 
             plot_curves(self.output_dir)
-        return TrainResult(self.output_dir, self.step, final_dir, self.history, self.evals)
+        return TrainResult(self.output_dir, self.step, final_dir, self.history, self.evals, self.dist.rank)
 
     def train_step(self) -> dict[str, float]:
         """One rollout batch → μ·M optimizer steps. Returns the step's metrics."""
@@ -213,8 +226,7 @@ class Trainer:
         rollout = scored.rollout
         g = cfg.rollout.num_generations
         lengths = rollout.completion_lengths.float().cpu()
-        adv = compute_advantages(self.advantage, scored.group_rewards(), lengths.view(-1, g),
-                                 **a.advantage_options)
+        adv = self.advantages(scored.group_rewards(), lengths.view(-1, g))
         batch = TrainingBatch.from_rollout(rollout, adv.advantages.flatten(), a.mask_truncated)
         t0 = time.perf_counter()
         if self.settings.needs_old_logprobs:
@@ -223,7 +235,7 @@ class Trainer:
             batch.ref_logprobs = fixed_logprobs(self.ref_model, batch, self.settings, self.ref_context)
         times["old_logprobs"] = time.perf_counter() - t0
         lr = self.scheduler.get_last_lr()[0]
-        stats = optimize(self.model, self.optimizer, batch, self.settings)
+        stats = optimize(self.model, self.optimizer, batch, self.settings, self.dist)
         ckpt.crash_point("after_optimizer_step")  # test hook; a no-op normally
         if stats.metrics.get("skipped_nonfinite"):
             self._warn_nonfinite(stats.metrics, scored, adv, batch)
@@ -244,27 +256,44 @@ class Trainer:
             **{f"time_{k}": v for k, v in times.items()},
         }
         self.last_samples = samples(scored, cfg.logging.samples_per_step)
-        return metrics
+        return self.dist.reduce_metrics(metrics)
+
+    def advantages(self, rewards: torch.Tensor, lengths: torch.Tensor) -> AdvantageResult:
+        """Advantages of this process's groups ([groups, G] rewards and lengths), computed on the
+        gathered groups of every process so that batch-level statistics see the whole batch."""
+        a = self.config.algorithm
+        if not self.dist.enabled:
+            return compute_advantages(self.advantage, rewards, lengths, **a.advantage_options)
+        parts = self.dist.all_gather((rewards.cpu(), lengths.cpu()))
+        everyone = compute_advantages(self.advantage, torch.cat([r for r, _ in parts]),
+                                      torch.cat([n for _, n in parts]), **a.advantage_options)
+        start = sum(len(r) for r, _ in parts[: self.dist.rank])
+        return replace(everyone, advantages=everyone.advantages[start : start + len(rewards)])
 
     def collect(self) -> tuple[ScoredRollout, dict[str, float], dict[str, float]]:
         """P prompt groups of G scored completions; with dynamic sampling, only groups whose
         rewards differ are kept, resampling up to max_rounds times (then what we have is used)."""
         cfg = self.config
-        p, g = cfg.rollout.prompts_per_step, cfg.rollout.num_generations
+        g = cfg.rollout.num_generations
+        p = cfg.rollout.prompts_per_step // self.dist.world_size  # this process's share
         rounds = cfg.algorithm.dynamic_sampling_max_rounds if cfg.algorithm.dynamic_sampling else 1
         times = {"rollout": 0.0, "reward": 0.0}
         kept: list[ScoredRollout] = []
         have, generated, used, last = 0, 0, 0, None
         drafts: dict[str, float] = {}
-        for _ in range(rounds):
+        for round_index in range(rounds):
+            rows = self.dist.share(self.stream.take(cfg.rollout.prompts_per_step))  # same stream everywhere
+            if have >= p:  # this process has its groups; the others resample (every stream advances)
+                if not self.dist.any_true(False):
+                    break
+                continue
             used += 1
-            rows = self.stream.take(p)
             if self.drafts is not None:  # iGRPO: the group update runs on refinements of the best draft
                 rows, draft_metrics = self.drafts.refine(rows)
                 for key, value in draft_metrics.items():
                     drafts[key] = drafts.get(key, 0.0) + value  # summed over rounds; means taken below
             t0 = time.perf_counter()
-            rollout = self.engine.generate([self.prompt_text(r) for r in rows], g, self.sampling_params())
+            rollout = self.sample([self.prompt_text(r) for r in rows], round_index, first_group=self.dist.rank * p)
             t1 = time.perf_counter()
             self.reward_errors.clear()
             last = score_rollout(rollout, rows, g, self.reward_specs, cfg.rollout.max_new_tokens,
@@ -276,16 +305,31 @@ class Trainer:
             if not cfg.algorithm.dynamic_sampling:
                 return last, times, drafts
             rewards = last.group_rewards()
-            mixed = [k for k in range(p) if not bool((rewards[k] == rewards[k, 0]).all())][: p - have]
+            mixed = [k for k in range(len(rewards)) if not bool((rewards[k] == rewards[k, 0]).all())][: p - have]
             if mixed:
                 kept.append(last.select_groups(mixed))
                 have += len(mixed)
-            if have >= p:
+            if not self.dist.any_true(have < p):  # every process has its groups
                 break
         scored = concat_scored(kept, self.engine.pad_token_id) if kept else last
         drafts = {k: v if k.startswith("time_") else v / used for k, v in drafts.items()}
         return scored, times, {"sampling_rounds": float(used), "groups_kept": float(have),
                                "groups_generated": float(generated), **drafts}
+
+    def sample(self, prompts: list[str], round_index: int, first_group: int) -> RolloutBatch:
+        """G completions per prompt, one engine call per rollout.generation_batch_size sequences,
+        each under a seed fixed by (seed, step, round, index of its first group in the global
+        batch): when that size is a multiple of G dividing every process's share, the samples
+        are the same for any number of processes (and on resume)."""
+        g = self.config.rollout.num_generations
+        per_call = max(1, (self.config.rollout.generation_batch_size or len(prompts) * g) // g)
+        parts = []
+        for start in range(0, len(prompts), per_call):
+            torch.manual_seed(sampling_seed(self.config.seed, self.step, round_index, first_group + start))
+            parts.append(self.engine.generate(prompts[start : start + per_call], g, self.sampling_params()))
+        batch = concat_rollouts(parts, self.engine.pad_token_id)
+        batch.group_ids = torch.arange(len(prompts), device=batch.group_ids.device).repeat_interleave(g)
+        return batch
 
     def _score(self, rollout: Any, rows: list[dict], num_samples: int) -> ScoredRollout:
         return score_rollout(rollout, rows, num_samples, self.reward_specs, self.config.rollout.max_new_tokens,
@@ -311,12 +355,14 @@ class Trainer:
         e = self.config.eval
         if not self.eval_rows:
             return {}
+        rows = self.dist.uneven_share(self.eval_rows)  # each process evaluates its share
         result = evaluate(
-            self.engine, self.eval_rows, [self.prompt_text(r) for r in self.eval_rows],
+            self.engine, rows, [self.prompt_text(r) for r in rows],
             resolve_reward(e.reward), e.max_new_tokens or self.config.rollout.max_new_tokens, e.batch_size,
             e.correct_threshold, e.mean_at_k, e.temperature or self.config.rollout.temperature,
             self.config.algorithm.reward_kwargs,
-        )
+        ) if rows else {}
+        result = self.dist.combine_evals(result)
         self.logger.log_eval(self.step, result)
         self.evals.append({"step": self.step, **result})
         return result
@@ -375,10 +421,15 @@ class Trainer:
                 f"{ckpt.latest_checkpoint(self.output_dir) or 'none'}"
             )
 
-    def save_checkpoint(self) -> Path:
-        state = {"stream": self.stream.state(), "evals": self.evals}
-        return ckpt.save_checkpoint(self.output_dir, self.step, self.model, self.optimizer, self.scheduler,
-                                    state, self.config.checkpoint.keep_last)
+    def save_checkpoint(self) -> Path | None:
+        """Process 0 writes (the replicas are equal); the others wait for it."""
+        path = None
+        if self.dist.is_main:
+            state = {"stream": self.stream.state(), "evals": self.evals}
+            path = ckpt.save_checkpoint(self.output_dir, self.step, self.model, self.optimizer, self.scheduler,
+                                        state, self.config.checkpoint.keep_last)
+        self.dist.barrier()
+        return path
 
     def _resume(self) -> None:
         path = ckpt.latest_checkpoint(self.output_dir)
@@ -391,8 +442,10 @@ class Trainer:
 
     def save_final(self) -> Path:
         final = self.output_dir / "final"
-        self.model.save_pretrained(final)
-        self.tokenizer.save_pretrained(final)
+        if self.dist.is_main:
+            self.model.save_pretrained(final)
+            self.tokenizer.save_pretrained(final)
+        self.dist.barrier()
         return final
 
 
@@ -408,6 +461,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def sampling_seed(seed: int, step: int, round_index: int, group: int) -> int:
+    """A 63-bit seed that depends only on its arguments (not on Python's hash randomisation)."""
+    digest = hashlib.sha256(f"{seed}/{step}/{round_index}/{group}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def disable_dropout(model: Any) -> None:
