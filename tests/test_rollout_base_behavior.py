@@ -85,3 +85,15 @@ def test_hf_engine_provides_no_behavior_logprobs(tiny_tokenizer, tiny_model) -> 
     assert batch.behavior_logprobs is None
     engine.update_weights(engine.model)
     engine.close()
+
+
+def test_vllm_engine_without_vllm_names_the_bootstrap_script(tiny_tokenizer, tiny_model) -> None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    if spec is not None and spec.origin and spec.origin.endswith("__init__.py"):
+        pytest.skip("vLLM is installed here; tests/vllm covers the engine")
+    from ticgrpo.rollout import VLLMEngine
+
+    with pytest.raises(ImportError, match=r"bootstrap_vllm\.sh.*\.venv-vllm"):
+        VLLMEngine(tiny_model(), tiny_tokenizer)

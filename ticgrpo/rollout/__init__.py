@@ -8,12 +8,14 @@ from ticgrpo.rollout.base import (
     concat_rollouts,
 )
 from ticgrpo.rollout.hf import HFGenerateEngine
+from ticgrpo.rollout.vllm import VLLMEngine  # imports vllm lazily, on construction
 
 __all__ = [
     "HFGenerateEngine",
     "RolloutBatch",
     "RolloutEngine",
     "SamplingParams",
+    "VLLMEngine",
     "completion_mask_from_eos",
     "concat_rollouts",
 ]

@@ -1,0 +1,197 @@
+"""A small HTTP server around one ``vllm.LLM``, the other end of ``VLLMEngine(mode="server")``.
+
+    python -m ticgrpo.rollout.vllm_server --model PATH --host 127.0.0.1 --port 8011 \\
+        [--dtype bfloat16] [--gpu-memory-utilization 0.9] [--max-model-len N] [--seed 0] \\
+        [--no-enforce-eager] [--engine-kwargs '{"tensor_parallel_size": 2}']
+
+Run it in the vLLM environment, e.g. on its own GPU(s) beside the trainer
+(``CUDA_VISIBLE_DEVICES=1 python -m ticgrpo.rollout.vllm_server ...``), then point the
+trainer at it with ``rollout.vllm: {mode: server, server_url: "http://HOST:PORT"}``.
+
+Endpoints (JSON; stdlib ``http.server``, one engine call at a time):
+  GET  /health          → {"status": "ok", "model": PATH, "weight_version": K}
+  POST /generate        {"prompts": [[token ids]...], "n": G, "max_tokens", "greedy",
+                         "temperature", "top_p", "top_k", "stop_token_ids"}
+                        → {"outputs": [[{"token_ids": [...], "logprobs": [...]}, ×G] per prompt]}
+  POST /update_weights  {"path": "/dev/shm/.../weights.safetensors"} → {"status": "ok", ...}
+                        (the file holds HF-named tensors; the client writes and removes it, so
+                        both processes must see the same filesystem, e.g. one machine)
+  POST /shutdown        → stops the server
+Errors answer 400 (bad request) or 500 with {"error": "one line"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+REQUIRED = ("prompts", "n", "max_tokens", "greedy", "temperature", "top_p", "top_k", "stop_token_ids")
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def check_generate(payload: Any) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise BadRequest("the body must be a JSON object")
+    missing = [k for k in REQUIRED if k not in payload]
+    if missing:
+        raise BadRequest(f"missing fields: {', '.join(missing)}")
+    prompts = payload["prompts"]
+    if not isinstance(prompts, list) or not all(
+        isinstance(p, list) and p and all(isinstance(t, int) and t >= 0 for t in p) for p in prompts
+    ):
+        raise BadRequest("prompts must be a list of non-empty lists of token ids")
+    if not isinstance(payload["n"], int) or payload["n"] < 1:
+        raise BadRequest("n must be a positive integer")
+    if not isinstance(payload["max_tokens"], int) or payload["max_tokens"] < 1:
+        raise BadRequest("max_tokens must be a positive integer")
+    return payload
+
+
+class Server:
+    def __init__(self, backend: Any, model_path: str) -> None:
+        self.backend = backend
+        self.model_path = model_path
+        self.lock = threading.Lock()
+        self.weight_version = 0
+
+    def handle(self, method: str, path: str, payload: Any) -> tuple[int, dict]:
+        if method == "GET" and path == "/health":
+            return 200, {"status": "ok", "model": self.model_path, "weight_version": self.weight_version}
+        if method == "POST" and path == "/generate":
+            req = check_generate(payload)
+            options = {k: req[k] for k in REQUIRED if k not in ("prompts", "n")}
+            with self.lock:
+                outputs = self.backend.generate(req["prompts"], req["n"], options)
+            return 200, {
+                "outputs": [[{"token_ids": ids, "logprobs": lps} for ids, lps in row] for row in outputs]
+            }
+        if method == "POST" and path == "/update_weights":
+            if not isinstance(payload, dict) or not isinstance(payload.get("path"), str):
+                raise BadRequest("update_weights needs {'path': '<file>.safetensors'}")
+            from safetensors.torch import load_file
+
+            try:
+                tensors = load_file(payload["path"])
+            except FileNotFoundError:
+                raise BadRequest(f"no such weights file: {payload['path']}") from None
+            with self.lock:
+                self.backend.load_weights(list(tensors.items()))
+                self.weight_version += 1
+            return 200, {"status": "ok", "tensors": len(tensors), "weight_version": self.weight_version}
+        raise LookupError(f"no endpoint {method} {path}")
+
+
+def make_handler(server: Server, stop: threading.Event) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            pass
+
+        def _answer(self, code: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _dispatch(self, method: str) -> None:
+            try:
+                payload = None
+                if method == "POST":
+                    length = int(self.headers.get("Content-Length") or 0)
+                    raw = self.rfile.read(length) if length else b""
+                    try:
+                        payload = json.loads(raw.decode() or "null")
+                    except ValueError:
+                        raise BadRequest("the body is not valid JSON") from None
+                if method == "POST" and self.path == "/shutdown":
+                    self._answer(200, {"status": "stopping"})
+                    stop.set()
+                    return
+                code, body = server.handle(method, self.path, payload)
+                self._answer(code, body)
+            except BadRequest as exc:
+                self._answer(400, {"error": str(exc)})
+            except LookupError as exc:
+                self._answer(404, {"error": str(exc)})
+            except Exception as exc:
+                self._answer(500, {"error": " ".join(f"{type(exc).__name__}: {exc}".split())})
+
+        def do_GET(self) -> None:
+            self._dispatch("GET")
+
+        def do_POST(self) -> None:
+            self._dispatch("POST")
+
+    return Handler
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="Serve one vLLM engine for ticgrpo's VLLMEngine(mode='server').")
+    ap.add_argument("--model", required=True, help="HF model folder (config.json, weights, tokenizer)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8011)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    ap.add_argument("--max-model-len", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--engine-kwargs", default="{}", help="JSON object of extra vllm.LLM keyword arguments")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        extra = json.loads(args.engine_kwargs)
+        if not isinstance(extra, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        print(f"error: --engine-kwargs must be a JSON object ({exc})", file=sys.stderr)
+        return 2
+    from ticgrpo.models import resolve_model_path
+    from ticgrpo.rollout.vllm import LocalBackend
+
+    try:
+        model_path = resolve_model_path(args.model)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    backend = LocalBackend(
+        model_path,
+        dtype=args.dtype,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.max_model_len,
+        seed=args.seed,
+        enforce_eager=args.enforce_eager,
+        **extra,
+    )
+    stop = threading.Event()
+    httpd = ThreadingHTTPServer((args.host, args.port), make_handler(Server(backend, model_path), stop))
+    httpd.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+    thread.start()
+    print(f"[vllm_server] serving {model_path} on http://{args.host}:{httpd.server_address[1]}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    httpd.shutdown()
+    httpd.server_close()
+    backend.close()
+    print("[vllm_server] stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
