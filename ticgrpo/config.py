@@ -22,7 +22,7 @@ import yaml
 
 DTYPES = ("float32", "bfloat16", "float16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
-ROLLOUT_ENGINES = ("hf",)
+ROLLOUT_ENGINES = ("hf", "vllm")
 DEVICES = ("auto", "cpu", "cuda")
 REWARD_ERROR_MODES = ("raise", "zero", "skip")
 
@@ -62,6 +62,7 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     generation_batch_size: int | None = None  # sequences per generate() call; null = all
+    vllm: dict = field(default_factory=dict)  # engine "vllm": VLLMEngine keyword options (docs/vllm.md)
 
 
 @dataclass
@@ -91,6 +92,9 @@ class AlgorithmConfig:
     logprob_chunk_size: int = 1024
     log_entropy: bool = True
     on_reward_error: str = "raise"  # a reward fn raising / returning NaN or too few values: raise | zero | skip
+    # an engine's behaviour log-probs (vLLM) vs the trainer's: null | token | sequence TIS (ticgrpo.mismatch)
+    behavior_correction: str | None = None
+    behavior_correction_cap: float = 2.0  # C: importance weights are truncated at C
 
 
 @dataclass
@@ -440,6 +444,20 @@ def validate(config: TrainConfig) -> None:
             check_igrpo_options(a.igrpo)
         except ValueError as exc:
             raise ConfigError(f"algorithm.igrpo: {exc}") from None
+    if a.behavior_correction is not None:
+        from ticgrpo.mismatch import MODES
+        from ticgrpo.objectives import OBJECTIVES
+
+        _choice("algorithm.behavior_correction", a.behavior_correction, MODES)
+        _check(r.engine != "hf", "algorithm.behavior_correction corrects an inference engine's sampling; the hf engine "
+               "samples from the training model itself: set rollout.engine: vllm or drop the correction")
+        _check(a.behavior_correction == "sequence"
+               or not OBJECTIVES.entry(a.objective).meta.get("sequence_advantages", False),
+               f"algorithm.behavior_correction: token weights need a token-level objective; {a.objective} uses one "
+               f"advantage per sequence: use sequence")
+    _check(a.behavior_correction_cap >= 1,
+           f"algorithm.behavior_correction_cap must be >= 1, got {a.behavior_correction_cap}")
+    _check(isinstance(r.vllm, dict), "rollout.vllm must be a mapping of VLLMEngine options")
     # β > 0 needs a reference model: a frozen copy is loaded (with LoRA: the adapter-disabled base).
     _check(float(getattr(objective_config, "beta", 0.0)) >= 0, "algorithm.objective_options.beta must be >= 0")
 

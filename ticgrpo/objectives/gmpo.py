@@ -38,7 +38,9 @@ class GMPOConfig(PenaltyConfig):
             raise ValueError(f"epsilon must be >= 0, got {self.epsilon}")
 
 
-@OBJECTIVES.register("gmpo", GMPOConfig, default_advantage="group_norm", uses_old_logprobs=True)
+@OBJECTIVES.register(
+    "gmpo", GMPOConfig, default_advantage="group_norm", uses_old_logprobs=True, sequence_advantages=True
+)
 def gmpo_loss(
     batch: PolicyBatch, config: GMPOConfig, norms: StepNormalizers
 ) -> tuple[Tensor, dict[str, Tensor]]:

@@ -38,7 +38,9 @@ class GSPOConfig(PenaltyConfig):
             raise ValueError(f"epsilon_high must be >= 0, got {self.epsilon_high}")
 
 
-@OBJECTIVES.register("gspo", GSPOConfig, default_advantage="group_norm", uses_old_logprobs=True)
+@OBJECTIVES.register(
+    "gspo", GSPOConfig, default_advantage="group_norm", uses_old_logprobs=True, sequence_advantages=True
+)
 def gspo_loss(
     batch: PolicyBatch, config: GSPOConfig, norms: StepNormalizers
 ) -> tuple[Tensor, dict[str, Tensor]]:

@@ -98,7 +98,9 @@ def conflict_tokens(token_ids: Tensor, mask: Tensor, advantages: Tensor, group_i
     return flags & valid
 
 
-@OBJECTIVES.register("gtpo", GTPOConfig, default_advantage="group_norm", uses_old_logprobs=False)
+@OBJECTIVES.register(
+    "gtpo", GTPOConfig, default_advantage="group_norm", uses_old_logprobs=False, sequence_advantages=True
+)
 def gtpo_loss(
     batch: PolicyBatch, config: GTPOConfig, norms: StepNormalizers
 ) -> tuple[Tensor, dict[str, Tensor]]:

@@ -46,7 +46,8 @@ class TICGRPOConfig(PenaltyConfig):
 
 
 @OBJECTIVES.register(
-    "tic_grpo", TICGRPOConfig, default_advantage="length_corrected", uses_old_logprobs=True
+    "tic_grpo", TICGRPOConfig, default_advantage="length_corrected", uses_old_logprobs=True,
+    sequence_advantages=True,
 )
 def tic_grpo_loss(
     batch: PolicyBatch, config: TICGRPOConfig, norms: StepNormalizers

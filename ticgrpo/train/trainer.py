@@ -135,10 +135,7 @@ class Trainer:
         self.model, self.tokenizer = model.to(self.device), tokenizer
         disable_dropout(self.model)
         self.ref_model, self.ref_context = self._reference_model()
-        self.engine = HFGenerateEngine(
-            self.model, tokenizer, cfg.rollout.generation_batch_size, cfg.rollout.max_prompt_length,
-            self.autocast_dtype,
-        )
+        self.engine = self._rollout_engine()
         self.settings = StepSettings(
             objective=cfg.algorithm.objective,
             objective_config=self.objective_config,
@@ -209,6 +206,7 @@ class Trainer:
             final_dir = self.save_final() if cfg.checkpoint.save_final else None
         finally:
             self.logger.close()
+            self.engine.close()
             self.dist.close()
         if cfg.logging.plot and main:
             from ticgrpo.reports.plots import plot_curves
@@ -233,9 +231,11 @@ class Trainer:
             batch.old_logprobs = fixed_logprobs(self.model, batch, self.settings)
         if self.ref_model is not None:
             batch.ref_logprobs = fixed_logprobs(self.ref_model, batch, self.settings, self.ref_context)
+        mismatch = self._behavior_correction(rollout, batch)
         times["old_logprobs"] = time.perf_counter() - t0
         lr = self.scheduler.get_last_lr()[0]
         stats = optimize(self.model, self.optimizer, batch, self.settings, self.dist)
+        self.engine.update_weights(self.model)  # an inference engine samples the next batch from θ
         ckpt.crash_point("after_optimizer_step")  # test hook; a no-op normally
         if stats.metrics.get("skipped_nonfinite"):
             self._warn_nonfinite(stats.metrics, scored, adv, batch)
@@ -249,6 +249,7 @@ class Trainer:
             **step_metrics(scored, adv, lengths),
             **stats.metrics,
             **sampling,
+            **mismatch,
             "lr": lr,
             "reward_errors": float(self.step_reward_errors),
             "rollout_tokens_per_s": float(lengths.sum()) / max(times["rollout"], 1e-9),
@@ -367,6 +368,40 @@ class Trainer:
         self.evals.append({"step": self.step, **result})
         return result
 
+    def _rollout_engine(self) -> Any:
+        cfg = self.config
+        if cfg.rollout.engine == "hf":
+            return HFGenerateEngine(self.model, self.tokenizer, cfg.rollout.generation_batch_size,
+                                    cfg.rollout.max_prompt_length, self.autocast_dtype)
+        from ticgrpo.rollout.vllm import VLLMEngine  # its own environment: docs/vllm.md
+
+        options = dict(cfg.rollout.vllm)
+        if "model_path" not in options and cfg.model.name != TINY_ALIAS and cfg.model.lora is None:
+            from ticgrpo.models import resolve_model_path
+
+            options["model_path"] = resolve_model_path(cfg.model.name)  # else the engine saves the model
+        options.setdefault("seed", cfg.seed)
+        return VLLMEngine(self.model, self.tokenizer, max_prompt_length=cfg.rollout.max_prompt_length, **options)
+
+    def _behavior_correction(self, rollout: RolloutBatch, batch: TrainingBatch) -> dict[str, float]:
+        """With an engine's behaviour log-probs (vLLM): mismatch metrics, and with
+        algorithm.behavior_correction the TIS weights folded into the advantages (ticgrpo.mismatch)."""
+        behavior = rollout.behavior_logprobs
+        if behavior is None:
+            return {}
+        from ticgrpo.mismatch import behavior_correction, mismatch_metrics
+
+        a = self.config.algorithm
+        old = batch.old_logprobs if batch.old_logprobs is not None else fixed_logprobs(self.model, batch,
+                                                                                         self.settings)
+        behavior = behavior.to(old.device)
+        if a.behavior_correction is None:
+            return mismatch_metrics(old, behavior, batch.completion_mask)
+        correction = behavior_correction(old, behavior, batch.completion_mask, a.behavior_correction,
+                                         a.behavior_correction_cap)
+        batch.advantages = correction.apply(batch.advantages)
+        return correction.metrics
+
     def _reference_model(self) -> tuple[Any, Any]:
         """(model, context) giving reference log-probs, or (None, None) when β = 0."""
         if float(getattr(self.objective_config, "beta", 0.0)) == 0:
@@ -439,6 +474,7 @@ class Trainer:
         self.step = int(state["step"])
         self.stream.load_state(state["stream"])
         self.evals = list(state.get("evals", []))
+        self.engine.update_weights(self.model)  # an inference engine still holds the initial weights
 
     def save_final(self) -> Path:
         final = self.output_dir / "final"
