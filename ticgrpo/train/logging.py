@@ -8,6 +8,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ticgrpo.train.evaluate import ScoredRollout
+
 PROGRESS_KEYS = (("reward_mean", "reward"), ("completion_length_mean", "len"), ("loss", "loss"))
 
 
@@ -130,3 +134,32 @@ def _wandb(project: str, run_dir: Path, config: dict | None) -> Any:
         warnings.warn("logging.wandb is on but wandb is not installed; skipping it", stacklevel=3)
         return None
     return wandb.init(project=project, dir=str(run_dir), config=config or {})
+
+
+def step_metrics(scored: ScoredRollout, adv: Any, lengths: torch.Tensor) -> dict[str, float]:
+    r = scored.rewards
+    a = adv.advantages.flatten()
+    out = {
+        "reward_mean": float(r.mean()),
+        "reward_std": float(r.std()) if r.numel() > 1 else 0.0,
+        "advantage_mean": float(a.mean()),
+        "advantage_std": float(a.std()) if a.numel() > 1 else 0.0,
+        "frac_zero_std": float(adv.frac_zero_std),
+        "completion_length_mean": float(lengths.mean()),
+        "completion_length_max": float(lengths.max()),
+        "truncated_frac": float(scored.rollout.truncated.float().mean()),
+        "num_sequences": float(r.numel()),
+    }
+    for name, values in scored.per_function.items():
+        v = torch.tensor(values, dtype=torch.float32)
+        out[f"reward/{name}_mean"] = float(v.mean())
+        out[f"reward/{name}_std"] = float(v.std()) if v.numel() > 1 else 0.0
+    return out
+
+
+def samples(scored: ScoredRollout, n: int) -> list[dict]:
+    """Up to n (prompt, completion, reward) records, one per prompt group first."""
+    g, groups = scored.num_samples, len(scored.rows)
+    idx = [(i % groups) * g + (i // groups) % g for i in range(min(n, len(scored.rewards)))]
+    return [{"prompt": scored.rows[k // g]["prompt"], "completion": scored.rollout.completions[k],
+             "reward": float(scored.rewards[k])} for k in idx]

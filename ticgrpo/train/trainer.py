@@ -9,16 +9,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import math
-import random
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ticgrpo.advantages import AdvantageResult, compute_advantages
@@ -29,10 +25,10 @@ from ticgrpo.rollout import HFGenerateEngine, RolloutBatch, SamplingParams, conc
 from ticgrpo.train import checkpoint as ckpt
 from ticgrpo.train.distributed import Distributed
 from ticgrpo.train.evaluate import ScoredRollout, concat_scored, evaluate, score_rollout
-from ticgrpo.train.logging import NullLogger, RunLogger
+from ticgrpo.train.logging import NullLogger, RunLogger, samples, step_metrics
+from ticgrpo.train.prompts import PromptStream, load_rows, sampling_seed
+from ticgrpo.train.setup import TINY_ALIAS, disable_dropout, load_model, lr_lambda, seed_everything
 from ticgrpo.train.step import StepSettings, TrainingBatch, fixed_logprobs, optimize
-
-TINY_ALIAS = "tiny-test"
 
 
 class TrainingHalted(RuntimeError):
@@ -49,40 +45,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # metrics of the steps run in this call
     evals: list[dict] = field(default_factory=list)
     rank: int = 0  # this process's rank (0 in a single-process run; only rank 0 writes files)
-
-
-class PromptStream:
-    """Endless, seeded, resumable pass over the training rows (reshuffled every epoch)."""
-
-    def __init__(self, rows: list[dict], seed: int, shuffle: bool = True) -> None:
-        if not rows:
-            raise ValueError("the training dataset is empty")
-        self.rows, self.seed, self.shuffle = rows, seed, shuffle
-        self.epoch, self.position = 0, 0
-        self._order = self._make_order()
-
-    def _make_order(self) -> list[int]:
-        order = list(range(len(self.rows)))
-        if self.shuffle:
-            random.Random(f"{self.seed}-{self.epoch}").shuffle(order)
-        return order
-
-    def take(self, n: int) -> list[dict]:
-        out = []
-        while len(out) < n:
-            if self.position == len(self._order):
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._make_order()
-            out.append(self.rows[self._order[self.position]])
-            self.position += 1
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._order = self._make_order()
 
 
 class Trainer:
@@ -125,13 +87,13 @@ class Trainer:
                              for fn, w in self.reward_specs]
         self.objective_config = make_objective_config(cfg.algorithm.objective, cfg.algorithm.objective_options)
         self.advantage = cfg.advantage_name
-        self.train_rows = train_rows if train_rows is not None else _load_rows(cfg.data.train)
-        self.eval_rows = eval_rows if eval_rows is not None else _load_rows(cfg.data.eval)
+        self.train_rows = train_rows if train_rows is not None else load_rows(cfg.data.train)
+        self.eval_rows = eval_rows if eval_rows is not None else load_rows(cfg.data.eval)
         if cfg.eval.num_examples is not None:
             self.eval_rows = self.eval_rows[: cfg.eval.num_examples]
         self.stream = PromptStream(self.train_rows, cfg.seed, cfg.data.shuffle)
         if model is None:
-            model, tokenizer = _load_model(cfg)
+            model, tokenizer = load_model(cfg)
         self.model, self.tokenizer = model.to(self.device), tokenizer
         disable_dropout(self.model)
         self.ref_model, self.ref_context = self._reference_model()
@@ -491,95 +453,3 @@ class Trainer:
 def train(config: TrainConfig | dict | str | Path, resume: bool = False, **kwargs: Any) -> TrainResult:
     """Run training from a config (path, dict or TrainConfig); kwargs go to `Trainer`."""
     return Trainer(config, **kwargs).train(resume=resume)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def sampling_seed(seed: int, step: int, round_index: int, group: int) -> int:
-    """A 63-bit seed that depends only on its arguments (not on Python's hash randomisation)."""
-    digest = hashlib.sha256(f"{seed}/{step}/{round_index}/{group}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def disable_dropout(model: Any) -> None:
-    """Dropout would make ℓ^old differ from the first inner step's ℓ; RL fine-tuning turns it off."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-
-
-def lr_lambda(cfg: TrainConfig) -> Any:
-    """LR factor per training step: linear warm-up, then constant / cosine / linear decay."""
-    o, total = cfg.optim, max(cfg.max_steps, 1)
-
-    def factor(step: int) -> float:
-        if step < o.warmup_steps:
-            return (step + 1) / (o.warmup_steps + 1)
-        if o.schedule == "constant":
-            return 1.0
-        progress = min((step - o.warmup_steps) / max(total - o.warmup_steps, 1), 1.0)
-        decay = 0.5 * (1 + math.cos(math.pi * progress)) if o.schedule == "cosine" else 1 - progress
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * decay
-
-    return factor
-
-
-def step_metrics(scored: ScoredRollout, adv: Any, lengths: torch.Tensor) -> dict[str, float]:
-    r = scored.rewards
-    a = adv.advantages.flatten()
-    out = {
-        "reward_mean": float(r.mean()),
-        "reward_std": float(r.std()) if r.numel() > 1 else 0.0,
-        "advantage_mean": float(a.mean()),
-        "advantage_std": float(a.std()) if a.numel() > 1 else 0.0,
-        "frac_zero_std": float(adv.frac_zero_std),
-        "completion_length_mean": float(lengths.mean()),
-        "completion_length_max": float(lengths.max()),
-        "truncated_frac": float(scored.rollout.truncated.float().mean()),
-        "num_sequences": float(r.numel()),
-    }
-    for name, values in scored.per_function.items():
-        v = torch.tensor(values, dtype=torch.float32)
-        out[f"reward/{name}_mean"] = float(v.mean())
-        out[f"reward/{name}_std"] = float(v.std()) if v.numel() > 1 else 0.0
-    return out
-
-
-def samples(scored: ScoredRollout, n: int) -> list[dict]:
-    """Up to n (prompt, completion, reward) records, one per prompt group first."""
-    g, groups = scored.num_samples, len(scored.rows)
-    idx = [(i % groups) * g + (i // groups) % g for i in range(min(n, len(scored.rewards)))]
-    return [{"prompt": scored.rows[k // g]["prompt"], "completion": scored.rollout.completions[k],
-             "reward": float(scored.rewards[k])} for k in idx]
-
-
-def _load_rows(spec: dict | None) -> list[dict]:
-    if spec is None:
-        return []
-    from ticgrpo.data import load_dataset_source
-
-    return load_dataset_source(spec)
-
-
-def _load_model(cfg: TrainConfig) -> tuple[Any, Any]:
-    m = cfg.model
-    if m.name == TINY_ALIAS:
-        from ticgrpo import testing
-
-        tokenizer = testing.make_tiny_tokenizer()
-        model = testing.make_tiny_model(seed=cfg.seed, tokenizer=tokenizer)
-        if m.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if m.lora is not None:
-            from peft import LoraConfig, get_peft_model
-
-            model = get_peft_model(model, LoraConfig(**{"target_modules": "all-linear", "task_type": "CAUSAL_LM",
-                                                        **m.lora}))
-        return model, tokenizer
-    from ticgrpo.models import load_model_and_tokenizer
-
-    return load_model_and_tokenizer(m.name, m.dtype, m.gradient_checkpointing, m.lora, m.trust_remote_code)
