@@ -97,3 +97,32 @@ def test_vllm_engine_without_vllm_names_the_bootstrap_script(tiny_tokenizer, tin
 
     with pytest.raises(ImportError, match=r"bootstrap_vllm\.sh.*\.venv-vllm"):
         VLLMEngine(tiny_model(), tiny_tokenizer)
+
+
+def test_vllm_trainer_weights_merge_peft_adapters(tiny_model) -> None:
+    """What update_weights sends: plain HF names; a LoRA model's adapters merged, then unmerged."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from ticgrpo.rollout.vllm import trainer_weights
+
+    base = tiny_model()
+    plain = dict(trainer_weights(base))
+    assert set(plain) == set(base.state_dict())
+    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    x = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        before = peft_model(input_ids=x).logits
+    sent = dict(trainer_weights(peft_model))
+    assert set(sent) == set(plain)
+    merged = copy.deepcopy(peft_model).merge_and_unload().state_dict()
+    for name, t in sent.items():
+        torch.testing.assert_close(t, merged[name])
+    assert any(not torch.equal(sent[n], plain[n]) for n in plain)  # the adapters did change weights
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(input_ids=x).logits, before)  # unmerged again
