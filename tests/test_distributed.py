@@ -143,3 +143,16 @@ def test_shares():
     assert [Distributed(r, 3).uneven_share(list(range(7))) for r in range(3)] == [[0, 1], [2, 3], [4, 5, 6]]
     with pytest.raises(ValueError, match="cannot be split evenly"):
         Distributed(0, 3).share([1, 2])
+
+
+@pytest.mark.parametrize(("variable", "name"),
+                         [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
+def test_sharding_launch_configs_are_refused(tmp_path, monkeypatch, variable, name):
+    """accelerate launch with an FSDP / DeepSpeed config sets these; the trainer would silently
+    replicate instead, so it says what to use."""
+    from ticgrpo.config import ConfigError
+    from ticgrpo.train.trainer import Trainer
+
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(ConfigError, match=f"does not shard with {name}.*ddp_8gpu.yaml.*TRL plug-in"):
+        Trainer(config(tmp_path / "x"))

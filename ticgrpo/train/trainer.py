@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -68,6 +69,12 @@ class Trainer:
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
         )
+        sharding = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}") == "true"]
+        if sharding:
+            raise ConfigError(f"ticgrpo train is data-parallel (full replicas) and does not shard with "
+                              f"{sharding[0].replace('DEEPSPEED', 'DeepSpeed')}: launch it with a DDP config "
+                              f"(examples/accelerate/ddp_8gpu.yaml), or use the TRL plug-in for sharding "
+                              f"(docs/scaling.md)")
         self.dist = Distributed.from_environment(self.device.type)  # torchrun / accelerate launch
         if self.dist.enabled:
             if cfg.rollout.prompts_per_step % self.dist.world_size:
