@@ -1,7 +1,7 @@
 """Rollout throughput: VLLMEngine (colocate, bf16) vs HFGenerateEngine (bf16 autocast, fp32).
 
     .venv-vllm/bin/python benchmarks/rollout_vllm_vs_hf.py                # both settings
-    .venv-vllm/bin/python benchmarks/rollout_vllm_vs_hf.py --settings short --repeats 5
+    .venv-vllm/bin/python benchmarks/rollout_vllm_vs_hf.py --settings short --repeats 5 --threads 1
 
 One process, one model (SmolLM2-135M-Instruct, the bundled alias), the same prompts for every
 engine. Settings:
@@ -61,12 +61,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--engines", default="hf-fp32,hf-bf16,vllm-bf16")
     ap.add_argument("--kv-cache-gib", default="2")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="OMP/torch threads for every engine (default: torch's; vLLM may lower it to 1)")
     args = ap.parse_args()
+    if args.threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch is imported
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", args.kv_cache_gib)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     from ticgrpo.models import load_model_and_tokenizer, resolve_model_path
     from ticgrpo.rollout import HFGenerateEngine, SamplingParams, VLLMEngine
 
@@ -91,6 +97,7 @@ def main() -> None:
             raise SystemExit(f"unknown engine {name!r}")
     print(f"[bench] model {path}, torch threads {torch.get_num_threads()}, setup {time.perf_counter() - t0:.1f} s",
           flush=True)
+    print(f"[bench] P×G {args.prompts}×{args.g}, repeats {args.repeats}, load average {os.getloadavg()}", flush=True)
 
     rows = []
     for setting in args.settings.split(","):
@@ -115,7 +122,7 @@ def main() -> None:
                 rates[name].append(tokens / dt)
                 lengths[name].append(float(batch.completion_lengths.float().mean()))
                 print(f"[bench] {setting} round {r + 1} {name}: {tokens} tokens in {dt:.2f} s "
-                      f"= {tokens / dt:.1f} tok/s", flush=True)
+                      f"= {tokens / dt:.1f} tok/s (torch threads {torch.get_num_threads()})", flush=True)
         for name in engines:
             rows.append((setting, len(prompts), args.g, params.max_new_tokens, name,
                          statistics.mean(lengths[name]), statistics.median(rates[name]), rates[name]))
@@ -129,6 +136,7 @@ def main() -> None:
         r16 = f"{rate / b16:.2f}×" if b16 else "–"
         r32 = f"{rate / f32:.2f}×" if f32 else "–"
         print(f"| {setting} | {p}×{g} | {m} | {name} | {length:.1f} | {rate:.1f} | {r16} | {r32} |")
+    print(f"\nload average at the end: {os.getloadavg()}")
     for engine in engines.values():
         engine.close()
 

@@ -97,7 +97,6 @@ class LocalBackend:
         # In-process engine core: update_weights reaches the model without pickling tensors.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         vllm = import_vllm()
-        self._vllm = vllm
         kwargs: dict[str, Any] = {
             "model": model_path,
             "dtype": dtype,
@@ -140,7 +139,9 @@ class LocalBackend:
             comps = []
             for c in out.outputs:
                 ids = [int(t) for t in c.token_ids]
-                lps = [float(c.logprobs[i][t].logprob) for i, t in enumerate(ids)] if c.logprobs else [0.0] * len(ids)
+                if ids and not c.logprobs:
+                    raise RuntimeError("vLLM returned no log-probs for a completion (logprobs=0 was requested)")
+                lps = [float(c.logprobs[i][t].logprob) for i, t in enumerate(ids)]
                 comps.append((ids, lps))
             if options["greedy"]:
                 comps = comps * n
