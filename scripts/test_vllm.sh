@@ -7,4 +7,4 @@ cd "$root"
 bash scripts/bootstrap_vllm.sh
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"  # GiB of KV cache per engine
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
-.venv-vllm/bin/python -m pytest -q -m vllm tests/vllm "$@"
+.venv-vllm/bin/python -m pytest -q -m vllm tests/vllm_rollout "$@"

@@ -92,7 +92,7 @@ def test_vllm_engine_without_vllm_names_the_bootstrap_script(tiny_tokenizer, tin
 
     spec = importlib.util.find_spec("vllm")
     if spec is not None and spec.origin and spec.origin.endswith("__init__.py"):
-        pytest.skip("vLLM is installed here; tests/vllm covers the engine")
+        pytest.skip("vLLM is installed here; tests/vllm_rollout covers the engine")
     from ticgrpo.rollout import VLLMEngine
 
     with pytest.raises(ImportError, match=r"bootstrap_vllm\.sh.*\.venv-vllm"):

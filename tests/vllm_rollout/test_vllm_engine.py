@@ -1,7 +1,7 @@
 """VLLMEngine against real vLLM (CPU build): layout, greedy agreement, behaviour log-probs,
 weight updates, server mode and bad input. No mocks.
 
-Run: ``bash scripts/test_vllm.sh`` (``.venv-vllm``, ``pytest -m vllm tests/vllm``).
+Run: ``bash scripts/test_vllm.sh`` (``.venv-vllm``, ``pytest -m vllm tests/vllm_rollout``).
 """
 
 from __future__ import annotations

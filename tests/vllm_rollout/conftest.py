@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-# A real vllm package has an __init__.py; this folder's own name makes `vllm` resolve to a
-# namespace package (tests/vllm) wherever tests/ is on sys.path and vLLM is not installed.
+# A real vllm package has an __init__.py (a stray folder named vllm on sys.path would be a
+# namespace package). This folder is not called tests/vllm for that reason: pytest puts tests/
+# on sys.path, and a tests/vllm folder would make `import vllm` (e.g. TRL's availability check)
+# find it.
 _spec = importlib.util.find_spec("vllm")
 HAVE_VLLM = _spec is not None and bool(_spec.origin) and _spec.origin.endswith("__init__.py")
 if not HAVE_VLLM:
