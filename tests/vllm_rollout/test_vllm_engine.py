@@ -155,6 +155,25 @@ def test_update_weights_colocate(tiny_tok: Any, tiny_factory: Any) -> None:
     assert engine._tmpdir is None
 
 
+def test_boots_from_in_memory_tied_model(tiny_tok: Any) -> None:
+    """model_path=None with tied embeddings (as SmolLM2): the saved copy boots and agrees with HF."""
+    from ticgrpo.testing import make_tiny_model
+
+    model = make_tiny_model(len(tiny_tok), seed=3, tokenizer=tiny_tok, hidden_size=64, intermediate_size=128,
+                            num_attention_heads=2, num_key_value_heads=1)
+    assert model.config.tie_word_embeddings
+    engine = VLLMEngine(model, tiny_tok, dtype="float32", max_model_len=256)
+    try:
+        params = SamplingParams(max_new_tokens=6, greedy=True)
+        v = engine.generate(TINY_PROMPTS, 1, params)
+        h = HFGenerateEngine(model, tiny_tok).generate(TINY_PROMPTS, 1, params)
+        lp = trainer_logprobs(model, v, temperature=1.0)
+        assert (lp - v.behavior_logprobs).abs()[v.completion_mask.bool()].max() < 1e-3
+        assert sum(a == b for a, b in zip(masked_rows(v), masked_rows(h), strict=True)) >= 3
+    finally:
+        engine.close()
+
+
 # ---------------------------------------------------------------- SmolLM2-135M, bf16 engine
 
 
