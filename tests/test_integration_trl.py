@@ -183,3 +183,53 @@ def test_rejects_unsupported_settings(tmp_path):
         tmp_path, args=_args(tmp_path, cls=GRPOConfig), ticgrpo_objective="gspo", ticgrpo_advantage="rloo"
     )
     assert trainer.ticgrpo_objective == "gspo" and trainer.ticgrpo_advantage == "rloo"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch_config(tmp_path, name: str) -> str:
+    """An examples/accelerate config cut down to 2 CPU processes without mixed precision."""
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "examples", "accelerate", name)) as f:
+        config = yaml.safe_load(f)
+    config.update(num_processes=2, mixed_precision="no")
+    path = tmp_path / f"launch-{name}"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_plugin_under_accelerate_launch_ddp_and_fsdp2(tmp_path):
+    """examples/trl/train_tic_grpo.py --smoke with 2 processes (gloo) under the DDP and FSDP2
+    example configs: both train, and take the same first step (same seed, same data)."""
+    import re
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    first_grad_norms = {}
+    for name in ("ddp_8gpu.yaml", "fsdp_8gpu.yaml"):
+        cmd = [accelerate, "launch", "--config_file", _launch_config(tmp_path, name),
+               "--main_process_port", str(_free_port()),
+               os.path.join(root, "examples", "trl", "train_tic_grpo.py"), "--smoke",
+               "--output-dir", str(tmp_path / f"out-{name}")]
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        out = proc.stdout + proc.stderr
+        (tmp_path / f"{name}.log").write_text(out)
+        assert proc.returncode == 0, out[-3000:]
+        assert out.count("done: 2 steps") == 2, out[-3000:]  # both processes finished
+        norms = re.findall(r"'grad_norm': '([0-9.eE+-]+)'", out)
+        assert norms and all(torch.isfinite(torch.tensor(float(n))) for n in norms)
+        first_grad_norms[name] = float(norms[0])
+    assert first_grad_norms["ddp_8gpu.yaml"] == pytest.approx(first_grad_norms["fsdp_8gpu.yaml"], rel=1e-3)
+    assert first_grad_norms["ddp_8gpu.yaml"] > 0
