@@ -96,3 +96,18 @@ def test_concat_rollouts_repads_and_renumbers_groups():
     assert both.prompt_ids.shape[1] == max(a.prompt_ids.shape[1], b.prompt_ids.shape[1])
     assert torch.equal(both.completion_lengths, torch.cat([a.completion_lengths, b.completion_lengths]))
     assert both.completions == a.completions + b.completions
+
+
+def test_long_prompts_keep_their_last_tokens():
+    """max_prompt_length cuts the start of a prompt (the question and the assistant header at its
+    end must survive), whatever the tokenizer's own truncation side."""
+    tok = tiny_tokenizer()
+    tok.truncation_side = "right"
+    engine = HFGenerateEngine(tiny_model(), tok, max_prompt_length=6)
+    long_prompt, short_prompt = "one two three four five six seven eight nine ten 1+2=", "1+2="
+    out = engine.generate([long_prompt, short_prompt], 2, SamplingParams(max_new_tokens=3, greedy=True))
+    full = tok(long_prompt, add_special_tokens=False)["input_ids"]
+    assert len(full) > 6 and out.prompt_ids.shape[1] == 6
+    assert out.prompt_ids[0].tolist() == full[-6:] and out.prompt_mask[0].tolist() == [1] * 6
+    short = tok(short_prompt, add_special_tokens=False)["input_ids"]
+    assert out.prompt_ids[2, -len(short):].tolist() == short and out.prompt_mask[2].sum() == len(short)

@@ -68,13 +68,13 @@ class HFGenerateEngine(RolloutEngine):
                 return_tensors="pt",
                 padding=True,
                 add_special_tokens=self.add_special_tokens,
-                truncation=self.max_prompt_length is not None,
-                max_length=self.max_prompt_length,
             )
         finally:
             tok.padding_side = side
         prompt_ids = enc["input_ids"].to(self.device)
         prompt_mask = enc["attention_mask"].to(self.device)
+        # the tokenizer would cut on its truncation side (often the right, i.e. the question and the
+        # assistant header); the last tokens of a left-padded batch are its last columns
         if self.max_prompt_length is not None and prompt_ids.shape[1] > self.max_prompt_length:
             prompt_ids = prompt_ids[:, -self.max_prompt_length :]
             prompt_mask = prompt_mask[:, -self.max_prompt_length :]

@@ -254,7 +254,7 @@ class VLLMEngine(RolloutEngine):
     model_path: folder vLLM loads (colocate); None = save ``model`` + ``tokenizer`` to a
         temporary folder first (removed by `close`).
     server_url: e.g. "http://127.0.0.1:8011" (server mode).
-    max_prompt_length: prompts longer than this are truncated as `HFGenerateEngine` does.
+    max_prompt_length: prompts longer than this keep their last tokens, as in `HFGenerateEngine`.
     dtype, gpu_memory_utilization, max_model_len, seed, enforce_eager, **engine_kwargs:
         passed to ``vllm.LLM`` (colocate; the server takes them as command-line options).
     """
@@ -367,8 +367,6 @@ class VLLMEngine(RolloutEngine):
         enc = self.tokenizer(
             prompts,
             add_special_tokens=False,
-            truncation=self.max_prompt_length is not None,
-            max_length=self.max_prompt_length,
         )
         ids = [list(x) for x in enc["input_ids"]]
         if self.max_prompt_length is not None:
