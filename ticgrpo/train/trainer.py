@@ -349,7 +349,7 @@ class Trainer:
             from ticgrpo.models import resolve_model_path
 
             options["model_path"] = resolve_model_path(cfg.model.name)  # else the engine saves the model
-        options.setdefault("seed", cfg.seed)
+        options.setdefault("seed", cfg.seed + 7919 * self.dist.rank)  # one sampling stream per process
         return VLLMEngine(self.model, self.tokenizer, max_prompt_length=cfg.rollout.max_prompt_length, **options)
 
     def _behavior_correction(self, rollout: RolloutBatch, batch: TrainingBatch) -> dict[str, float]:
