@@ -15,6 +15,7 @@ from ticgrpo.cli import main
 from ticgrpo.compare import runner
 from ticgrpo.compare.runner import DONE_MARKER, MARKER, apply_algorithm, plan_comparison, resolve_algorithm
 from ticgrpo.compare.stats import paired_t_test, permutation_test, t_interval, t_ppf, t_sf, welch_t_test
+from ticgrpo.config import ConfigError, config_to_yaml
 
 PNGS = ("reward.png", "accuracy.png", "clip_frac.png", "completion_length.png")
 
@@ -207,6 +208,24 @@ def test_plan_validates_and_classifies(tmp_path):
     first = plan.runs[0].config
     assert first.seed == 3 and first.algorithm.objective_options == {"epsilon_high": None, "beta": 0.0}
     assert first.output_dir == str(tmp_path / "cmp/runs/tic_ratio_only/seed-3")
+
+
+def test_run_saved_before_a_config_key_existed_still_matches(tmp_path):
+    """A finished run whose config.yaml predates a key (now at its default) is not 'different';
+    a real difference still is."""
+    plan = plan_comparison(base_config(), "grpo", "0", tmp_path / "cmp")
+    run = plan.runs[0]
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / MARKER).write_text(json.dumps({"algorithm": "grpo", "seed": 0}))
+    (run.run_dir / DONE_MARKER).write_text("{}")
+    saved = yaml.safe_load(config_to_yaml(run.config))
+    del saved["algorithm"]["behavior_correction_cap"], saved["rollout"]["vllm"]  # keys added later
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert plan_comparison(base_config(), "grpo", "0", tmp_path / "cmp").runs[0].status == "done"
+    saved["optim"]["lr"] = 0.5
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match=r"different config.*optim\.lr"):
+        plan_comparison(base_config(), "grpo", "0", tmp_path / "cmp")
 
 
 def test_stats_against_scipy():

@@ -345,6 +345,15 @@ def plan_comparison(
     return plan
 
 
+def _with_defaults(saved: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A saved config with this version's defaults filled in, so that a key added to ticgrpo
+    since that run (at its default) is not a difference. Unreadable configs stay as saved."""
+    try:
+        return load_config(saved, [], str(run_dir)).to_dict()
+    except ConfigError:
+        return saved
+
+
 def _fingerprint(config_dict: dict[str, Any]) -> dict[str, Any]:
     data = yaml.safe_load(yaml.safe_dump(config_dict, sort_keys=True))
     return {k: v for k, v in data.items() if k not in _NEUTRAL}
@@ -376,7 +385,7 @@ def _folder_status(run: RunSpec) -> str:
                           f"not {run.algorithm!r} seed {run.seed}; choose another --out")
     saved = run.run_dir / "config.yaml"
     if saved.is_file():
-        old = _fingerprint(yaml.safe_load(saved.read_text()) or {})
+        old = _fingerprint(_with_defaults(yaml.safe_load(saved.read_text()) or {}, run.run_dir))
         new = _fingerprint(run.config.to_dict())
         diff = _differences(old, new)
         if diff:
