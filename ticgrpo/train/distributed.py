@@ -79,12 +79,21 @@ class Distributed:
         return cls(dist.get_rank(), dist.get_world_size(), local, owns)
 
     def close(self) -> None:
+        """Leave the job cleanly: wait for every process, destroy the group, and free it now.
+
+        A gloo group still alive at interpreter exit (e.g. held by a reference cycle) has
+        running threads when C++ destructors run, and the process aborts ("terminate called
+        without an active exception") after an otherwise successful run."""
         if self.owns_group:
+            import gc
+
             import torch.distributed as dist
 
             if dist.is_initialized():
+                dist.barrier()
                 dist.destroy_process_group()
             self.owns_group = False
+            gc.collect()
 
     # ------------------------------------------------------------------ splitting work
 
