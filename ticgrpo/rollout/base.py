@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -137,6 +138,21 @@ def completion_mask_from_eos(completion_ids: Tensor, eos_token_ids: list[int]) -
     mask = positions <= first[:, None]
     truncated = first >= t
     return mask.long(), truncated
+
+
+def trim_and_decode(
+    completion_ids: Tensor, mask: Tensor, pad_token_id: int, tokenizer: Any
+) -> tuple[Tensor, Tensor, list[str]]:
+    """Cut a batch to its longest completion, set every token past a completion's end to the pad
+    id, and decode each completion (special tokens skipped). Returns (ids, mask, texts)."""
+    width = max(int(mask.sum(dim=1).max().item()) if len(mask) else 1, 1)
+    ids, mask = completion_ids[:, :width], mask[:, :width]
+    ids = torch.where(mask.bool(), ids, torch.full_like(ids, pad_token_id))
+    texts = tokenizer.batch_decode(
+        [row[: int(n)] for row, n in zip(ids.tolist(), mask.sum(dim=1).tolist(), strict=True)],
+        skip_special_tokens=True,
+    )
+    return ids, mask, texts
 
 
 class RolloutEngine(ABC):

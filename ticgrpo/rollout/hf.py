@@ -13,6 +13,7 @@ from ticgrpo.rollout.base import (
     SamplingParams,
     completion_mask_from_eos,
     concat_rollouts,
+    trim_and_decode,
 )
 
 
@@ -109,13 +110,7 @@ class HFGenerateEngine(RolloutEngine):
         if completion_ids.shape[1] == 0:  # max_new_tokens hit before anything (never for >= 1)
             completion_ids = torch.full((len(texts), 1), self.pad_token_id, device=self.device)
         mask, truncated = completion_mask_from_eos(completion_ids, self.eos_token_ids)
-        width = max(int(mask.sum(dim=1).max().item()), 1)
-        completion_ids, mask = completion_ids[:, :width], mask[:, :width]
-        completion_ids = torch.where(mask.bool(), completion_ids, torch.full_like(completion_ids, self.pad_token_id))
-        decoded = tok.batch_decode(
-            [row[: int(n)] for row, n in zip(completion_ids.tolist(), mask.sum(dim=1).tolist(), strict=True)],
-            skip_special_tokens=True,
-        )
+        completion_ids, mask, decoded = trim_and_decode(completion_ids, mask, self.pad_token_id, tok)
         return RolloutBatch(
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,

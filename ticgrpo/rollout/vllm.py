@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ticgrpo.rollout.base import RolloutBatch, RolloutEngine, SamplingParams
+from ticgrpo.rollout.base import RolloutBatch, RolloutEngine, SamplingParams, trim_and_decode
 from ticgrpo.rollout.hf import _eos_ids
 
 INSTALL_HINT = (
@@ -400,14 +400,8 @@ class VLLMEngine(RolloutEngine):
             lengths.append(len(ids) if first is None else first + 1)  # up to and including EOS
             truncated.append(first is None)
         mask = (torch.arange(t)[None, :] < torch.tensor(lengths, dtype=torch.long)[:, None]).long()
-        width = max(int(mask.sum(dim=1).max().item()) if b else 1, 1)
-        completion_ids, mask, logprobs = completion_ids[:, :width], mask[:, :width], logprobs[:, :width]
-        completion_ids = torch.where(mask.bool(), completion_ids, torch.full_like(completion_ids, pad))
-        logprobs = logprobs * mask
-        decoded = self.tokenizer.batch_decode(
-            [row[: int(n)] for row, n in zip(completion_ids.tolist(), mask.sum(dim=1).tolist(), strict=True)],
-            skip_special_tokens=True,
-        )
+        completion_ids, mask, decoded = trim_and_decode(completion_ids, mask, pad, self.tokenizer)
+        logprobs = logprobs[:, : mask.shape[1]] * mask
         return RolloutBatch(
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,
