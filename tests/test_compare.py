@@ -92,6 +92,15 @@ def test_compare_report_resume_and_rebuild(tmp_path, train_calls, capsys):
         assert (out / "plots" / name).stat().st_size > 1000, name
         assert f"plots/{name}" in text
     assert (out / "plots" / "log_w.png").is_file() and (out / "plots" / "ratio.png").is_file()
+    # diagnostics: each cell is the reduction of that metric over every step of every seed
+    summary_rows = {r["algorithm"]: r for r in json.loads((out / "summary.json").read_text())["rows"]}
+    logged = [json.loads(line) for seed in (0, 1)
+              for line in (out / f"runs/tic_grpo/seed-{seed}/metrics.jsonl").read_text().splitlines()]
+    tic = summary_rows["tic_grpo"]["diagnostics"]
+    assert tic["log_w_min"] == min(m["log_w_min"] for m in logged)
+    assert tic["grad_norm_max"] == max(m["grad_norm_max"] for m in logged)
+    assert tic["ratio_min"] is None and summary_rows["grpo"]["diagnostics"]["log_w_max"] is None
+    assert "## Diagnostics" in text and "| tic_grpo | " in text.split("## Diagnostics")[1]
 
     # resume: finished runs are skipped, a deleted run is redone, an interrupted one continues
     done_mtimes = {p: p.stat().st_mtime_ns for p in out.glob(f"runs/*/*/{DONE_MARKER}")}

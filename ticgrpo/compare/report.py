@@ -226,6 +226,33 @@ def _first_reaching(curve_steps: list[int], values: list[float], threshold: floa
     return None
 
 
+# (column, metric key, reduction over every step of every seed)
+DIAGNOSTICS = (
+    ("clipped high (mean)", "clip_frac_high", "mean"), ("clipped low (mean)", "clip_frac_low", "mean"),
+    ("token ratio min", "ratio_min", "min"), ("token ratio max", "ratio_max", "max"),
+    ("log w min", "log_w_min", "min"), ("log w max", "log_w_max", "max"),
+    ("grad norm (median)", "grad_norm", "median"), ("grad norm (max)", "grad_norm_max", "max"),
+    ("entropy (mean)", "entropy", "mean"),
+)
+
+
+def diagnostics(runs: list[RunData]) -> dict[str, float | None]:
+    """Objective diagnostics over every training step of every seed (None where not logged)."""
+    out: dict[str, float | None] = {}
+    for _, key, how in DIAGNOSTICS:
+        values = sorted(float(m[key]) for r in runs for m in r.metrics if _finite(m.get(key)))
+        if not values:
+            out[key] = None
+        elif how == "mean":
+            out[key] = sum(values) / len(values)
+        elif how == "median":
+            out[key] = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1]
+                                                                         + values[len(values) // 2]) / 2
+        else:
+            out[key] = values[0] if how == "min" else values[-1]
+    return out
+
+
 def summarize(runs: list[RunData], threshold: float | None = None, order: list[str] | None = None) -> dict[str, Any]:
     """Every number of the report (also written to summary.json)."""
     complete = [r for r in runs if r.complete]
@@ -286,6 +313,7 @@ def summarize(runs: list[RunData], threshold: float | None = None, order: list[s
             for r in rs:
                 acc = r.series("evals", "accuracy")
                 row["seed_steps_to_threshold"].append(_first_reaching(list(acc), list(acc.values()), threshold))
+        row["diagnostics"] = diagnostics(rs)
         rows.append(row)
     tests = []
     for a, b in itertools.combinations(rows, 2):
@@ -476,6 +504,17 @@ def render_markdown(summary: dict[str, Any], figures: list[tuple[FigureSpec, Pat
         ]
     else:
         lines.append("Not available: the tests need at least two algorithms with held-out accuracy.")
+    if rows and any(v is not None for row in rows for v in row.get("diagnostics", {}).values()):
+        lines += ["", "## Diagnostics", "",
+                  "Over every training step of every seed: clip fractions averaged, extremes over all steps, "
+                  "the gradient norm before clipping. `log w` is the trajectory log-ratio log P_θ(o|q)/P_old(o|q) "
+                  "(trajectory-ratio objectives), `token ratio` π_θ/π_old (token-level objectives); — = not logged.",
+                  "", "| algorithm | " + " | ".join(c for c, _, _ in DIAGNOSTICS) + " |",
+                  "|---|" + "---|" * len(DIAGNOSTICS)]
+        for row in rows:
+            d = row.get("diagnostics", {})
+            cells = ["—" if d.get(k) is None else f"{d[k]:.4g}" for _, k, _ in DIAGNOSTICS]
+            lines.append(f"| {row['algorithm']} | " + " | ".join(cells) + " |")
     lines += ["", "## Plots", ""]
     for spec, path in figures:
         rel = os.path.relpath(path, out_dir)
