@@ -136,11 +136,6 @@ def main() -> None:
     print(f"done: {trainer.state.global_step} steps, training loss {result.training_loss:.4f}")
     if not args.smoke:
         trainer.save_model(config.output_dir)
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()  # exiting with gloo's threads alive can abort the process
 
 
 if __name__ == "__main__":
