@@ -155,6 +155,22 @@ def trim_and_decode(
     return ids, mask, texts
 
 
+def stop_and_pad_ids(model: Any, tokenizer: Any) -> tuple[list[int], int]:
+    """(EOS ids, pad id): every EOS of the model's generation config and of the tokenizer (a
+    completion ends at the first of them); the pad id is the tokenizer's, else the first EOS."""
+    ids: list[int] = []
+    gen = getattr(model, "generation_config", None)
+    for value in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
+        if value is None:
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if int(v) not in ids:
+                ids.append(int(v))
+    if not ids:
+        raise ValueError("the tokenizer and model define no EOS token; set tokenizer.eos_token")
+    return ids, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids[0]
+
+
 class RolloutEngine(ABC):
     """Generates `num_samples` completions for each prompt text."""
 

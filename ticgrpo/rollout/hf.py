@@ -13,6 +13,7 @@ from ticgrpo.rollout.base import (
     SamplingParams,
     completion_mask_from_eos,
     concat_rollouts,
+    stop_and_pad_ids,
     trim_and_decode,
 )
 
@@ -40,8 +41,7 @@ class HFGenerateEngine(RolloutEngine):
         self.max_prompt_length = max_prompt_length
         self.autocast_dtype = autocast_dtype
         self.add_special_tokens = add_special_tokens
-        self.eos_token_ids = _eos_ids(model, tokenizer)
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+        self.eos_token_ids, self.pad_token_id = stop_and_pad_ids(model, tokenizer)
 
     @property
     def device(self) -> torch.device:
@@ -121,17 +121,3 @@ class HFGenerateEngine(RolloutEngine):
             prompts=list(texts),
             completions=decoded,
         )
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids: list[int] = []
-    gen = getattr(model, "generation_config", None)
-    for value in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
-        if value is None:
-            continue
-        for v in value if isinstance(value, (list, tuple)) else [value]:
-            if int(v) not in ids:
-                ids.append(int(v))
-    if not ids:
-        raise ValueError("the tokenizer and model define no EOS token; set tokenizer.eos_token")
-    return ids

@@ -34,8 +34,7 @@ from typing import Any
 
 import torch
 
-from ticgrpo.rollout.base import RolloutBatch, RolloutEngine, SamplingParams, trim_and_decode
-from ticgrpo.rollout.hf import _eos_ids
+from ticgrpo.rollout.base import RolloutBatch, RolloutEngine, SamplingParams, stop_and_pad_ids, trim_and_decode
 
 INSTALL_HINT = (
     "vLLM is not installed in this environment; run `bash scripts/bootstrap_vllm.sh` and use "
@@ -285,8 +284,7 @@ class VLLMEngine(RolloutEngine):
         self.tokenizer = tokenizer
         self.mode = mode
         self.max_prompt_length = max_prompt_length
-        self.eos_token_ids = _eos_ids(model, tokenizer)
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+        self.eos_token_ids, self.pad_token_id = stop_and_pad_ids(model, tokenizer)
         self._tmpdir: str | None = None
         self.backend: LocalBackend | HTTPBackend
         if mode == "server":

@@ -169,9 +169,8 @@ class Distributed:
 
     def normalizers(self, mask: torch.Tensor, max_new_tokens: int | None) -> StepNormalizers:
         """`StepNormalizers.from_mask` over the union of every process's `mask`."""
-        local = StepNormalizers.from_mask(mask, max_new_tokens)
         if not self.enabled:
-            return local
+            return StepNormalizers.from_mask(mask, max_new_tokens)
         m = mask.to(torch.float32)
         sequences, tokens = self.sum_floats([float((m.sum(dim=1) > 0).sum()), float(m.sum())])
         longest = max_new_tokens or int(self.max_float(float(m.sum(dim=1).max()) if m.numel() else 0.0))
