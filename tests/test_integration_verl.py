@@ -14,13 +14,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 import torch
 
+from ticgrpo.aggregation import sequence_mean
 from ticgrpo.batch import PolicyBatch, StepNormalizers
 from ticgrpo.integrations.verl import default_losses, make_policy_loss, step_normalizers
-from ticgrpo.objectives import compute_loss, make_objective_config
+from ticgrpo.objectives import OBJECTIVES, compute_loss, make_objective_config
 
 
 def _verl_like_batch(seed=0, rows=8, width=7, spread=0.3):
@@ -38,6 +40,26 @@ def _verl_like_batch(seed=0, rows=8, width=7, spread=0.3):
 def _grad(loss, x):
     (g,) = torch.autograd.grad(loss, x)
     return g
+
+
+@dataclass
+class _MeanLogProbConfig:
+    def validate(self) -> None:
+        pass
+
+
+def _mean_logprob_loss(batch, config, norms):
+    """A minimal sequence-level objective: −(1/N_seq) Σ_i A_i · mean_t ℓ_{i,t}, A read as [B]."""
+    per_sequence = -batch.sequence_advantages() * sequence_mean(batch.current_logprobs(), batch.float_mask)
+    return per_sequence.sum() / norms.num_sequences, {"mean_advantage": batch.sequence_advantages().mean()}
+
+
+@pytest.fixture
+def new_sequence_objective(monkeypatch):
+    """Registers `test_mean_logprob` (sequence_advantages=True) for one test, in a copy of the registry."""
+    monkeypatch.setattr(OBJECTIVES, "_entries", dict(OBJECTIVES._entries))
+    OBJECTIVES.register("test_mean_logprob", _MeanLogProbConfig, sequence_advantages=True)(_mean_logprob_loss)
+    return "test_mean_logprob"
 
 
 # ---------------------------------------------------------------- without verl
@@ -79,6 +101,18 @@ def test_micro_batches_and_ranks_add_up_to_the_whole_step(objective):
     averaged = sum(rank_losses) / dp  # what DDP/FSDP's gradient average amounts to
     assert torch.allclose(averaged, whole, atol=1e-6)
     assert torch.allclose(_grad(averaged, new), _grad(whole, new), atol=1e-6)
+
+
+def test_a_newly_registered_sequence_objective_gets_one_advantage_per_row(new_sequence_objective):
+    """The adapter reads `sequence_advantages` from the registry: no list of names to extend."""
+    old, new, adv, mask, seq_adv = _verl_like_batch(seed=7)
+    loss, metrics = make_policy_loss(new_sequence_objective)(old, new, adv, mask, "token-mean", None)
+    expected, _ = compute_loss(new_sequence_objective, PolicyBatch(new, mask, seq_adv, old_logprobs=old))
+    assert torch.allclose(loss, expected, atol=1e-7)
+    assert torch.allclose(_grad(loss, new), _grad(expected, new), atol=1e-7)
+    assert metrics["actor/ticgrpo/mean_advantage"] == pytest.approx(float(seq_adv.mean()), abs=1e-6)
+    with pytest.raises(ValueError, match="vary along the response"):
+        make_policy_loss(new_sequence_objective)(old, new, adv + 0.1 * torch.rand_like(adv) * mask, mask)
 
 
 def test_step_normalizers_from_verl_info():

@@ -36,7 +36,8 @@ so that the averaged, accumulated gradient is the gradient of the whole mini-bat
 spec's counts — identical to verl's `agg_loss` for every mode both libraries share. Without
 `global_batch_info` (older callers), the micro-batch is taken to be the whole step.
 
-Advantages. Objectives that need one advantage per sequence (`tic_grpo`, `gspo`, `gmpo`) get
+Advantages. Objectives registered with ``sequence_advantages=True`` (one advantage per
+sequence: `tic_grpo`, `gspo`, `gmpo`, and any objective registered later with that flag) get
 each row's advantage read off its first response token; for those a row whose advantage is
 not constant along its tokens (e.g. GAE) raises ValueError. Token-level objectives get the
 [B, T] advantages unchanged. verl computes the advantages itself: use
@@ -79,7 +80,6 @@ UNSUPPORTED = {
     "gtpo": "needs token ids, group ids and entropies, which verl's policy-loss call does not pass",
     "no_is": "mode 'frozen' needs ticgrpo's trainer; registered as 'ticgrpo_no_is_stale' (mode 'stale')",
 }
-SEQUENCE_ADVANTAGE_OBJECTIVES = ("tic_grpo", "gspo", "gmpo")
 VERL_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 PolicyLossFn = Callable[..., tuple[Tensor, dict[str, float]]]
@@ -145,7 +145,8 @@ def make_policy_loss(objective: str, options: Mapping[str, Any] | None = None) -
     """
     if objective in UNSUPPORTED and not (objective == "no_is" and (options or {}).get("mode") == "stale"):
         raise ValueError(f"objective {objective!r} is not available in verl: {UNSUPPORTED[objective]}")
-    OBJECTIVES.entry(objective)
+    # The registry says whether the loss reads one advantage per sequence ([B]) rather than [B, T].
+    needs_sequence_advantages = bool(OBJECTIVES.entry(objective).meta.get("sequence_advantages", False))
     resolved = dict(options) if options is not None else _env_options(objective)
     if resolved.get("beta", 0.0) not in (0, 0.0):
         raise ValueError("keep beta = 0: verl adds the KL penalty itself (actor.use_kl_loss, kl_loss_coef)")
@@ -182,7 +183,7 @@ def make_policy_loss(objective: str, options: Mapping[str, Any] | None = None) -
                 f"{PREFIX}{objective}: verl rollout-correction weights (algorithm.rollout_correction) are not "
                 "supported by ticgrpo objectives; disable rollout correction"
             )
-        if objective in SEQUENCE_ADVANTAGE_OBJECTIVES:
+        if needs_sequence_advantages:
             advantages = _sequence_advantages(advantages, response_mask)
         batch = PolicyBatch(
             logprobs=log_prob,
