@@ -7,6 +7,7 @@ gradient of the step, however it is split across micro-batches or processes.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ticgrpo.batch import StepNormalizers
@@ -34,13 +35,12 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: str, norms: StepNormalizers
     seq-mean-token-sum-norm:  (1/N_seq) Σ_i Σ_t m x_{i,t} / L_max        (Dr. GRPO)
     """
     check_aggregation(mode)
-    m = mask.to(per_token.dtype)
-    masked = per_token * m
+    masked = only_real(per_token, mask)
     if mode == "token-mean":
         return masked.sum() / norms.num_tokens
     if mode == "seq-mean-token-mean":
         # Fully padded rows have sum 0; clamping the length keeps them at exactly 0.
-        return (masked.sum(dim=1) / m.sum(dim=1).clamp(min=1.0)).sum() / norms.num_sequences
+        return (masked.sum(dim=1) / _lengths(mask, per_token.dtype)).sum() / norms.num_sequences
     if mode == "seq-mean-token-sum":
         return masked.sum() / norms.num_sequences
     if norms.max_new_tokens is None:
@@ -48,7 +48,24 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: str, norms: StepNormalizers
     return masked.sum() / (norms.num_sequences * norms.max_new_tokens)
 
 
+def only_real(values: Tensor, mask: Tensor) -> Tensor:
+    """`values` with exactly 0 at padded positions, whatever they held there.
+
+    Selecting instead of multiplying by the mask: inf·0 and NaN·0 are NaN, so a product would
+    still read the padding, in the value and in the gradient."""
+    return torch.where(mask.bool(), values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
+def masked_sum(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Σ over real positions (of the whole tensor, or along `dim`)."""
+    real = only_real(values, mask)
+    return real.sum() if dim is None else real.sum(dim=dim)
+
+
 def sequence_mean(per_token: Tensor, mask: Tensor) -> Tensor:
     """[B] per-sequence token mean (0 for fully padded rows)."""
-    m = mask.to(per_token.dtype)
-    return (per_token * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+    return masked_sum(per_token, mask, dim=1) / _lengths(mask, per_token.dtype)
+
+
+def _lengths(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    return mask.to(dtype).sum(dim=1).clamp(min=1.0)

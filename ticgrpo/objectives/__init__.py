@@ -26,6 +26,7 @@ from ticgrpo.objectives import (  # noqa: F401  (registration)
     presets_grpo,
     tic_grpo,
 )
+from ticgrpo.objectives._common import without_padded_values
 from ticgrpo.objectives.registry import OBJECTIVES
 
 
@@ -53,13 +54,16 @@ def make_objective_config(name: str, overrides: dict[str, Any] | None = None) ->
 def compute_loss(
     name: str, batch: PolicyBatch, config: Any = None, norms: StepNormalizers | None = None
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Run objective `name`; `norms` default to the batch being the whole step."""
+    """Run objective `name`; `norms` default to the batch being the whole step.
+
+    Every objective runs on `without_padded_values(batch)`: whatever the padded positions hold
+    (inf, NaN), the loss, its gradient and the metrics are those of zeros there."""
     entry = OBJECTIVES.entry(name)
     if config is None:
         config = make_objective_config(name)
     if norms is None:
         norms = StepNormalizers.from_mask(batch.mask)
-    return entry.fn(batch, config, norms)
+    return entry.fn(without_padded_values(batch), config, norms)
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

@@ -3,12 +3,14 @@ the KL penalty. Pure tensor functions; no model, no optimizer."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ticgrpo.aggregation import only_real
 from ticgrpo.batch import PolicyBatch
 from ticgrpo.kl import KL_ESTIMATORS, token_kl
 
@@ -70,6 +72,25 @@ def clipped_surrogate(
     )
 
 
+def without_padded_values(batch: PolicyBatch) -> PolicyBatch:
+    """`batch` with 0 in every padded position of every float input, and a 0 advantage for
+    fully padded rows.
+
+    Padding may hold anything: −inf from a masked logit, NaN from a bf16 overflow, garbage
+    from an engine. A padded position that reached an exp() or a product would turn the loss
+    NaN, and its NaN gradient would flow back into the model; selecting here, once, before any
+    arithmetic, means no objective ever reads it. The gradient of a padded position is exactly 0.
+    """
+    real_rows = batch.mask.bool().any(dim=1)
+    advantages = batch.advantages
+    advantages = (only_real(advantages, batch.mask) if advantages.dim() == 2
+                  else only_real(advantages, real_rows))
+    per_token = {name: only_real(value, batch.mask)
+                 for name in ("logprobs", "old_logprobs", "ref_logprobs", "entropies")
+                 if (value := getattr(batch, name)) is not None}
+    return dataclasses.replace(batch, advantages=advantages, **per_token)
+
+
 def kl_per_token(batch: PolicyBatch, config: PenaltyConfig) -> Tensor | None:
     """β-free per-token KL [B, T], or None when β = 0."""
     if config.beta == 0:
@@ -80,8 +101,8 @@ def kl_per_token(batch: PolicyBatch, config: PenaltyConfig) -> Tensor | None:
 
 
 def masked_fraction(flags: Tensor, mask: Tensor) -> Tensor:
-    m = mask.to(torch.float32)
-    return (flags.to(torch.float32) * m).sum() / m.sum().clamp(min=1.0)
+    real = mask.bool()
+    return (flags & real).sum().to(torch.float32) / real.sum().clamp(min=1).to(torch.float32)
 
 
 def masked_stats(values: Tensor, mask: Tensor, prefix: str) -> dict[str, Tensor]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ticgrpo.aggregation import sequence_mean
+from ticgrpo.aggregation import masked_sum, sequence_mean
 from ticgrpo.batch import PolicyBatch, StepNormalizers
 from ticgrpo.objectives._common import PenaltyConfig, kl_per_token, masked_fraction
 from ticgrpo.objectives.gspo import sequence_level_loss, sequence_stats
@@ -68,5 +68,5 @@ def gmpo_loss(
         **sequence_stats(sequence_mean(log_ratio.detach(), mask), mask, "log_ratio"),
     }
     if kl is not None:
-        metrics["kl"] = (kl * mask).sum() / mask.sum().clamp(min=1.0)
+        metrics["kl"] = masked_sum(kl, mask) / mask.sum().clamp(min=1.0)
     return sequence_level_loss(per_sequence, mask, norms), metrics

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ticgrpo.aggregation import sequence_mean
+from ticgrpo.aggregation import masked_sum, sequence_mean
 from ticgrpo.batch import PolicyBatch, StepNormalizers
 from ticgrpo.objectives._common import PenaltyConfig, clipped_surrogate, kl_per_token
 from ticgrpo.objectives.registry import OBJECTIVES
@@ -58,7 +58,7 @@ def gspo_loss(
         **sequence_fractions(mask, clip_frac_low=surrogate.clipped_low, clip_frac_high=surrogate.clipped_high),
     }
     if kl is not None:
-        metrics["kl"] = (kl * mask).sum() / mask.sum().clamp(min=1.0)
+        metrics["kl"] = masked_sum(kl, mask) / mask.sum().clamp(min=1.0)
     return sequence_level_loss(per_sequence, mask, norms), metrics
 
 

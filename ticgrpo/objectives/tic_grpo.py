@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ticgrpo.aggregation import sequence_mean
+from ticgrpo.aggregation import masked_sum, sequence_mean
 from ticgrpo.batch import PolicyBatch, StepNormalizers
 from ticgrpo.objectives._common import PenaltyConfig, clipped_surrogate, kl_per_token
 from ticgrpo.objectives.registry import OBJECTIVES
@@ -54,7 +54,7 @@ def tic_grpo_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     mask = batch.float_mask
     lengths = mask.sum(dim=1)
-    log_w = ((batch.current_logprobs() - batch.behaviour_logprobs()) * mask).sum(dim=1)
+    log_w = masked_sum(batch.current_logprobs() - batch.behaviour_logprobs(), mask, dim=1)
     advantages = batch.sequence_advantages()
     surrogate = clipped_surrogate(
         log_w,
@@ -83,5 +83,5 @@ def tic_grpo_loss(
         "clip_frac_low": surrogate.clipped_low[real].float().mean() if real.any() else zero,
     }
     if kl is not None:
-        metrics["kl"] = (kl * mask).sum() / mask.sum().clamp(min=1.0)
+        metrics["kl"] = masked_sum(kl, mask) / mask.sum().clamp(min=1.0)
     return loss, metrics
