@@ -58,7 +58,7 @@ def _env(crash: str | None = None) -> dict[str, str]:
 def _final_state(out: Path) -> tuple[dict, dict]:
     last = out / "checkpoints" / f"step-{MAX_STEPS:04d}"
     ckpt.verify_checkpoint(last)
-    return (torch.load(last / "model.pt", weights_only=True), torch.load(last / "optimizer.pt", weights_only=True))
+    return ckpt.read_model_state(last), ckpt.read_optimizer_state(last)
 
 
 def test_kill9_at_many_points_then_resume_is_bit_identical(tmp_path):
@@ -113,7 +113,7 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, capsys, d
     with torch.no_grad():
         model.weight.add_(1.0)
     second = ckpt.save_checkpoint(tmp_path, 2, model, optimizer, scheduler, {"stream": {}})
-    target = second / "model.pt"
+    target = second / ckpt.MODEL_FILE
     if damage == "truncate":
         target.write_bytes(target.read_bytes()[:-10])
     elif damage == "flip":

@@ -1,15 +1,31 @@
 """Checkpoints: `checkpoints/step-XXXX/` holding everything needed to continue exactly.
 
-Contents: model.pt (state dict), optimizer.pt, scheduler.pt, rng.pt (torch CPU/CUDA,
+Contents (format 2): model.safetensors, optimizer.pt, scheduler.pt, rng.pt (torch CPU/CUDA,
 numpy, python), state.json (step, data position, anything else the trainer adds) and
-manifest.json (every other file's name, size and sha256), written last.
+manifest.json (every other file's name, size and sha256, and what model.safetensors holds),
+written last. Every file loads with `torch.load(weights_only=True)` or safetensors: no pickle
+in a checkpoint runs code.
+
+model.safetensors holds the weights training can change: the trainable parameters and the
+buffers. Frozen parameters (a LoRA run's base model) are not saved: they are whatever the
+config loads, and the manifest records their count so that a checkpoint loaded into another
+base model is refused. A LoRA checkpoint therefore costs the adapter's bytes, not the model's.
+Tied parameters (e.g. lm_head tied to the embeddings) are stored once; the manifest names the
+aliases. Checkpoints of format 1 (model.pt, pickled rng.pt) still load.
+
+Weights are checked before anything is written: a model with a non-finite trainable weight is
+never saved (NonFiniteWeightsError, exit 3), so every format-2 checkpoint is finite (the
+manifest says so); `latest_checkpoint` also skips a format-1 checkpoint holding NaN/inf weights.
 
 Crash safety: a checkpoint is written into a temporary folder, every file and the folder
 are fsync'ed, the folder is renamed to `step-XXXX` and the parent folder is fsync'ed. A
 crash therefore leaves either a complete checkpoint or a `.step-XXXX.tmp-*` folder that is
-ignored (and swept up by the next save). `latest_valid_checkpoint` checks the manifest
-(sizes, then sha256) of the newest checkpoint and falls back to the previous complete one,
-with a one-line warning on stderr, so a torn or corrupt checkpoint is never loaded.
+ignored (and swept up by the next save). A write that fails (disk full, file-size limit,
+permissions) removes the temporary folder and raises CheckpointWriteError (exit 4): one line
+naming the folder, the space the checkpoint needs and the space free. `latest_checkpoint`
+checks the manifest (sizes, then sha256) of the newest checkpoint and falls back to the
+previous complete one, with a one-line warning on stderr, so a torn or corrupt checkpoint is
+never loaded.
 
 Test hook: `TICGRPO_TEST_CRASH_AT=<point>[:<n>]` makes the process SIGKILL itself the n-th
 time (default 1st) it reaches the named point (see `crash_point`); used only by
@@ -18,6 +34,7 @@ tests/test_crash_resume.py to simulate power loss / OOM kills at exact places.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -32,15 +49,36 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
+MODEL_FILE = "model.safetensors"
+LEGACY_MODEL_FILE = "model.pt"  # format 1: the whole state dict, pickled
+FORMAT = 2
 CRASH_ENV = "TICGRPO_TEST_CRASH_AT"
 _crash_counts: dict[str, int] = {}
+_OS_ERROR_IN_MESSAGE = re.compile(r"\(os error (\d+)\)")  # how safetensors reports an I/O failure
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that fails its manifest check (torn, truncated or corrupt)."""
+    """A checkpoint that fails its manifest check (torn, truncated or corrupt), or one that does
+    not fit the model it is loaded into."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, file-size limit, permissions); the
+    temporary folder was removed and earlier checkpoints are untouched. `ticgrpo` exits with 4."""
+
+    exit_code = 4
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """Refused to save a model holding NaN/inf weights; `ticgrpo` exits with 3 (a halted run)."""
+
+    exit_code = 3
 
 
 def crash_point(name: str) -> None:
@@ -64,10 +102,13 @@ def checkpoint_root(output_dir: str | Path) -> Path:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every RNG's state as tensors, lists and numbers only, so it loads with weights_only=True."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, python_state, gauss_next = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached_gaussian)],
+        "python": [version, list(python_state), gauss_next],
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -76,10 +117,66 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    numpy_state, python_state = state["numpy"], state["python"]
+    if isinstance(numpy_state, list):  # format 2; format 1 pickled numpy's own tuple
+        kind, keys, pos, has_gauss, cached_gaussian = numpy_state
+        numpy_state = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian)
+    np.random.set_state(numpy_state)
+    version, internal, gauss_next = python_state
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------- which weights a checkpoint holds
+
+
+def trainable_parameters(model: Any) -> list[torch.Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def nonfinite_weights(model: Any) -> int:
+    """How many trainable weights are NaN or ±inf (frozen ones cannot change). One pass over
+    the trainable parameters and one device sync."""
+    params = trainable_parameters(model)
+    if not params:
+        return 0
+    with torch.no_grad():
+        counts = torch.stack([(~torch.isfinite(p)).sum() for p in params])
+    return int(counts.sum())
+
+
+def _saved_state(model: Any) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
+    """(tensors to save, alias → saved name for tied tensors, names of frozen parameters):
+    the state dict minus frozen parameters, each shared tensor once."""
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, tensor in model.state_dict().items():
+        if name in frozen:
+            continue
+        identity = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+                    tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        if identity in seen:
+            aliases[name] = seen[identity]
+            continue
+        seen[identity] = name
+        tensors[name] = tensor.detach().contiguous()
+    return tensors, aliases, sorted(frozen)
+
+
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+# ---------------------------------------------------------------------- files
 
 
 def _sha256(path: Path) -> str:
@@ -111,6 +208,49 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _torch_save(obj: Any, path: Path) -> None:
+    # Through a Python file object: a full disk is then an OSError(ENOSPC), where torch.save to a
+    # path reports it as an opaque RuntimeError from its C++ writer.
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except SafetensorError as exc:
+        code = _OS_ERROR_IN_MESSAGE.search(str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from exc
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _free_bytes(path: Path) -> int:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
+
+
+def _write_error(root: Path, step: int, needed: int, exc: OSError | None) -> CheckpointWriteError:
+    free = _free_bytes(root)
+    last = latest_checkpoint(root.parent, quiet=True)
+    if exc is None or exc.errno in _NO_SPACE:
+        reason = "no space left" if exc is None or exc.errno == errno.ENOSPC else (exc.strerror or str(exc)).lower()
+        return CheckpointWriteError(
+            f"cannot write checkpoint step-{step:04d} in {root}: {reason} (it needs about {_megabytes(needed)}, "
+            f"{_megabytes(free)} free); free some space or set checkpoint.keep_last, then --resume "
+            f"(the last complete checkpoint is {last or 'none'})")
+    return CheckpointWriteError(f"cannot write checkpoint step-{step:04d} in {root}: {exc.strerror or exc} "
+                                f"({exc.filename or root}); the last complete checkpoint is {last or 'none'}")
+
+
 def save_checkpoint(
     output_dir: str | Path,
     step: int,
@@ -121,25 +261,44 @@ def save_checkpoint(
     keep_last: int = 0,
 ) -> Path:
     """Write checkpoints/step-{step:04d} atomically (temp folder + fsync + rename) with a
-    manifest; prune to the `keep_last` newest complete checkpoints (0 = keep all)."""
+    manifest; prune to the `keep_last` newest complete checkpoints (0 = keep all).
+
+    Raises NonFiniteWeightsError (nothing written) when a trainable weight is NaN/inf, and
+    CheckpointWriteError (the partial checkpoint removed) when the disk is full or a write fails."""
     root = checkpoint_root(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".step-*.tmp-*"):  # left by a crash during an earlier save
-        shutil.rmtree(stale, ignore_errors=True)
-    target = root / f"step-{step:04d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
+    bad = nonfinite_weights(model)
+    if bad:
+        raise NonFiniteWeightsError(
+            f"refused to save checkpoint step-{step:04d}: {bad} trainable weights are NaN or inf; the last "
+            f"checkpoint with finite weights is {latest_checkpoint(output_dir, quiet=True) or 'none'}")
+    tensors, aliases, frozen = _saved_state(model)
+    optimizer_state = optimizer.state_dict()
+    needed = _tensor_bytes(tensors) + _tensor_bytes(optimizer_state) + (1 << 20)  # + headers, RNG, state
     try:
-        torch.save(model.state_dict(), tmp / "model.pt")
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".step-*.tmp-*"):  # left by a crash during an earlier save
+            shutil.rmtree(stale, ignore_errors=True)
+        if _free_bytes(root) < needed:
+            raise _write_error(root, step, needed, None)
+        tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:04d}.tmp-", dir=root))
+    except OSError as exc:
+        raise _write_error(root, step, needed, exc) from None
+    target = root / f"step-{step:04d}"
+    try:
+        _save_safetensors(tensors, tmp / MODEL_FILE, {"format": "pt"})
         crash_point("checkpoint_mid_write")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+        _torch_save(optimizer_state, tmp / "optimizer.pt")
+        _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
+        _torch_save(rng_state(), tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
         files = {}
         for path in sorted(tmp.iterdir()):
             _fsync_file(path)
             files[path.name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
+        model_entry = {"file": MODEL_FILE, "tensors": len(tensors), "aliases": aliases,
+                       "frozen_parameters": len(frozen), "weights_finite": True}
+        manifest = {"format": FORMAT, "step": step, "model": model_entry, "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         _fsync_file(tmp / MANIFEST)
         _fsync_dir(tmp)
         crash_point("checkpoint_before_rename")
@@ -147,6 +306,9 @@ def save_checkpoint(
             shutil.rmtree(target)
         os.rename(tmp, target)
         _fsync_dir(root)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(root, step, needed, exc) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -155,6 +317,9 @@ def save_checkpoint(
         for old in list_checkpoints(output_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+# ---------------------------------------------------------------------- finding and reading checkpoints
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -170,24 +335,32 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def _manifest(path: Path) -> dict[str, Any] | None:
+    """The parsed manifest (None for a checkpoint written before manifests existed)."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        dict(manifest["files"])
+        return manifest
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: unreadable {MANIFEST} ({exc})") from None
+
+
 def verify_checkpoint(path: str | Path, hashes: bool = True) -> None:
     """Raise CheckpointError unless every file listed in the manifest exists with its size
     (and, with `hashes`, its sha256). A checkpoint written before manifests existed (state.json
     but no manifest.json) only has its files' presence checked."""
     path = Path(path)
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        missing = [n for n in ("model.pt", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
+    manifest = _manifest(path)
+    if manifest is None:
+        missing = [n for n in (LEGACY_MODEL_FILE, "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
                    if not (path / n).is_file()]
         if missing:
             raise CheckpointError(f"{path}: no {MANIFEST} and missing {', '.join(missing)}")
         return
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = dict(manifest["files"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: unreadable {MANIFEST} ({exc})") from None
-    for name, meta in files.items():
+    for name, meta in dict(manifest["files"]).items():
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{path}: {name} is missing")
@@ -197,17 +370,70 @@ def verify_checkpoint(path: str | Path, hashes: bool = True) -> None:
             raise CheckpointError(f"{path}: {name} does not match its sha256 in the manifest")
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest checkpoint that passes `verify_checkpoint`; for each newer one that fails, a
-    one-line warning goes to stderr and the previous one is tried."""
+def _is_format_2(path: Path) -> bool:
+    manifest = _manifest(path)
+    return manifest is not None and int(manifest.get("format", 1)) >= FORMAT
+
+
+def read_model_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The model tensors a checkpoint holds, by state-dict name (tied aliases included); for a
+    LoRA run only the adapter weights and the buffers."""
+    path = Path(path)
+    if not _is_format_2(path):
+        return torch.load(path / LEGACY_MODEL_FILE, map_location=device, weights_only=True)
+    tensors = load_file(path / MODEL_FILE, device=str(device))
+    for alias, name in _manifest(path)["model"].get("aliases", {}).items():
+        tensors[alias] = tensors[name]
+    return tensors
+
+
+def read_optimizer_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    return torch.load(Path(path) / "optimizer.pt", map_location=device, weights_only=True)
+
+
+def _weights_finite(path: Path) -> bool:
+    """Format 2 records it (only finite weights are ever saved); format 1 is read and checked."""
+    if _is_format_2(path):
+        return bool(_manifest(path)["model"].get("weights_finite", False))
+    state = torch.load(path / LEGACY_MODEL_FILE, map_location="cpu", weights_only=True, mmap=True)
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
+
+
+def latest_checkpoint(output_dir: str | Path, quiet: bool = False) -> Path | None:
+    """The newest checkpoint that passes `verify_checkpoint` and holds finite weights; for each
+    newer one that fails, a one-line warning goes to stderr (unless `quiet`) and the previous
+    one is tried."""
     for path in reversed(list_checkpoints(output_dir)):
         try:
             verify_checkpoint(path)
+            if not _weights_finite(path):
+                raise CheckpointError(f"{path}: its weights hold NaN or inf")
         except CheckpointError as exc:
-            print(f"warning: skipping corrupt checkpoint: {exc}", file=sys.stderr)
+            if not quiet:
+                print(f"warning: skipping corrupt checkpoint: {exc}", file=sys.stderr)
             continue
         return path
     return None
+
+
+def _load_model_state(path: Path, model: Any, device: torch.device) -> None:
+    tensors = read_model_state(path, device)
+    if not _is_format_2(path):
+        model.load_state_dict(tensors)
+        return
+    _, _, frozen = _saved_state(model)
+    recorded = int(_manifest(path)["model"].get("frozen_parameters", 0))
+    if recorded != len(frozen):
+        raise CheckpointError(f"{path} was saved from a model with {recorded} frozen parameters, this model has "
+                              f"{len(frozen)}: resume with the model (and model.lora) the run was started with")
+    expected = set(model.state_dict()) - set(frozen)
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:  # checked before loading, so a refused checkpoint changes nothing
+        names = missing or unexpected
+        raise CheckpointError(f"{path} does not fit this model ({'missing' if missing else 'unexpected'} "
+                              f"{len(names)} tensors, e.g. {names[0]}): resume with the model the run was started "
+                              f"with")
+    model.load_state_dict(tensors, strict=False)  # the frozen parameters stay as loaded from the config
 
 
 def load_checkpoint(
@@ -219,8 +445,9 @@ def load_checkpoint(
     if verify:
         verify_checkpoint(path)
     device = next(model.parameters()).device
-    model.load_state_dict(torch.load(path / "model.pt", map_location=device, weights_only=True))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+    _load_model_state(path, model, device)
+    optimizer.load_state_dict(read_optimizer_state(path, device))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    # format 1 pickled numpy's RNG state (an ndarray), which weights_only refuses
+    set_rng_state(torch.load(path / "rng.pt", weights_only=_is_format_2(path)))
     return json.loads((path / "state.json").read_text())
