@@ -4,6 +4,7 @@ relies on (padding, micro-batching), the on-policy identities and the clipping b
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -230,6 +231,37 @@ def test_tic_clipping_branches():
     lower = make_objective_config("tic_grpo", {"epsilon_low": 0.2})
     _, grad, metrics = loss_and_grad("tic_grpo", logp, old, None, mask, adv, lower, norms)
     assert torch.count_nonzero(grad) == 0 and metrics["clip_frac_low"].item() == 1.0
+
+
+def test_tic_clamp_freezes_the_term_and_is_counted():
+    """log w > max_log_ratio on an unbounded branch: term e^M·A, zero gradient, counted as clamped."""
+    norms = StepNormalizers(1, 4, 4)
+    default = make_objective_config("tic_grpo")  # ε_high = 0.2, no ratio_cap, M = 20
+    unclipped = make_objective_config("tic_grpo", {"epsilon_high": None})
+    # (log w, A, config, clamped, gradient flows): the clamp binds only where no clip binds first
+    cases = [
+        (25.0, -1.0, default, True, False),  # A < 0: the upper-only clip never binds, the clamp does
+        (25.0, 1.0, unclipped, True, False),  # A > 0 without ε_high
+        (25.0, 1.0, default, False, False),  # A > 0: clipped at 1+ε first (clip_frac_high)
+        (25.0, -1.0, make_objective_config("tic_grpo", {"ratio_cap": 3.0}), False, False),  # cap first
+        (19.0, -1.0, default, False, True),  # below the clamp
+        (25.0, -1.0, make_objective_config("tic_grpo", {"max_log_ratio": 30.0}), False, True),
+    ]
+    for log_w, advantage, config, clamped, gradient_flows in cases:
+        logp, old, mask, adv = _single_sequence(log_w, advantage)
+        loss, grad, metrics = loss_and_grad("tic_grpo", logp, old, None, mask, adv, config, norms)
+        assert metrics["clamped_log_ratio_frac"].item() == float(clamped), (log_w, advantage, config)
+        assert torch.count_nonzero(grad) == (4 if gradient_flows else 0), (log_w, advantage, config)
+        if clamped:
+            assert loss.item() == pytest.approx(-advantage * math.exp(20.0))
+    # the fraction is over real sequences: 2 of 4 clamped (one fully padded row ignored)
+    logp = torch.full((5, 4), -1.0, dtype=torch.float64)
+    old = logp - torch.tensor([25.0, 25.0, 1.0, -3.0, 40.0], dtype=torch.float64)[:, None] / 4
+    mask = torch.ones(5, 4, dtype=torch.float64)
+    mask[4] = 0.0
+    adv = torch.tensor([-1.0, 0.5, -1.0, 2.0, -1.0], dtype=torch.float64)
+    _, _, metrics = loss_and_grad("tic_grpo", logp, old, None, mask, adv, unclipped, None)
+    assert metrics["clamped_log_ratio_frac"].item() == 0.5
 
 
 @pytest.mark.parametrize(

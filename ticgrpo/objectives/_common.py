@@ -21,8 +21,9 @@ class PenaltyConfig:
 
     beta: float = 0.0
     kl_estimator: str = "k3"
-    # Log-ratios are clamped here before exp() so that no branch overflows; with the
-    # default, only a probability moved by e^20 ≈ 5e8 is affected.
+    # Log-ratios are clamped here before exp() so that no branch overflows. Past the clamp a
+    # term is constant (zero gradient); per token that takes a probability moved by e^20 ≈ 5e8,
+    # but tic_grpo's trajectory log-ratio sums the tokens and reaches it far sooner.
     max_log_ratio: float = 20.0
 
     def validate(self) -> None:
@@ -39,6 +40,9 @@ class ClippedSurrogate:
     ratio: Tensor  # exp(log_ratio), detached, for metrics (may be inf)
     clipped_low: Tensor  # bool: A < 0 and ratio < 1 − ε_low (zero gradient)
     clipped_high: Tensor  # bool: A > 0 and ratio > 1 + ε_high (zero gradient)
+    # bool: log_ratio > max_log_ratio on a branch that no ε clip or ratio_cap bounds first:
+    # the term is frozen at e^max_log_ratio·A and its gradient is exactly 0
+    clamped: Tensor
 
 
 def clipped_surrogate(
@@ -64,11 +68,14 @@ def clipped_surrogate(
     ratio_neg = torch.exp(log_ratio.clamp(min=lower_neg, max=upper_neg))
     effective_ratio = torch.where(positive, ratio_pos, ratio_neg)
     detached = log_ratio.detach()
+    beyond_clamp = detached > max_log_ratio
+    clamp_bounds_positive, clamp_bounds_negative = upper_pos == max_log_ratio, upper_neg == max_log_ratio
     return ClippedSurrogate(
         value=effective_ratio * advantages,
         ratio=torch.exp(detached),
         clipped_low=(advantages < 0) & (detached < lower_neg),
         clipped_high=(advantages > 0) & (detached > upper_pos),
+        clamped=beyond_clamp & ((positive & clamp_bounds_positive) | (~positive & clamp_bounds_negative)),
     )
 
 

@@ -7,9 +7,16 @@ surrogate_i = min(w_i A_i, c_i A_i) [optionally / |o_i| with `length_normalize`]
 L_i = −surrogate_i + β (1/|o_i|) Σ_t m KL_{i,t};  loss = (1/N_seq) Σ_i L_i.
 Default advantage: `length_corrected` (rewards / |o_i| before group normalisation).
 
-For A_i < 0 the upper-only clip never binds, so w_i is unbounded; `ratio_cap = c` bounds
-that branch at c·A_i (dual clip). At θ = θ_old the gradient is A_i Σ_t ∇ℓ_{i,t} (sequence
-REINFORCE), where `grpo`'s is A_i (1/|o_i|) Σ_t ∇ℓ_{i,t}.
+For A_i < 0 the upper-only clip never binds; `ratio_cap = c` bounds that branch at c·A_i
+(dual clip). At θ = θ_old the gradient is A_i Σ_t ∇ℓ_{i,t} (sequence REINFORCE), where
+`grpo`'s is A_i (1/|o_i|) Σ_t ∇ℓ_{i,t}.
+
+The clamp: log w_i is clamped at `max_log_ratio` (M = 20) before exp, on every branch that
+no clip bounds first (A_i < 0 without `ratio_cap`; A_i ≥ 0 with `epsilon_high=None`). Past
+it the term is frozen at e^M·A_i and the sequence's gradient is exactly 0, so w_i is bounded
+by e^M, and the unclipped estimator is unbiased only while every log w_i ≤ M. The metric
+`clamped_log_ratio_frac` is the fraction of sequences where the clamp bound. Since log w_i
+sums |o_i| token log-ratios, a mean token log-ratio of 20/|o_i| (0.42 for 48 tokens) is enough.
 
 Pang, Luo, Jin, "TIC-GRPO: Provable and Efficient Optimization for RLHF"
 (arXiv 2508.02833). ε_high = 0.2 is our choice: the paper's value is not public.
@@ -81,6 +88,7 @@ def tic_grpo_loss(
         "log_w_max": log_w_real.max() if log_w_real.numel() else zero,
         "clip_frac_high": surrogate.clipped_high[real].float().mean() if real.any() else zero,
         "clip_frac_low": surrogate.clipped_low[real].float().mean() if real.any() else zero,
+        "clamped_log_ratio_frac": surrogate.clamped[real].float().mean() if real.any() else zero,
     }
     if kl is not None:
         metrics["kl"] = masked_sum(kl, mask) / mask.sum().clamp(min=1.0)
