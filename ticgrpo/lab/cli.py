@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ticgrpo.cli import UsageError
+from ticgrpo.errors import UsageError
 from ticgrpo.lab.bias import (
     DEFAULT_OBJECTIVES,
     BiasConfig,
