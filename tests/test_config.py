@@ -119,3 +119,32 @@ def test_dry_run_prints_the_resolved_config(capsys):
     assert main(["train", "--dry-run", "--set", "algorithm.objective=grpo"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["algorithm"]["objective"] == "grpo"
+
+
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"  # tic_grpo with objective_options {epsilon_high: 0.2}
+
+
+@pytest.mark.parametrize(("objective", "defaults"), [("gmpo", {"epsilon": 0.4}), ("cispo", {"epsilon_high": 0.28})])
+def test_objective_override_drops_the_files_options(objective, defaults):
+    from ticgrpo.objectives import make_objective_config
+
+    config = load_config(QUICKSTART, [f"algorithm.objective={objective}"])
+    assert config.algorithm.objective_options == {}  # tic_grpo's epsilon_high does not follow
+    built = make_objective_config(config.algorithm.objective, config.algorithm.objective_options)  # as the trainer
+    assert {k: getattr(built, k) for k in defaults} == defaults
+
+
+def test_objective_override_keeps_options_set_on_the_command_line(capsys):
+    config = load_config(QUICKSTART, ["algorithm.objective_options.epsilon_low=0.1", "algorithm.objective=cispo",
+                                      "algorithm.objective_options.epsilon_high=0.5"])
+    assert config.algorithm.objective_options == {"epsilon_low": 0.1, "epsilon_high": 0.5}
+    assert load_config(QUICKSTART, ["algorithm.objective=tic_grpo"]).algorithm.objective_options == {
+        "epsilon_high": 0.2}  # the same objective: the file's options stay
+    assert main(["train", "--config", str(QUICKSTART), "--dry-run", "--set", "algorithm.objective=gmpo"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["algorithm"]["objective_options"] == {}
+
+
+def test_advantage_override_drops_the_files_advantage_options():
+    raw = {"algorithm": {"advantage": "length_corrected", "advantage_options": {"delta": 0.1}}}
+    assert load_config(raw, ["algorithm.advantage=rloo"]).algorithm.advantage_options == {}
+    assert raw["algorithm"]["advantage_options"] == {"delta": 0.1}  # the caller's mapping is left alone

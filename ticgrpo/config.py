@@ -212,6 +212,7 @@ def load_config(
         algo = raw.get("algorithm")
         if isinstance(algo, dict):
             raw["algorithm"] = {k: v for k, v in algo.items() if k not in _PRESET_KEYS}
+    forget_replaced_options(raw, overrides)
     for item in overrides:
         apply_override(raw, item)
     if output_dir is not None:
@@ -267,8 +268,41 @@ def apply_preset(raw: dict) -> None:
         algo.setdefault(_PRESET_TRAINER_KEYS[key], value)
 
 
-def apply_override(raw: dict, item: str) -> None:
-    """Apply one dotted `a.b.c=value` override (value parsed as a YAML scalar/flow) in place."""
+# a method key of `algorithm` → the key holding that method's options
+_OPTIONS_OF = {"objective": "objective_options", "advantage": "advantage_options"}
+
+
+def forget_replaced_options(raw: dict, overrides: list[str]) -> None:
+    """Drop the file's objective_options (advantage_options) when an override replaces its objective (advantage).
+
+    The file's options were written for the file's method: tic_grpo's `epsilon_high: 0.2` is
+    not an option of gmpo, and cispo must get its own default (0.28), not tic_grpo's value.
+    Options given by overrides are applied after this and are kept.
+    """
+    algo = raw.get("algorithm")
+    if not isinstance(algo, dict):
+        return
+    for item in overrides:
+        key, value = parse_override(item)
+        for method, options in _OPTIONS_OF.items():
+            if key == f"algorithm.{method}" and options in algo and value != _file_method(algo, method):
+                algo = raw["algorithm"] = {k: v for k, v in algo.items() if k != options}  # not the caller's dict
+
+
+def _file_method(algo: dict, method: str) -> Any:
+    """The objective (advantage) the file's algorithm section asks for, before any override."""
+    if method in algo:
+        return algo[method]
+    from ticgrpo.presets import PRESETS
+
+    preset = PRESETS.get(algo.get("preset")) if isinstance(algo.get("preset"), str) else None
+    if preset is not None:
+        return getattr(preset, method)
+    return getattr(AlgorithmConfig(), method)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """(dotted key, value) of one `a.b.c=value` override; the value is parsed as a YAML scalar/flow."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key.path=value")
     key, _, text = item.partition("=")
@@ -279,6 +313,12 @@ def apply_override(raw: dict, item: str) -> None:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
+    return key, value
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply one dotted `a.b.c=value` override (value parsed as a YAML scalar/flow) in place."""
+    key, value = parse_override(item)
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:
