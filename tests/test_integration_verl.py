@@ -3,10 +3,10 @@
 The first group calls the adapters (`ticgrpo.integrations.verl.make_policy_loss`) with
 tensors shaped as verl passes them and compares with `compute_loss`; it needs no verl.
 The second group runs against the real verl package (its registry, `ActorConfig`, its own
-`vanilla` loss and its `ppo_loss` caller) and is skipped where verl cannot be imported: verl
-0.9.1 pins transformers < 5.11 and pulls ray, so it is not installed in this project's venv.
-To run it: `pip download --no-deps verl` and the few pure-Python deps into a folder and put
-it on PYTHONPATH (docs/scaling.md, "Testing against real verl").
+`vanilla` loss, its `ppo_loss` caller, its Hydra config tree) and is skipped where verl cannot
+be imported: verl 0.9.1 pins transformers < 5.11 and pulls ray, so it is not installed in this
+project's venv. `bash scripts/test_verl.sh` runs the whole file in its own environment
+(.venv-verl) with TICGRPO_REQUIRE_VERL=1, under which a missing verl fails instead of skipping.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +24,8 @@ from ticgrpo.aggregation import sequence_mean
 from ticgrpo.batch import PolicyBatch, StepNormalizers
 from ticgrpo.integrations.verl import default_losses, make_policy_loss, step_normalizers
 from ticgrpo.objectives import OBJECTIVES, compute_loss, make_objective_config
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "verl"
 
 
 def _verl_like_batch(seed=0, rows=8, width=7, spread=0.3):
@@ -175,6 +178,10 @@ def test_default_loss_names(monkeypatch):
 
 
 def _verl():
+    if os.environ.get("TICGRPO_REQUIRE_VERL") == "1":  # scripts/test_verl.sh: a skip would hide a broken env
+        import verl.trainer.ppo.core_algos as core_algos
+
+        return core_algos
     return pytest.importorskip("verl.trainer.ppo.core_algos", reason="verl is not importable here")
 
 
@@ -221,16 +228,12 @@ def test_real_verl_grpo_equals_verl_vanilla(mode):
     assert torch.allclose(_grad(ours, new), _grad(theirs, new), atol=1e-6, rtol=1e-5)
 
 
-def test_real_verl_ppo_loss_runs_tic_grpo():
-    """verl's own actor loss (`verl.workers.utils.losses.ppo_loss`) selecting loss_mode=ticgrpo_tic_grpo."""
-    _verl()
+def _run_verl_ppo_loss(loss_mode, old, new, adv, mask):
+    """verl's own actor loss (`verl.workers.utils.losses.ppo_loss`) on the batch, as its actor calls it."""
     from tensordict import TensorDict
     from verl.utils import tensordict_utils as tu
     from verl.workers.utils.losses import ppo_loss
 
-    import ticgrpo.integrations.verl  # noqa: F401  (registration)
-
-    old, new, adv, mask, seq_adv = _verl_like_batch(seed=6, rows=4, width=5)
     rows, width = mask.shape
     prompt_len = 3
     prompts = torch.ones(rows, prompt_len, dtype=torch.long)
@@ -255,12 +258,47 @@ def test_real_verl_ppo_loss_runs_tic_grpo():
         batch_size=[rows],
     )
     tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=int(mask.sum()), global_batch_size=rows)
-    config = _actor_config("ticgrpo_tic_grpo", entropy_coeff=0.0)
-    loss, metrics = ppo_loss(config, {"log_probs": flat}, data)
+    return ppo_loss(_actor_config(loss_mode, entropy_coeff=0.0), {"log_probs": flat}, data)
+
+
+def test_real_verl_ppo_loss_runs_tic_grpo():
+    """verl's own actor loss (`verl.workers.utils.losses.ppo_loss`) selecting loss_mode=ticgrpo_tic_grpo."""
+    _verl()
+    import ticgrpo.integrations.verl  # noqa: F401  (registration)
+
+    old, new, adv, mask, seq_adv = _verl_like_batch(seed=6, rows=4, width=5)
+    loss, metrics = _run_verl_ppo_loss("ticgrpo_tic_grpo", old, new, adv, mask)
     expected, _ = compute_loss("tic_grpo", PolicyBatch(new, mask, seq_adv, old_logprobs=old))
     assert torch.allclose(loss, expected, atol=1e-6), (loss, expected)
     assert torch.allclose(_grad(loss, new), _grad(expected, new), atol=1e-6)
     assert "actor/ticgrpo/log_w_mean" in metrics
+
+
+def test_real_verl_ppo_loss_runs_a_newly_registered_sequence_objective(new_sequence_objective, monkeypatch):
+    """An objective registered after ticgrpo's import, with sequence_advantages=True, through verl's ppo_loss."""
+    core_algos = _verl()
+    from ticgrpo.integrations.verl import register_objective
+
+    monkeypatch.setattr(core_algos, "POLICY_LOSS_REGISTRY", dict(core_algos.POLICY_LOSS_REGISTRY))
+    register_objective("test_mean_logprob_loss", new_sequence_objective)
+    old, new, adv, mask, seq_adv = _verl_like_batch(seed=8, rows=4, width=5)
+    loss, metrics = _run_verl_ppo_loss("test_mean_logprob_loss", old, new, adv, mask)
+    expected, _ = compute_loss(new_sequence_objective, PolicyBatch(new, mask, seq_adv, old_logprobs=old))
+    assert torch.allclose(loss, expected, atol=1e-6), (loss, expected)
+    assert torch.allclose(_grad(loss, new), _grad(expected, new), atol=1e-6)
+    assert "actor/ticgrpo/mean_advantage" in metrics  # verl wraps metric values in its own Metric type
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_real_verl_example_configs_compose_against_verls_hydra_tree(example):
+    """examples/verl/check_config.py: verl's schema accepts every key, the actor converts, the loss is found."""
+    _verl()
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "check_config.py"), str(EXAMPLES / example)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"{example}: " in out.stdout and "loss_mode=ticgrpo_tic_grpo (ticgrpo_tic_grpo)" in out.stdout
 
 
 def test_real_verl_external_module_env_var_registers_on_import_verl():
