@@ -85,6 +85,18 @@ ERRORS = [
     (["data.train={task: arithmetic, jsonl: x.jsonl}"], "data.train must name exactly one source"),
     (["eval.reward=nope"], "eval.reward: unknown value 'nope'"),
     (["nonsense"], "must look like key.path=value"),
+    (["optim.lr=.inf"], "optim.lr must be a finite number, got inf"),
+    (["optim.lr=inf"], "optim.lr must be a finite number, got inf"),
+    (["optim.eps=.nan"], "optim.eps must be a finite number, got nan"),
+    (["optim.beta2=-.inf"], "optim.beta2 must be a finite number"),
+    (["optim.weight_decay=1e400"], "optim.weight_decay must be a finite number"),
+    (["optim.max_grad_norm=.inf"], "optim.max_grad_norm must be a finite number"),
+    (["rollout.temperature=.inf"], "rollout.temperature must be a finite number"),
+    (["eval.temperature=.nan"], "eval.temperature must be a finite number"),
+    (["algorithm.behavior_correction_cap=.inf"], "algorithm.behavior_correction_cap must be a finite number"),
+    (["algorithm.rewards=[{name: math_correctness, weight: .inf}]"], "algorithm.rewards[0].weight must be a finite"),
+    (["algorithm.objective_options={epsilon_high: .inf}"], "algorithm.objective_options.epsilon_high must be a finite"),
+    (["algorithm.advantage_options={delta: .nan}"], "algorithm.advantage_options.delta must be a finite"),
 ]
 
 

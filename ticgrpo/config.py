@@ -10,8 +10,10 @@ allowed values.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -387,13 +389,17 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
         raise ConfigError(f"{key} must be an integer, got {_describe(value)}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number, got {_describe(value)}")
+        number = None
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            raise ConfigError(f"{key} must be a number, got {_describe(value)}")
+        # no float setting means anything at inf or NaN (a bound that is off is null), and an inf
+        # lr or eps would write non-finite weights into the first checkpoint
+        _check_finite(key, number)
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
@@ -406,6 +412,11 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
 
 
 def _describe(value: Any) -> str:
+def _check_finite(key: str, number: float) -> None:
+    if not math.isfinite(number):
+        raise ConfigError(f"{key} must be a finite number, got {number}")
+
+
     return f"{type(value).__name__} {value!r}"
 
 
@@ -452,6 +463,9 @@ def validate(config: TrainConfig) -> None:
     if a.advantage is not None:
         _choice("algorithm.advantage", a.advantage, ADVANTAGES.names())
     try:
+    for key, value in a.objective_options.items():
+        if isinstance(value, float):
+            _check_finite(f"algorithm.objective_options.{key}", value)
         objective_config = make_objective_config(a.objective, a.objective_options)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"algorithm.objective_options: {exc}") from None
@@ -556,6 +570,7 @@ def _check_advantage_options(name: str, options: dict) -> None:
 
 def _check_reward_name(key: str, name: str) -> None:
     if ":" in name:
+        _check_finite(f"algorithm.advantage_options.{key}", value)
         return  # "module:function" paths are imported when the trainer starts
     from ticgrpo.rewards import REWARDS
 
