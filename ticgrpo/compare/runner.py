@@ -441,7 +441,7 @@ def run_in_process(run: RunSpec) -> RunOutcome:
     resume = _prepare(run)
     start = time.perf_counter()
     try:
-        train(run.config, resume=resume)
+        train(run.config, resume=resume, overwrite=not resume)  # this comparison's own folder (checked)
     except Exception as exc:  # one failed run must not lose the others
         (run.run_dir / "error.log").write_text(traceback.format_exc())
         return RunOutcome(run, False, wall_s=time.perf_counter() - start,
@@ -477,7 +477,7 @@ def run_subprocess(run: RunSpec, threads: int | None = None, children: _Children
     """`python -m ticgrpo.cli train --config <run>/config.yaml [--resume]`, output in <run>/train.log."""
     resume = _prepare(run)
     cmd = [sys.executable, "-m", "ticgrpo.cli", "train", "--config", str(run.run_dir / "config.yaml"),
-           "--set", "logging.progress_bar=false"] + (["--resume"] if resume else [])
+           "--set", "logging.progress_bar=false"] + (["--resume"] if resume else ["--overwrite"])
     env = dict(os.environ)
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 
 from ticgrpo.train.evaluate import ScoredRollout
 
+LOG_FILES = ("metrics.jsonl", "eval.jsonl", "samples.jsonl")
 PROGRESS_KEYS = (("reward_mean", "reward"), ("completion_length_mean", "len"), ("loss", "loss"))
 
 
@@ -37,6 +39,7 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.last_eval: dict[str, float] = {}
+        self.lines = {name: _count_lines(self.run_dir / name) for name in LOG_FILES}  # complete records
         self._tb = _tensorboard(self.run_dir) if tensorboard else None
         self._wandb = _wandb(wandb_project, self.run_dir, config) if wandb else None
         self._bar = None
@@ -46,15 +49,40 @@ class RunLogger:
             self._bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
 
     def truncate_after(self, step: int) -> None:
-        """On resume: drop records logged after `step` (they belong to the interrupted run)."""
-        for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
+        """On resume from a checkpoint that predates line counts: drop records logged after `step`."""
+        self._rewrite(lambda name, lines: [line for line in lines if _step_of(line) <= step])
+
+    def truncate_to(self, lines: dict[str, int]) -> None:
+        """On resume: keep the first `lines[name]` records of each log, the ones that were written when
+        the checkpoint was saved (later ones belong to the interrupted run, which is redone)."""
+        self._rewrite(lambda name, records: records[: lines.get(name, 0)])
+
+    def sync(self) -> dict[str, int]:
+        """fsync every log (a checkpoint saved next must never be ahead of them); their line counts."""
+        for name in LOG_FILES:
+            path = self.run_dir / name
+            if path.is_file():
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        return dict(self.lines)
+
+    def _rewrite(self, keep: Any) -> None:
+        for name in LOG_FILES:
             path = self.run_dir / name
             if not path.is_file():
                 continue
-            keep = [line for line in path.read_text().splitlines() if _step_of(line) <= step]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            tmp.replace(path)  # atomic: a crash here leaves the old or the new file, never half of one
+            text = path.read_text()
+            # a last line without its newline is torn (killed mid-write): never a record
+            complete = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
+            kept = keep(name, complete)
+            if kept != text.splitlines():
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text("".join(line + "\n" for line in kept))
+                tmp.replace(path)  # atomic: a crash here leaves the old or the new file, never half of one
+            self.lines[name] = len(kept)
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         self._append("metrics.jsonl", {"step": step, **metrics})
@@ -88,6 +116,7 @@ class RunLogger:
     def _append(self, name: str, record: dict) -> None:
         with open(self.run_dir / name, "a") as f:
             f.write(json.dumps(record, default=_jsonable) + "\n")
+        self.lines[name] += 1
 
     def _scalars(self, prefix: str, step: int, metrics: dict[str, Any]) -> None:
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
@@ -96,6 +125,10 @@ class RunLogger:
                 self._tb.add_scalar(f"{prefix}/{key}", value, step)
         if self._wandb is not None:
             self._wandb.log({f"{prefix}/{k}": v for k, v in numeric.items()}, step=step)
+
+
+def _count_lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.is_file() else 0
 
 
 def _step_of(line: str) -> float:

@@ -24,6 +24,7 @@ from ticgrpo.objectives import make_objective_config
 from ticgrpo.rewards import guard_reward, resolve_reward
 from ticgrpo.rollout import HFGenerateEngine, RolloutBatch, SamplingParams, concat_rollouts
 from ticgrpo.train import checkpoint as ckpt
+from ticgrpo.train import run_folder
 from ticgrpo.train.distributed import Distributed
 from ticgrpo.train.evaluate import ScoredRollout, concat_scored, evaluate, score_rollout
 from ticgrpo.train.logging import NullLogger, RunLogger, samples, step_metrics
@@ -46,6 +47,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # metrics of the steps run in this call
     evals: list[dict] = field(default_factory=list)
     rank: int = 0  # this process's rank (0 in a single-process run; only rank 0 writes files)
+    already_finished: bool = False  # a resume of a run that had finished: nothing was run or written
 
 
 class Trainer:
@@ -61,7 +63,10 @@ class Trainer:
         train_rows: list[dict] | None = None,
         eval_rows: list[dict] | None = None,
         reward_fns: list[tuple[Any, float]] | None = None,
+        config_dir: str | Path | None = None,
     ) -> None:
+        if config_dir is None and isinstance(config, (str, Path)):
+            config_dir = Path(config).parent  # 'module:function' rewards are looked up beside the config
         self.config = config if isinstance(config, TrainConfig) else load_config(config)
         cfg = self.config
         seed_everything(cfg.seed)
@@ -84,14 +89,17 @@ class Trainer:
             if self.device.type == "cuda":
                 self.device = torch.device("cuda", self.dist.local_rank)
         self.autocast_dtype = torch.bfloat16 if cfg.model.autocast_bf16 else None
-        self.reward_specs = reward_fns or [(resolve_reward(s.name), s.weight) for s in cfg.algorithm.rewards]
+        self.reward_specs = reward_fns or [(resolve_reward(s.name, config_dir), s.weight)
+                                           for s in cfg.algorithm.rewards]
         self.reward_specs = [(resolve_reward(fn), w) for fn, w in self.reward_specs]
         overlong = resolve_reward("overlong_soft")  # DAPO soft overlong punishment, weight 1, unless listed
         if cfg.algorithm.overlong_reward and overlong not in [fn for fn, _ in self.reward_specs]:
             self.reward_specs.append((overlong, 1.0))
         self.reward_errors: list[tuple[int, str]] = []  # filled by the guards during one scoring call
-        self.reward_specs = [(guard_reward(fn, cfg.algorithm.on_reward_error, self.reward_errors), w)
-                             for fn, w in self.reward_specs]
+        self.reward_specs = [(guard_reward(fn, cfg.algorithm.on_reward_error, self.reward_errors,
+                                           cfg.algorithm.reward_timeout_s), w) for fn, w in self.reward_specs]
+        self.eval_reward = guard_reward(resolve_reward(cfg.eval.reward, config_dir),
+                                        timeout_s=cfg.algorithm.reward_timeout_s)
         self.objective_config = make_objective_config(cfg.algorithm.objective, cfg.algorithm.objective_options)
         self.advantage = cfg.advantage_name
         self.train_rows = train_rows if train_rows is not None else load_rows(cfg.data.train)
@@ -141,23 +149,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def train(self, resume: bool = False) -> TrainResult:
+    def train(self, resume: bool = False, overwrite: bool = False,
+              allow_config_change: bool = False) -> TrainResult:
+        """Train to max_steps in the run folder: a fresh start (`overwrite` replaces an earlier run
+        there), or with `resume` a continuation from its latest checkpoint (`allow_config_change`
+        lets the new config differ in keys that change the trajectory). See ticgrpo.train.run_folder."""
         cfg, main = self.config, self.dist.is_main
-        if main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(config_to_yaml(cfg))
-        if resume:
-            self._resume()
-        elif main and (self.output_dir / "metrics.jsonl").exists():
-            for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
-                (self.output_dir / name).unlink(missing_ok=True)
-        self.logger = RunLogger(
-            self.output_dir, cfg.max_steps, self.step, cfg.logging.progress_bar, cfg.logging.tensorboard,
-            cfg.logging.wandb, cfg.logging.wandb_project, cfg.to_dict(),
-        ) if main else NullLogger()
-        if resume:
-            self.logger.truncate_after(self.step)
+        plan = run_folder.check_start(self.output_dir, cfg, resume, overwrite, allow_config_change)
+        lock = run_folder.RunFolderLock(self.output_dir).acquire() if main else None
+        self.logger = NullLogger()
         try:
+            plan = run_folder.check_start(self.output_dir, cfg, resume, overwrite, allow_config_change)  # locked
+            if plan.finished is not None and int(plan.finished["step"]) >= cfg.max_steps:
+                return self._already_finished(plan.finished)
+            log_lines = self._resume(plan) if resume else None
+            if main:
+                self._prepare_folder(plan)
+            self.logger = RunLogger(
+                self.output_dir, cfg.max_steps, self.step, cfg.logging.progress_bar, cfg.logging.tensorboard,
+                cfg.logging.wandb, cfg.logging.wandb_project, cfg.to_dict(),
+            ) if main else NullLogger()
+            if resume and log_lines is None:  # a checkpoint written before line counts were recorded
+                self.logger.truncate_after(self.step)
+            elif resume:
+                self.logger.truncate_to(log_lines)
             if self.step == 0 and cfg.eval.at_start:
                 self.run_eval()
             while self.step < cfg.max_steps:
@@ -168,15 +183,22 @@ class Trainer:
                 self._check_nonfinite(metrics)
                 if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.step < cfg.max_steps:
                     self.run_eval()
-                if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
+                every = cfg.checkpoint.every_steps
+                if every and (self.step % every == 0 or self.step == cfg.max_steps):
                     self.save_checkpoint()
+            # The run is finished once its last evaluation and final save are done: finished.json says so.
             if cfg.eval.at_end and (not self.evals or self.evals[-1]["step"] != self.step):
                 self.run_eval()
+                ckpt.crash_point("after_final_eval")  # test hook; a no-op normally
             final_dir = self.save_final() if cfg.checkpoint.save_final else None
+            ckpt.crash_point("before_finished")  # test hook; a no-op normally
+            self._record_finished(final_dir)
         finally:
             self.logger.close()
             self.engine.close()
             self.dist.close()
+            if lock is not None:
+                lock.release()
         if cfg.logging.plot and main:
             from ticgrpo.reports.plots import plot_curves
 
@@ -204,6 +226,7 @@ class Trainer:
         times["old_logprobs"] = time.perf_counter() - t0
         lr = self.scheduler.get_last_lr()[0]
         stats = optimize(self.model, self.optimizer, batch, self.settings, self.dist)
+        self._check_weights(lr)
         self.engine.update_weights(self.model)  # an inference engine samples the next batch from θ
         ckpt.crash_point("after_optimizer_step")  # test hook; a no-op normally
         if stats.metrics.get("skipped_nonfinite"):
@@ -328,7 +351,7 @@ class Trainer:
         rows = self.dist.uneven_share(self.eval_rows)  # each process evaluates its share
         result = evaluate(
             self.engine, rows, [self.prompt_text(r) for r in rows],
-            resolve_reward(e.reward), e.max_new_tokens or self.config.rollout.max_new_tokens, e.batch_size,
+            self.eval_reward, e.max_new_tokens or self.config.rollout.max_new_tokens, e.batch_size,
             e.correct_threshold, e.mean_at_k, e.temperature or self.config.rollout.temperature,
             self.config.algorithm.reward_kwargs,
         ) if rows else {}
@@ -421,34 +444,103 @@ class Trainer:
         if self.nonfinite_streak >= limit:
             raise TrainingHalted(
                 f"stopped at step {self.step}: {self.nonfinite_streak} consecutive steps had a non-finite loss or "
-                f"gradient (optim.max_consecutive_nonfinite={limit}); the last good checkpoint is "
-                f"{ckpt.latest_checkpoint(self.output_dir) or 'none'}"
+                f"gradient (optim.max_consecutive_nonfinite={limit}); the last checkpoint with finite weights is "
+                f"{ckpt.latest_checkpoint(self.output_dir, quiet=True) or 'none'}"
+            )
+
+    def _check_weights(self, lr: float) -> None:
+        """Halt when the optimizer step made a weight NaN/inf (its loss and gradient were finite,
+        or it would have been skipped): continuing or saving would only spread the damage."""
+        bad = ckpt.nonfinite_weights(self.model)  # one pass over the trainable parameters
+        if bad:
+            total = sum(p.numel() for p in ckpt.trainable_parameters(self.model))
+            last = ckpt.latest_checkpoint(self.output_dir, quiet=True)
+            raise TrainingHalted(
+                f"stopped at step {self.step + 1}: the optimizer step made {bad} of {total} trainable weights NaN or "
+                f"inf from a finite loss and gradient (lr {lr:g}: lower optim.lr); nothing of this step was saved; "
+                f"the last checkpoint with finite weights is {last or 'none'}"
             )
 
     def save_checkpoint(self) -> Path | None:
         """Process 0 writes (the replicas are equal); the others wait for it."""
         path = None
         if self.dist.is_main:
-            state = {"stream": self.stream.state(), "evals": self.evals}
+            state = {"stream": self.stream.state(), "evals": self.evals, "log_lines": self.logger.sync()}
             path = ckpt.save_checkpoint(self.output_dir, self.step, self.model, self.optimizer, self.scheduler,
                                         state, self.config.checkpoint.keep_last)
         self.dist.barrier()
         return path
 
-    def _resume(self) -> None:
+    def _resume(self, plan: run_folder.ResumePlan) -> dict[str, int] | None:
+        """Restore the latest checkpoint; returns the line count of each log when it was saved."""
+        cfg = self.config
         path = ckpt.latest_checkpoint(self.output_dir)
         if path is None:
-            raise ValueError(f"--resume: no checkpoint under {ckpt.checkpoint_root(self.output_dir)}")
+            raise run_folder.RunFolderError(
+                f"--resume: no checkpoint under {ckpt.checkpoint_root(self.output_dir)} (the run stopped before "
+                f"its first checkpoint, or checkpoint.every_steps is 0); start it again with --overwrite")
         state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler, verify=False)  # verified
         self.step = int(state["step"])
+        if self.step > cfg.max_steps:
+            raise run_folder.RunFolderError(f"--resume: max_steps={cfg.max_steps} is below the step of the latest "
+                                            f"checkpoint ({path}); resume with max_steps >= {self.step}")
         self.stream.load_state(state["stream"])
         self.evals = list(state.get("evals", []))
+        log_lines = state.get("log_lines")
+        finished = plan.finished
+        if finished is not None and int(finished["step"]) == self.step:
+            # a finished run extended to more steps keeps its logs whole, final evaluation included
+            self.evals, log_lines = list(finished["evals"]), dict(finished["log_lines"])
+        if any(c.key.startswith("optim.") or c.key == "max_steps" for c in plan.changes):
+            self._apply_optim_config()
         self.engine.update_weights(self.model)  # an inference engine still holds the initial weights
+        if self.dist.is_main:
+            print(f"resuming {self.output_dir} from step {self.step} ({path.name}); training to step "
+                  f"{cfg.max_steps}", flush=True)
+        return log_lines
+
+    def _apply_optim_config(self) -> None:
+        """After a resume with a changed optim.* or max_steps: the optimizer state came from the
+        checkpoint, its hyper-parameters and the LR schedule come from the new config."""
+        o = self.config.optim
+        self.scheduler.base_lrs = [o.lr for _ in self.optimizer.param_groups]
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group.update(lr=o.lr * factor, initial_lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                         weight_decay=o.weight_decay)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def _prepare_folder(self, plan: run_folder.ResumePlan) -> None:
+        """Process 0, once the run has loaded everything and holds the folder: replace an earlier run
+        (`overwrite`), record config changes of a resume, then write config.yaml."""
+        if plan.overwrite:
+            run_folder.clear_outputs(self.output_dir)
+        if plan.changes:
+            run_folder.record_config_changes(self.output_dir, self.step, plan.changes)
+        (self.output_dir / "config.yaml").write_text(config_to_yaml(self.config))
+
+    def _record_finished(self, final_dir: Path | None) -> None:
+        if self.dist.is_main:
+            run_folder.write_finished(self.output_dir, {
+                "step": self.step, "final_dir": str(final_dir) if final_dir else None, "evals": self.evals,
+                "log_lines": self.logger.sync(),
+            })
+        self.dist.barrier()
+
+    def _already_finished(self, finished: dict) -> TrainResult:
+        step = int(finished["step"])
+        if self.dist.is_main:
+            print(f"{self.output_dir}: the run already finished at step {step}; nothing to do (raise max_steps "
+                  f"to train further)", flush=True)
+        final_dir = Path(finished["final_dir"]) if finished.get("final_dir") else None
+        return TrainResult(self.output_dir, step, final_dir, [], list(finished.get("evals", [])), self.dist.rank,
+                           already_finished=True)
 
     def save_final(self) -> Path:
         final = self.output_dir / "final"
         if self.dist.is_main:
             self.model.save_pretrained(final)
+            ckpt.crash_point("final_save_mid")  # test hook; a no-op normally
             self.tokenizer.save_pretrained(final)
         self.dist.barrier()
         return final
@@ -457,6 +549,14 @@ class Trainer:
 # ---------------------------------------------------------------------- helpers
 
 
-def train(config: TrainConfig | dict | str | Path, resume: bool = False, **kwargs: Any) -> TrainResult:
-    """Run training from a config (path, dict or TrainConfig); kwargs go to `Trainer`."""
-    return Trainer(config, **kwargs).train(resume=resume)
+def train(config: TrainConfig | dict | str | Path, resume: bool = False, overwrite: bool = False,
+          allow_config_change: bool = False, **kwargs: Any) -> TrainResult:
+    """Run training from a config (path, dict or TrainConfig); kwargs go to `Trainer`. The run
+    folder is checked before anything is loaded: a folder holding a run needs `resume` (continue it)
+    or `overwrite` (replace it); see ticgrpo.train.run_folder."""
+    if isinstance(config, (str, Path)):
+        kwargs.setdefault("config_dir", Path(config).parent)
+    config = config if isinstance(config, TrainConfig) else load_config(config)
+    run_folder.check_start(config.output_dir, config, resume, overwrite, allow_config_change)
+    return Trainer(config, **kwargs).train(resume=resume, overwrite=overwrite,
+                                           allow_config_change=allow_config_change)
