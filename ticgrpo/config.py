@@ -475,6 +475,7 @@ def validate(config: TrainConfig) -> None:
     _check(len(set(names)) == len(names), f"algorithm.rewards lists a reward twice: {names}")
     for i, spec in enumerate(a.rewards):
         _check_reward_name(f"algorithm.rewards[{i}].name", spec.name)
+        _check_reward_options(spec.name, a.reward_kwargs)
     _check(a.num_iterations >= 1, f"algorithm.num_iterations (μ) must be >= 1, got {a.num_iterations}")
     _check(a.num_minibatches >= 1, f"algorithm.num_minibatches must be >= 1, got {a.num_minibatches}")
     batch = config.rollout_batch_size
@@ -566,6 +567,21 @@ def _check_advantage_options(name: str, options: dict) -> None:
             )
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"algorithm.advantage_options.{key} must be a number, got {_describe(value)}")
+
+
+def _check_reward_options(name: str, reward_kwargs: dict) -> None:
+    """A reward's own check of its options (registry meta `check_options`), e.g. that the
+    sandbox level code_tests requires runs on this machine: fail before training starts."""
+    if ":" in name:
+        return
+    from ticgrpo.rewards import REWARDS
+
+    check = REWARDS.entry(name).meta.get("check_options")
+    if check is not None:
+        try:
+            check(reward_kwargs)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def _check_reward_name(key: str, name: str) -> None:
