@@ -198,3 +198,197 @@ def test_combine_rewards_bad_specs() -> None:
         combine_rewards(["answer_format"], ["a"], ["x"])
     with pytest.raises(ValueError, match="'math_correctness' raised ValueError: math_correctness needs"):
         combine_rewards([("math_correctness", 1.0)], ["a"], ["x"])
+
+
+# ---------------------------------------------------------------- bring your own task
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from ticgrpo.rewards import RewardError, guard_reward  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TICGRPO = Path(sys.executable).parent / "ticgrpo"  # the console script: no cwd on sys.path, as for a user
+
+
+def trl_style(completions, answer, **kwargs):
+    """A reward as TRL's docs write them: no prompts, the dataset columns as keyword lists."""
+    return [float(a in c) for c, a in zip(completions, answer, strict=True)]
+
+
+def trl_style_with_prompts(prompts, completions, answer, **kwargs):
+    return [float(a in c and p == "p") for p, c, a in zip(prompts, completions, answer, strict=True)]
+
+
+def no_kwargs(completions, answer):
+    return [float(c.endswith(a)) for c, a in zip(completions, answer, strict=True)]
+
+
+def test_trl_style_reward_gets_columns_as_keywords() -> None:
+    columns = {"answer": ["3", "4"], "completion_lengths": [2, 2], "max_new_tokens": 8}
+    specs = [(trl_style, 1.0), (trl_style_with_prompts, 1.0), ("math_correctness", 1.0), ("answer_format", 1.0)]
+    _, per = combine_rewards(specs, ["p", "q"], ["= 3", "= 5"], columns)
+    assert per == {"trl_style": [1.0, 0.0], "trl_style_with_prompts": [1.0, 0.0], "math_correctness": [1.0, 0.0],
+                   "answer_format": [0.0, 0.0]}
+    guarded = guard_reward(trl_style)
+    assert combine_rewards([(guarded, 2.0)], ["p", "q"], ["= 3", "= 4"], columns)[0] == [2.0, 2.0]
+
+
+def test_reward_without_var_kwargs_gets_only_what_it_names() -> None:
+    columns = {"answer": ["3", "4"], "truncated": [False, True]}
+    assert combine_rewards([(no_kwargs, 1.0)], ["p", "q"], ["= 3", "= 5"], columns)[0] == [1.0, 0.0]
+
+
+def test_reward_needing_an_absent_column_is_a_one_line_error() -> None:
+    with pytest.raises(ValueError) as info:
+        combine_rewards([(trl_style, 1.0)], ["p"], ["x"], {"solution": ["1"]})
+    message = str(info.value)
+    assert "reward function 'trl_style' needs the keyword argument 'answer'" in message and "solution" in message
+    with pytest.raises(ValueError, match="needs the keyword argument 'answer'"):
+        guard_reward(trl_style, "zero", [])(prompts=["p"], completions=["x"], solution=["1"])  # not zeroed away
+
+
+MODULE = """\
+def score(prompts, completions, answer, **kwargs):
+    return [float(c.strip() == a) for c, a in zip(completions, answer)]
+"""
+
+
+def test_reward_paths_resolve_beside_the_config_and_in_the_working_directory(tmp_path, monkeypatch) -> None:
+    config_dir, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (config_dir / "lib").mkdir(parents=True)
+    elsewhere.mkdir()
+    (config_dir / "byo_rewards_a.py").write_text(MODULE)
+    (config_dir / "lib" / "byo_score.py").write_text("from byo_helper import ONE\n" + MODULE)
+    (config_dir / "lib" / "byo_helper.py").write_text("ONE = 1.0\n")
+    (elsewhere / "byo_rewards_b.py").write_text(MODULE)
+    monkeypatch.chdir(elsewhere)
+    path_before = list(sys.path)
+    by_module = resolve_reward("byo_rewards_a:score", config_dir=config_dir)
+    by_file = resolve_reward("lib/byo_score.py:score", config_dir=config_dir)  # its sibling import works
+    from_cwd = resolve_reward("byo_rewards_b:score", config_dir=config_dir)
+    assert sys.path == path_before  # no lasting side effect
+    for fn in (by_module, by_file, from_cwd):
+        assert fn(prompts=["p"], completions=[" 7"], answer=["7"]) == [1.0]
+    assert resolve_reward(str(config_dir / "lib" / "byo_score.py") + ":score") is by_file
+    with pytest.raises(ValueError, match=r"cannot import reward module 'byo_missing'.*project.*elsewhere"):
+        resolve_reward("byo_missing:score", config_dir=config_dir)
+    with pytest.raises(ValueError, match=r"reward file 'lib/nope\.py' not found"):
+        resolve_reward("lib/nope.py:score", config_dir=config_dir)
+    with pytest.raises(ValueError, match="has no attribute 'scor'"):
+        resolve_reward("byo_rewards_a:scor", config_dir=config_dir)
+
+
+def sleeps_3s(prompts, completions, **kwargs):
+    time.sleep(3)
+    return [1.0] * len(completions)
+
+
+def test_a_hanging_reward_times_out() -> None:
+    start = time.monotonic()
+    with pytest.raises(RewardError) as info:
+        guard_reward(sleeps_3s, "raise", timeout_s=1)(prompts=["p", "q"], completions=["a", "b"])
+    assert time.monotonic() - start < 2.5
+    message = str(info.value)
+    assert "reward function 'sleeps_3s' did not return within 1 s (algorithm.reward_timeout_s)" in message
+    assert "\n" not in message
+    errors: list = []
+    start = time.monotonic()
+    assert guard_reward(sleeps_3s, "zero", errors, timeout_s=1)(prompts=["p", "q"], completions=["a", "b"]) == [0, 0]
+    assert time.monotonic() - start < 2.5 and [i for i, _ in errors] == [0, 1]
+    assert guard_reward(sleeps_3s, "raise", timeout_s=5)(prompts=["p"], completions=["a"]) == [1.0]
+
+
+def test_reward_timeout_reaches_the_trainer(tmp_path) -> None:
+    from ticgrpo.config import load_config
+    from ticgrpo.train import Trainer
+
+    cfg = load_config({
+        "output_dir": str(tmp_path / "run"), "max_steps": 1, "model": {"name": "tiny-test", "chat_template": False},
+        "data": {"train": {"task": "arithmetic", "level": 2, "num_train": 8, "num_eval": 2}, "eval": None},
+        "rollout": {"prompts_per_step": 1, "num_generations": 2, "max_new_tokens": 4},
+        "algorithm": {"reward_timeout_s": 1, "on_reward_error": "raise"},
+        "logging": {"progress_bar": False, "plot": False}, "checkpoint": {"save_final": False},
+    })
+    trainer = Trainer(cfg, reward_fns=[(sleeps_3s, 1.0)])
+    with pytest.raises(RewardError, match="'sleeps_3s' did not return within 1 s"):
+        trainer.train_step()
+
+
+CONFIG = """\
+output_dir: {out}
+max_steps: 2
+model: {{name: tiny-test, chat_template: false}}
+data:
+  train: {{jsonl: {data}}}
+  eval: {{jsonl: {data}}}
+rollout: {{prompts_per_step: 1, num_generations: 2, max_new_tokens: 4}}
+algorithm:
+  rewards: [{{name: "my_rewards:score", weight: 1.0}}]
+eval: {{reward: "checks/strict.py:score", every_steps: 0, num_examples: 2}}
+logging: {{progress_bar: false, plot: false}}
+checkpoint: {{save_final: false}}
+"""
+
+
+def user_project(tmp_path: Path) -> Path:
+    """A folder with a config, its JSONL data and two reward files beside it."""
+    project = tmp_path / "project"
+    (project / "checks").mkdir(parents=True)
+    rows = [{"prompt": f"{i} + 1 =", "answer": str(i + 1)} for i in range(4)]
+    (project / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (project / "my_rewards.py").write_text(MODULE)
+    (project / "checks" / "strict.py").write_text(MODULE)
+    (project / "checks" / "needs_tests.py").write_text("def score(completions, tests):\n    return [0.0] * len(tests)\n")
+    # data paths are relative to the working directory (unlike reward files): this one is absolute
+    (project / "config.yaml").write_text(CONFIG.format(out=tmp_path / "run", data=project / "data.jsonl"))
+    return project
+
+
+def ticgrpo_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(TICGRPO), "train", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_dry_run_checks_rewards_and_data_from_another_folder(tmp_path) -> None:
+    project = user_project(tmp_path)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    ok = ticgrpo_train("--config", str(project / "config.yaml"), "--dry-run", cwd=cwd)
+    assert ok.returncode == 0, ok.stderr
+    assert "my_rewards:score" in ok.stdout
+    cases = [
+        (["--set", "algorithm.rewards=[{name: 'no_such_rewards:score'}]"],
+         "cannot import reward module 'no_such_rewards'"),
+        (["--set", "eval.reward=checks/missing.py:score"], "reward file 'checks/missing.py' not found"),
+        (["--set", "data.train.jsonl=missing.jsonl"], "jsonl file 'missing.jsonl' does not exist"),
+        (["--set", "data.eval.jsonl=missing_eval.jsonl"], "jsonl file 'missing_eval.jsonl' does not exist"),
+        (["--set", "algorithm.rewards=[{name: 'my_rewards:score'}, {name: 'checks/needs_tests.py:score'}]"],
+         "reward function 'checks/needs_tests.py:score' needs the keyword argument 'tests'"),
+    ]
+    for overrides, fragment in cases:
+        proc = ticgrpo_train("--config", str(project / "config.yaml"), "--dry-run", *overrides, cwd=cwd)
+        assert proc.returncode == 2, (overrides, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and fragment in proc.stderr, proc.stderr
+
+
+def test_training_with_rewards_beside_the_config(tmp_path) -> None:
+    project = user_project(tmp_path)
+    proc = ticgrpo_train("--config", str(project / "config.yaml"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2] and "reward/score_mean" in metrics[0]
+    evals = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
+    assert evals and evals[-1]["num_examples"] == 2
+
+
+def test_the_custom_task_example_runs(tmp_path) -> None:
+    example = tmp_path / "custom_task"
+    shutil.copytree(REPO / "examples" / "custom_task", example)
+    proc = ticgrpo_train("--config", str(example / "config.yaml"), "--set", "max_steps=2",
+                         "--set", "model.name=tiny-test", "--output-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(math.isfinite(m["loss"]) for m in metrics)

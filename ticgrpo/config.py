@@ -94,6 +94,7 @@ class AlgorithmConfig:
     logprob_chunk_size: int = 1024
     log_entropy: bool = True
     on_reward_error: str = "raise"  # a reward fn raising / returning NaN or too few values: raise | zero | skip
+    reward_timeout_s: float | None = 300.0  # a reward call not returning within this counts as a reward error
     # an engine's behaviour log-probs (vLLM) vs the trainer's: null | token | sequence TIS (ticgrpo.mismatch)
     behavior_correction: str | None = None
     behavior_correction_cap: float = 2.0  # C: importance weights are truncated at C
@@ -528,6 +529,9 @@ def validate(config: TrainConfig) -> None:
     _check(o.max_consecutive_nonfinite >= 1,
            f"optim.max_consecutive_nonfinite must be >= 1, got {o.max_consecutive_nonfinite}")
     _choice("algorithm.on_reward_error", a.on_reward_error, REWARD_ERROR_MODES)
+    _check(a.reward_timeout_s is None or 0 < a.reward_timeout_s < float("inf"),
+           f"algorithm.reward_timeout_s must be a positive number of seconds or null (no limit), got "
+           f"{a.reward_timeout_s}")
 
     _check(e.every_steps >= 0, f"eval.every_steps must be >= 0, got {e.every_steps}")
     _check(e.num_examples is None or e.num_examples >= 1, f"eval.num_examples must be >= 1 or null, got "

@@ -1,21 +1,37 @@
 """Reward functions: the `REWARDS` registry, name/import-path resolution and weighted sums.
 
-A reward function is ``fn(prompts, completions, **columns) -> list[float | None]``; the
-columns are the dataset's other columns as lists aligned with ``completions`` plus what the
-trainer adds (``completion_lengths``, ``truncated``, ``max_new_tokens``). Functions take
-``**kwargs`` and ignore what they do not need. ``None`` means "no opinion" and counts as 0.
+A reward function is called with keyword arguments only (the TRL convention)::
+
+    fn(prompts=[...], completions=[...], answer=[...], ..., completion_lengths=[...],
+       truncated=[...], max_new_tokens=96, **reward_kwargs) -> list[float | None]
+
+``prompts`` and every dataset column are lists aligned with ``completions``. A function
+with ``**kwargs`` receives everything; one without receives only the arguments it names.
+``None`` means "no opinion" and counts as 0. docs/training.md, "Reward functions".
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
+import inspect
 import math as _math
-from collections.abc import Callable, Sequence
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from ticgrpo.registry import Registry
 
 RewardFn = Callable[..., list]
+# meta `own_time_limit=True`: the function bounds its own run time (math-verify's and the
+# sandbox's timeouts), so the reward timeout calls it directly, in the calling thread.
 REWARDS: Registry[RewardFn] = Registry("reward")
 
 # Registration happens on import; these imports must follow REWARDS' definition.
@@ -26,29 +42,143 @@ from ticgrpo.rewards.math import extract_final_answer, math_correctness  # noqa:
 from ticgrpo.rewards.shaping import answer_format, overlong_soft  # noqa: E402
 
 
-def resolve_reward(name_or_path: str | RewardFn) -> RewardFn:
-    """A reward function from a registry name, a ``"package.module:function"`` path, or a callable."""
+class RewardError(ValueError):
+    """A reward function failed (raised, wrong count, NaN, timed out); the message names it and the sample."""
+
+
+class RewardSignatureError(RewardError):
+    """A reward function cannot be called with what the trainer passes: a usage error, never zeroed."""
+
+
+def resolve_reward(name_or_path: str | RewardFn, config_dir: str | Path | None = None) -> RewardFn:
+    """A reward function from a registry name, a ``"module:function"`` or ``"path/file.py:function"``
+    path, or a callable.
+
+    Module names and relative file paths are looked up in `config_dir` (the folder of the
+    config file), then in the working directory, then on ``sys.path``.
+    """
     if callable(name_or_path):
         return name_or_path
     if not isinstance(name_or_path, str) or not name_or_path:
         raise ValueError(f"reward must be a registry name, 'module:function' or a callable, got {name_or_path!r}")
     if ":" not in name_or_path:
         return REWARDS.get(name_or_path)
-    module_name, _, attr = name_or_path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(
-            f"cannot import reward module {module_name!r} ({exc}); check the 'module:function' path"
-        ) from None
-    fn = module
+    where, _, attr = name_or_path.rpartition(":")
+    if not where or not attr:
+        raise ValueError(f"reward {name_or_path!r} must look like 'module:function' or 'path/file.py:function'")
+    folders = _search_folders(config_dir)
+    is_file = where.endswith(".py") or "/" in where or "\\" in where
+    module = _import_file(where, folders) if is_file else _import_module(where, folders)
+    fn: Any = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
         if fn is None:
-            raise ValueError(f"module {module_name!r} has no attribute {attr!r}; check the 'module:function' path")
+            raise ValueError(f"reward module {where!r} has no attribute {attr!r}; check the 'module:function' path")
     if not callable(fn):
         raise ValueError(f"reward {name_or_path!r} is not callable")
     return fn
+
+
+def _search_folders(config_dir: str | Path | None) -> list[Path]:
+    folders = [Path(config_dir).resolve()] if config_dir is not None else []
+    cwd = Path.cwd().resolve()
+    return folders if cwd in folders else [*folders, cwd]
+
+
+@contextmanager
+def _on_sys_path(folder: Path) -> Iterator[None]:
+    """`folder` first on sys.path while a reward module is imported (its own top-level imports
+    of files beside it work), and no longer afterwards."""
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        if entry in sys.path:
+            sys.path.remove(entry)
+
+
+def _import_module(name: str, folders: list[Path]) -> ModuleType:
+    if name in sys.modules:
+        return sys.modules[name]
+    top = name.split(".")[0]
+    home = next((f for f in folders if (f / f"{top}.py").is_file() or (f / top).is_dir()), None)
+    try:
+        if home is None:
+            return importlib.import_module(name)
+        with _on_sys_path(home):
+            return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            searched = " or ".join(str(f) for f in folders)
+            raise ValueError(
+                f"cannot import reward module {name!r}: no {top}.py in {searched} and no installed module of "
+                f"that name; put the file beside the config or give its path as 'path/to/file.py:function'"
+            ) from None
+        raise ValueError(f"importing reward module {name!r} failed: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:
+        raise ValueError(f"importing reward module {name!r} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _import_file(where: str, folders: list[Path]) -> ModuleType:
+    given = Path(where).expanduser()
+    candidates = [given] if given.is_absolute() else [f / given for f in folders]
+    path = next((c.resolve() for c in candidates if c.is_file()), None)
+    if path is None:
+        searched = " or ".join(str(f) for f in folders) if not given.is_absolute() else "that location"
+        raise ValueError(f"reward file {where!r} not found in {searched}; the path is relative to the config's "
+                         f"folder, then the working directory")
+    # One module per file, named after its absolute path: two files called rewards.py never collide.
+    module_name = f"_ticgrpo_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"reward file {where!r} cannot be imported as Python; give a .py file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # before executing it, as a normal import does (dataclasses need it)
+    try:
+        with _on_sys_path(path.parent):
+            spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise ValueError(f"importing reward file {where!r} failed: {type(exc).__name__}: {exc}") from None
+    return module
+
+
+def reward_arguments(fn: RewardFn, name: str, available: Sequence[str]) -> set[str] | None:
+    """Which keyword arguments `fn` takes of prompts, completions and the `available` ones:
+    None when it takes ``**kwargs`` (all of them). Raises RewardSignatureError when `fn` needs
+    an argument that is not available or cannot be called with keywords."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no introspectable signature (a builtin): pass everything
+        return None
+    offered = {"prompts", "completions", *available}
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for p in params.values():
+        if p.kind is p.POSITIONAL_ONLY:
+            raise RewardSignatureError(
+                f"reward function {name!r} takes positional-only parameter {p.name!r}; rewards are called with "
+                f"keyword arguments: def {name}(prompts, completions, **kwargs)")
+        needed = p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        if needed and p.name not in offered:
+            raise RewardSignatureError(
+                f"reward function {name!r} needs the keyword argument {p.name!r}, which is neither a dataset "
+                f"column nor a trainer argument; it is called with prompts, completions and: "
+                f"{', '.join(sorted(available)) or 'nothing else'} (add the column or algorithm.reward_kwargs)")
+    return None if takes_all else {n for n in params if n in offered}
+
+
+def call_reward(fn: RewardFn, prompts: list, completions: list, columns: dict[str, Any]) -> Any:
+    """``fn(prompts=..., completions=..., **columns)``, limited to the columns `fn` names when it
+    has no ``**kwargs``; the one calling convention of every reward (built-in, user, TRL-style)."""
+    arguments = {**columns, "prompts": prompts, "completions": completions}
+    accepted = reward_arguments(fn, reward_name(fn), list(columns))
+    if accepted is not None:
+        arguments = {k: v for k, v in arguments.items() if k in accepted}
+    return fn(**arguments)
 
 
 def reward_name(spec: str | RewardFn) -> str:
@@ -85,7 +215,7 @@ def combine_rewards(
         name = reward_name(fn_spec)
         fn = resolve_reward(fn_spec)
         try:
-            values = fn(prompts, completions, **columns)
+            values = call_reward(fn, prompts, completions, columns)
         except RewardError:
             raise  # from `guard_reward`: already names the function and the sample
         except Exception as exc:
@@ -123,20 +253,22 @@ def _check_values(name: str, values: Any, n: int) -> list[float]:
     return out
 
 
-class RewardError(ValueError):
-    """A reward function failed (raised, wrong count, NaN); the message names it and the sample."""
+def guard_reward(
+    fn: RewardFn, on_error: str = "raise", errors: list | None = None, timeout_s: float | None = None
+) -> RewardFn:
+    """Wrap reward `fn` so that a failure (it raises, returns the wrong number of values, a
+    NaN/inf/non-number, or does not return within `timeout_s` seconds) names the function and
+    the sample index. `on_error`: "raise" raises RewardError; "zero" and "skip" return 0 for
+    the failing samples and append (sample index, message) to `errors` (the trainer drops
+    whole groups under "skip"). When the batched call raises, the samples are retried one at
+    a time to find the culprits; a timed-out call is not retried (every sample failed).
 
-
-def guard_reward(fn: RewardFn, on_error: str = "raise", errors: list | None = None) -> RewardFn:
-    """Wrap reward `fn` so that a failure (it raises, returns the wrong number of values, or a
-    NaN/inf/non-number) names the function and the sample index. `on_error`: "raise" raises
-    ValueError; "zero" and "skip" return 0 for the failing samples and append
-    (sample index, message) to `errors` (the trainer drops whole groups under "skip").
-    When the batched call raises, the samples are retried one at a time to find the culprits."""
-    import functools
-
+    A timed-out call cannot be stopped (it is Python code in a thread): it is abandoned and
+    runs on in a daemon thread, which dies with the process. Registered rewards with
+    ``own_time_limit`` (they bound their own run time) are called directly, in this thread."""
     name = reward_name(fn)
     sink = errors if errors is not None else []
+    limit = None if timeout_s is None or _has_own_time_limit(fn) else float(timeout_s)
 
     def problems(values: Any, n: int) -> dict[int, str] | str | None:
         try:
@@ -155,22 +287,33 @@ def guard_reward(fn: RewardFn, on_error: str = "raise", errors: list | None = No
                 bad[i] = f"returned {v!r}"
         return bad or None
 
-    @functools.wraps(fn)
-    def guarded(prompts: list, completions: list, **columns: Any) -> list:
+    def call(prompts: list, completions: list, columns: dict[str, Any]) -> Any:
+        if limit is None:
+            return call_reward(fn, prompts, completions, columns)
+        return _call_with_timeout(name, limit, call_reward, fn, prompts, completions, columns)
+
+    def guarded(*, prompts: list, completions: list, **columns: Any) -> list:
         n = len(completions)
         try:
-            values = fn(prompts, completions, **columns)
+            values = call(prompts, completions, columns)
             found = problems(values, n)
+        except RewardSignatureError:
+            raise  # the function cannot be called as written: no sample is to blame
+        except RewardTimeout as exc:
+            values, found = [None] * n, str(exc)
         except Exception as exc:  # locate the failing samples one by one
             values, found = [None] * n, {}
             for i in range(n):
                 cols = {k: [v[i]] if isinstance(v, list) and len(v) == n else v for k, v in columns.items()}
                 try:
-                    one = fn(prompts[i : i + 1], completions[i : i + 1], **cols)
+                    one = call(prompts[i : i + 1], completions[i : i + 1], cols)
                     issue = problems(one, 1)
                     values[i] = next(iter(one)) if issue is None else None
                     if issue is not None:
                         found[i] = issue if isinstance(issue, str) else issue[0]
+                except RewardTimeout as timeout:  # the rest would time out too, one limit each
+                    found.update({j: str(timeout) for j in range(i, n)})
+                    break
                 except Exception as inner:
                     found[i] = f"raised {type(inner).__name__}: {inner}"
             if not found:
@@ -187,17 +330,53 @@ def guard_reward(fn: RewardFn, on_error: str = "raise", errors: list | None = No
         sink.extend((i, f"reward function {name!r} {message} at sample {i}") for i, message in found.items())
         return [0.0 if i in found else values[i] for i in range(n)]
 
+    # The name and docstring of `fn`, but not its signature: the guard takes every keyword
+    # and passes on what `fn` accepts.
+    guarded.__name__, guarded.__qualname__, guarded.__doc__ = name, name, fn.__doc__
     return guarded
+
+
+class RewardTimeout(Exception):
+    """A reward call did not return within the reward timeout."""
+
+
+def _call_with_timeout(name: str, timeout_s: float, call: Callable[..., Any], *args: Any) -> Any:
+    """``call(*args)`` in a daemon thread; RewardTimeout when it has not returned after `timeout_s`."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call(*args))
+        except BaseException as exc:  # handed to the waiting caller, never lost in the thread
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=f"reward {name}", daemon=True).start()
+    try:
+        return future.result(timeout=timeout_s)
+    except FutureTimeout:
+        raise RewardTimeout(
+            f"did not return within {timeout_s:g} s (algorithm.reward_timeout_s); the call was abandoned and runs "
+            f"on in a background thread: fix the function or raise the timeout"
+        ) from None
+
+
+def _has_own_time_limit(fn: RewardFn) -> bool:
+    return any(REWARDS.entry(n).fn is fn and REWARDS.entry(n).meta.get("own_time_limit", False) for n in REWARDS)
 
 
 __all__ = [
     "REWARDS",
+    "RewardError",
+    "RewardSignatureError",
+    "RewardTimeout",
     "answer_format",
+    "call_reward",
     "combine_rewards",
     "extract_final_answer",
     "guard_reward",
     "math_correctness",
     "overlong_soft",
     "resolve_reward",
+    "reward_arguments",
     "reward_name",
 ]

@@ -99,7 +99,7 @@ def answers_match(predicted: str | None, gold: str) -> bool:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=_math_verify_timeout()))
 
 
-@REWARDS.register("math_correctness")
+@REWARDS.register("math_correctness", own_time_limit=True)  # math-verify timeouts
 def math_correctness(
     prompts: list[str], completions: list[str], answer: list[str] | None = None, **kwargs: Any
 ) -> list[float]:
