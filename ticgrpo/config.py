@@ -389,8 +389,8 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
             return int(value)
         raise ConfigError(f"{key} must be an integer, got {_describe(value)}")
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
         number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             number = float(value)
         elif isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
             with contextlib.suppress(ValueError):
@@ -412,12 +412,12 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def _describe(value: Any) -> str:
 def _check_finite(key: str, number: float) -> None:
     if not math.isfinite(number):
         raise ConfigError(f"{key} must be a finite number, got {number}")
 
 
+def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
@@ -463,10 +463,10 @@ def validate(config: TrainConfig) -> None:
     _choice("algorithm.objective", a.objective, OBJECTIVES.names())
     if a.advantage is not None:
         _choice("algorithm.advantage", a.advantage, ADVANTAGES.names())
-    try:
     for key, value in a.objective_options.items():
         if isinstance(value, float):
             _check_finite(f"algorithm.objective_options.{key}", value)
+    try:
         objective_config = make_objective_config(a.objective, a.objective_options)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"algorithm.objective_options: {exc}") from None
@@ -571,6 +571,7 @@ def _check_advantage_options(name: str, options: dict) -> None:
             )
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"algorithm.advantage_options.{key} must be a number, got {_describe(value)}")
+        _check_finite(f"algorithm.advantage_options.{key}", value)
 
 
 def _check_reward_options(name: str, reward_kwargs: dict) -> None:
@@ -590,7 +591,6 @@ def _check_reward_options(name: str, reward_kwargs: dict) -> None:
 
 def _check_reward_name(key: str, name: str) -> None:
     if ":" in name:
-        _check_finite(f"algorithm.advantage_options.{key}", value)
         return  # "module:function" paths are imported when the trainer starts
     from ticgrpo.rewards import REWARDS
 
