@@ -342,7 +342,8 @@ def user_project(tmp_path: Path) -> Path:
     (project / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (project / "my_rewards.py").write_text(MODULE)
     (project / "checks" / "strict.py").write_text(MODULE)
-    (project / "checks" / "needs_tests.py").write_text("def score(completions, tests):\n    return [0.0] * len(tests)\n")
+    (project / "checks" / "needs_tests.py").write_text(
+        "def score(completions, tests):\n    return [0.0] * len(tests)\n")
     # data paths are relative to the working directory (unlike reward files): this one is absolute
     (project / "config.yaml").write_text(CONFIG.format(out=tmp_path / "run", data=project / "data.jsonl"))
     return project
@@ -385,10 +386,13 @@ def test_training_with_rewards_beside_the_config(tmp_path) -> None:
 
 
 def test_the_custom_task_example_runs(tmp_path) -> None:
-    example = tmp_path / "custom_task"
+    example = tmp_path / "examples" / "custom_task"  # its data paths are relative to the repository root
     shutil.copytree(REPO / "examples" / "custom_task", example)
     proc = ticgrpo_train("--config", str(example / "config.yaml"), "--set", "max_steps=2",
                          "--set", "model.name=tiny-test", "--output-dir", str(tmp_path / "run"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(math.isfinite(m["loss"]) for m in metrics)
+    assert {"reward/reversed_word_mean", "reward/repeats_the_word_mean"} <= set(metrics[0])
+    evals = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
+    assert [e["num_examples"] for e in evals] == [10.0, 10.0]  # at step 0 and at the end
