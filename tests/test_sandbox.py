@@ -1,25 +1,35 @@
 """The code sandbox (ticgrpo.sandbox) against a corpus of hostile programs, at every isolation
-level available here ("none" always is): each one is contained and scores 0, correct
-programs score 1, and training with a `code_tests` reward goes on through hostile completions."""
+level available here ("none" always is): each one is contained and scores 0 where the level
+claims containment (and its documented non-containment is asserted where it does not),
+correct programs score 1, nothing a program prints can make scoring raise, and training with
+a `code_tests` reward goes on through hostile completions."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from ticgrpo.sandbox import Sandbox, SandboxLimits, extract_code, parse_test
+from ticgrpo.sandbox import Sandbox, SandboxLimits, SandboxUnavailable, extract_code, parse_test, remove_tree
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SECRET = "ticgrpo-secret-" + secrets.token_hex(8)
 MARKER = "ticgrpo-daemon-" + secrets.token_hex(8)
-LIMITS = SandboxLimits(timeout_s=1.0, cpu_s=1, memory_mb=256, file_size_mb=1, max_processes=8,
+LIMITS = SandboxLimits(timeout_s=1.0, cpu_s=1, memory_mb=256, file_size_mb=1, disk_mb=8, max_processes=8,
                        max_open_files=32, max_output_bytes=20_000)
-TESTS = ["assert add(2, 3) == 5", "assert add(-1, 1) == 0", {"input": "2 3\n", "output": "5"}]
+# both assert forms the issue found hackable: a comparison with a non-literal side, an ordering
+TESTS = ["assert add(2, 3) == 5", "assert add(-1, 1) == 0", "assert add(1, 2) == 1 + 2", "assert add(1, 2) > 2",
+         {"input": "2 3\n", "output": "5"}]
 GOOD = """
 def add(a, b):
     return a + b
@@ -38,7 +48,7 @@ def _levels() -> list[str]:
         try:
             Sandbox(LIMITS, isolation=level)
             levels.append(level)
-        except RuntimeError:
+        except SandboxUnavailable:
             pass
     return levels
 
@@ -148,11 +158,37 @@ def hostile(world: dict) -> dict[str, str]:
         "segfault": "import ctypes\nctypes.string_at(0)\n",
         "deep_recursion": "import sys\nsys.setrecursionlimit(10 ** 7)\ndef f(n):\n    return f(n + 1)\nf(0)\n",
         "shell_out": "import os\nos.system('cat /etc/passwd; sleep 100')\n",
+        "equal_to_everything": "class A:\n    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = "
+                               "lambda self, other: True\n    __bool__ = lambda self: True\n"
+                               "    __hash__ = object.__hash__\ndef add(a, b):\n    return A()\n",
+        "patch_bool": "import builtins\nbuiltins.bool = lambda x=None: True\ndef add(a, b):\n    return -7\n",
+        "patch_comparison_builtins": "import builtins\nbuiltins.int = lambda *a: 5\nbuiltins.abs = lambda x: 0\n"
+                                     "def add(a, b):\n    return None\n",
+        **{f"forge_{kind}": FORGE.format(payload=payload) for kind, payload in FORGERIES.items()},
+        "deep_tree": DEEP_TREE,
+        "many_files": MANY_FILES,
     }
 
 
+# Forged answer lines written straight to the harness's channel (the nonce is readable in-process).
+FORGE = ("import __main__, os, json\n"
+         "os.write(__main__._ch, (__main__.nonce + ' ' + {payload} + '\\n').encode())\n"
+         "def add(a, b):\n    return a + b\n")
+FORGERIES = {
+    "unhashable_index": "json.dumps([[0], 'value', ['int', '5']])",
+    "unknown_kind": "json.dumps([0, 'weird', 1])",
+    "non_literal": "json.dumps([0, 'value', ['float', \"__import__('os').getpid()\"]])",
+    "huge_integer": "json.dumps([0, 'value', ['int', '9' * 5000]])",
+    "not_a_pair": "json.dumps([0, 'value', ['int']])",
+    "deep_nesting": "'[' * 100000",
+    "unknown_value_kind": "json.dumps([0, 'value', ['object', []]])",
+}
+DEEP_TREE = "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nprint('deep')\n"
+MANY_FILES = "for i in range(50000):\n    open('f%d' % i, 'w').close()\nprint('many')\n"
+
+
 def test_the_corpus_is_large_enough(world):
-    assert len(hostile(world)) >= 30
+    assert len(hostile(world)) >= 50
 
 
 def test_correct_programs_score_one(box):
@@ -164,7 +200,7 @@ def test_correct_programs_score_one(box):
     assert (report.score, report.isolation) == (1.0, box.isolation)
     assert box.run_tests("print(input()[::-1])", [{"input": "abc\n", "output": "cba\n\n"}]).score == 1.0
     assert box.run_tests(GOOD.replace("a + b", "a * b"), TESTS).score == 0.0  # wrong answers fail
-    assert box.run_tests(GOOD.replace("a + b", "a + b if a > 0 else 9"), TESTS).score == pytest.approx(2 / 3)
+    assert box.run_tests(GOOD.replace("a + b", "a + b if a > 0 else 9"), TESTS).score == pytest.approx(4 / 5)
 
 
 def test_hostile_programs_are_contained_and_score_zero(box, world):
@@ -177,7 +213,9 @@ def test_hostile_programs_are_contained_and_score_zero(box, world):
         start = time.monotonic()
         report = box.run_tests(code, TESTS)
         assert report.score == 0.0, (name, report)
-        assert time.monotonic() - start < 2 * LIMITS.timeout_s + 5, name
+        # level none cleans a 3,000-deep tree or 50,000 files off the host's disk: slower there
+        slow_cleanup = box.isolation == "none" and name in ("deep_tree", "many_files")
+        assert time.monotonic() - start < 2 * LIMITS.timeout_s + (40 if slow_cleanup else 5), name
         assert os.getpid() == parent
         if name in ("env_secret", "parent_environ", "all_environs", "read_outside_file", "huge_stdout"):
             plain = box.execute(code, stdin="1 2\n")  # its raw output, as a script
@@ -204,16 +242,19 @@ def test_hostile_programs_are_contained_and_score_zero(box, world):
 def test_specific_violations_are_reported(box):
     assert box.run_tests("while True:\n    pass\n", TESTS).status in ("timeout", "signal")
     assert box.run_tests("while True:\n    print('x' * 10000)\n", TESTS).status == "output_limit"
-    forge = ("import __main__, os\nos.write(__main__._ch, (__main__.nonce + ' [0, \"value\", [\"p\", \"5\"]]\\n')"
-             ".encode())\ndef add(a, b):\n    return a + b\n")
-    assert box.run_tests(forge, TESTS[:2]).status == "protocol"  # a second answer to test 0: zero
+    forge = FORGE.format(payload="json.dumps([0, 'value', ['int', '5']])")
+    report = box.run_tests(forge, TESTS[:2])  # a second answer to operand 0: zero
+    assert (report.status, report.reason, report.score) == ("protocol", "answer 0 came twice", 0.0)
     assert box.run_tests("x = bytearray(8 * 1024 ** 3)\n", TESTS[:1]).status == "memory"
 
 
 def test_parse_and_extract():
-    assert parse_test("assert f(1) == [1, 2]") == ("value", "f(1)", [1, 2])
-    assert parse_test("assert 3 == g()") == ("value", "g()", 3)
-    assert parse_test("assert f(1) > 0") == ("truth", "f(1) > 0", True)
+    assert parse_test("assert f(1) == [1, 2]") == ("assert", ["f(1)"], ("compare", [("operand", 0), ("literal", [1, 2])],
+                                                                                    ["=="]))
+    assert parse_test("assert 3 == g()") == ("assert", ["g()"], ("compare", [("literal", 3), ("operand", 0)], ["=="]))
+    assert parse_test("assert f(1) > 0 and not g(2)") == (
+        "assert", ["f(1)", "g(2)"], ("and", [("compare", [("operand", 0), ("literal", 0)], [">"]),
+                                            ("not", ("truth", ("operand", 1)))]))
     assert parse_test({"input": "1", "output": "2"}) == ("stdio", "1", "2")
     for bad in ("x = 1", "assert (", {"stdin": "1"}, 3):
         with pytest.raises(ValueError):

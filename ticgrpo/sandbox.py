@@ -57,7 +57,6 @@ import ast
 import contextlib
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -752,11 +751,10 @@ def _ordered(a: Any, b: Any) -> bool:
 
 
 def _same(got: Any, expected: Any) -> bool:
-    """Equality by exact type, deep (True is not 1), numbers across int/float, nan == nan."""
+    """Equality by exact type, deep (True is not 1), numbers across int/float (nan != nan, as in Python)."""
     numbers = (int, float)
     if type(got) in numbers and type(expected) in numbers and bool not in (type(got), type(expected)):
-        return got == expected or (isinstance(got, float) and isinstance(expected, float)
-                                   and math.isnan(got) and math.isnan(expected))
+        return got == expected
     if type(got) is not type(expected):
         return False
     if isinstance(got, (list, tuple)):
