@@ -155,3 +155,103 @@ def test_torn_last_jsonl_line_is_dropped_on_resume(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3] and lines[-1]["loss"] == 3.0
     assert [json.loads(x)["step"] for x in (tmp_path / "samples.jsonl").read_text().splitlines()] == [1, 2]
+
+
+# ---------------------------------------------------------------------- the end of a run, and its logs
+
+END_STEPS = 3
+END_OVERRIDES = [
+    f"max_steps={END_STEPS}", "checkpoint.every_steps=1", "checkpoint.keep_last=2", "checkpoint.save_final=true",
+    "eval.at_start=true", "eval.at_end=true", "eval.every_steps=2", "eval.num_examples=2", "eval.mean_at_k=0",
+    "logging.progress_bar=false", "logging.plot=false", "rollout.max_new_tokens=6",
+]
+# Every crash point, in the order a chain of runs reaches them; run i+1 resumes what run i left.
+# With eval every 2 steps, a checkpoint every step and the final save, the chain kills inside
+# steps, inside each stage of a checkpoint (the final step's too), after the last evaluation,
+# inside the final save and just before the run is recorded as finished.
+END_CHAIN = [
+    ("after_optimizer_step", 2),  # step 2 trained, not logged: the log holds step 1 and eval 0
+    ("after_rollout", 1),  # resumed at 1: step 2's rollout done
+    ("mid_backward", 1),  # resumed at 1: inside step 2's optimisation
+    ("checkpoint_mid_write", 1),  # step 2 and eval 2 logged, step 2's checkpoint half written
+    ("checkpoint_before_rename", 2),  # step 2 saved; step 3's checkpoint complete, not renamed
+    ("checkpoint_after_rename", 1),  # step 3's checkpoint renamed, killed before pruning
+    ("after_final_eval", 1),  # the last evaluation logged, nothing saved after it
+    ("final_save_mid", 1),  # final/ half written (weights, no tokenizer)
+    ("before_finished", 1),  # final/ written, finished.json not yet
+]
+
+
+def _end_cmd(out: Path, resume: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "ticgrpo.cli", "train", "--config", str(ROOT / "configs" / "tiny.yaml"),
+           "--output-dir", str(out)]
+    for item in END_OVERRIDES:
+        cmd += ["--set", item]
+    return [*cmd, "--resume"] if resume else cmd
+
+
+def _wall_clock(key: str) -> bool:
+    """Metrics that time the run (seconds, tokens per second): the only fields allowed to differ."""
+    return key.startswith("time_") or key.endswith("_tokens_per_s")
+
+
+def _log_records(path: Path) -> list[str]:
+    """Each line of a jsonl log, re-serialised without its wall-clock fields (key order kept)."""
+    if not path.is_file():
+        return []
+    return [json.dumps({k: v for k, v in json.loads(line).items() if not _wall_clock(k)})
+            for line in path.read_text().splitlines()]
+
+
+def _tree_state(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file's mtime and bytes, except the lock file (which holds the pid of the last run)."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".ticgrpo.lock"}
+
+
+def test_every_crash_point_is_in_a_kill_and_resume_chain():
+    import re
+
+    names = set()
+    for source in (ROOT / "ticgrpo").rglob("*.py"):
+        names |= set(re.findall(r"crash_point\(\"(\w+)\"\)", source.read_text()))
+    assert names, "no crash points found"
+    assert names <= {point for point, _ in CHAIN + END_CHAIN}, names - {point for point, _ in CHAIN + END_CHAIN}
+
+
+def test_kill9_at_every_point_then_resume_leaves_logs_equal_to_an_uninterrupted_run(tmp_path):
+    reference = tmp_path / "ref"
+    ref_run = subprocess.Popen(_end_cmd(reference, False), env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    logs = ("metrics.jsonl", "eval.jsonl", "samples.jsonl")
+    out = tmp_path / "crashy"
+    left = []  # the logs each killed run left
+    for i, (point, nth) in enumerate(END_CHAIN):
+        run = subprocess.run(_end_cmd(out, resume=i > 0), env=_env(f"{point}:{nth}"), cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == -signal.SIGKILL, (point, run.returncode, run.stderr[-2000:])
+        left.append((point, {name: _log_records(out / name) for name in logs}))
+    assert ref_run.wait(timeout=300) == 0, ref_run.stderr.read()[-2000:]
+    expected = {name: _log_records(reference / name) for name in logs}
+    assert [json.loads(x)["step"] for x in expected["eval.jsonl"]] == [0, 2, END_STEPS]
+    for point, records in left:  # whatever a killed run left is the start of the uninterrupted run's log
+        for name, got in records.items():
+            assert got == expected[name][: len(got)], (point, name)
+    final = subprocess.run(_end_cmd(out, resume=True), env=_env(), cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert f"resuming {out} from step {END_STEPS}" in final.stdout
+    for name in logs:
+        assert _log_records(out / name) == expected[name], name
+    for name in sorted(p.name for p in (reference / "final").iterdir()):
+        assert (out / "final" / name).read_bytes() == (reference / "final" / name).read_bytes(), name
+    done, ref_done = (json.loads((d / "finished.json").read_text()) for d in (out, reference))
+    assert {**done, "final_dir": None} == {**ref_done, "final_dir": None}
+    # Resuming the finished run says so and changes nothing in the folder.
+    before = _tree_state(out)
+    again = subprocess.run(_end_cmd(out, resume=True), env=_env(), cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.strip() == f"{out}: the run already finished at step {END_STEPS}; nothing to do " \
+                                   f"(raise max_steps to train further)"
+    assert _tree_state(out) == before
