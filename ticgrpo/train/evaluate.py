@@ -70,9 +70,10 @@ def score_rollout(
     max_new_tokens: int,
     reward_kwargs: dict | None = None,
 ) -> ScoredRollout:
-    """Rewards of every completion; dataset columns (all but "prompt") reach the reward
-    functions as lists aligned with the completions, plus completion_lengths, truncated
-    and max_new_tokens."""
+    """Rewards of every completion. Each reward function is called with keyword arguments
+    (`ticgrpo.rewards.call_reward`): prompts, completions and the dataset columns (all but
+    "prompt") as lists aligned with the completions, plus completion_lengths, truncated,
+    max_new_tokens and `reward_kwargs`."""
     expanded = [row for row in rows for _ in range(num_samples)]
     columns: dict[str, Any] = {}
     for key in rows[0] if rows else {}:
