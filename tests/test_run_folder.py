@@ -80,8 +80,9 @@ def test_overwrite_deletes_nothing_before_the_new_run_has_loaded(tmp_path, capsy
 def test_the_python_api_protects_the_folder_too(tmp_path):
     from ticgrpo.train import train
 
-    config = {"output_dir": str(tmp_path / "run"), "max_steps": 1, "model": {"name": "tiny-test",
-              "chat_template": False}, "data": {"train": {"task": "arithmetic", "level": 2, "num_train": 20, "num_eval": 4}, "eval": None},
+    config = {"output_dir": str(tmp_path / "run"), "max_steps": 1,
+              "model": {"name": "tiny-test", "chat_template": False},
+              "data": {"train": {"task": "arithmetic", "level": 2, "num_train": 20, "num_eval": 4}, "eval": None},
               "rollout": {"prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 4},
               "logging": {"progress_bar": False, "plot": False}, "eval": {"every_steps": 0}}
     first = train(config)
