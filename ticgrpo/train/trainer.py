@@ -146,6 +146,7 @@ class Trainer:
         self.history: list[dict] = []
         self.evals: list[dict] = []
         self.last_samples: list[dict] = []
+        self.logger: RunLogger | NullLogger = NullLogger()  # train() opens the run's logs
 
     # ------------------------------------------------------------------ the loop
 
@@ -157,7 +158,6 @@ class Trainer:
         cfg, main = self.config, self.dist.is_main
         plan = run_folder.check_start(self.output_dir, cfg, resume, overwrite, allow_config_change)
         lock = run_folder.RunFolderLock(self.output_dir).acquire() if main else None
-        self.logger = NullLogger()
         try:
             plan = run_folder.check_start(self.output_dir, cfg, resume, overwrite, allow_config_change)  # locked
             if plan.finished is not None and int(plan.finished["step"]) >= cfg.max_steps:
