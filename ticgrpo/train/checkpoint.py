@@ -273,7 +273,9 @@ def save_checkpoint(
             f"checkpoint with finite weights is {latest_checkpoint(output_dir, quiet=True) or 'none'}")
     tensors, aliases, frozen = _saved_state(model)
     optimizer_state = optimizer.state_dict()
-    needed = _tensor_bytes(tensors) + _tensor_bytes(optimizer_state) + (1 << 20)  # + headers, RNG, state
+    state_text = json.dumps({"step": step, **state}, indent=1)
+    # + RNG states (~10 kB without CUDA), headers and the manifest
+    needed = _tensor_bytes(tensors) + _tensor_bytes(optimizer_state) + len(state_text) + (1 << 16)
     try:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".step-*.tmp-*"):  # left by a crash during an earlier save
@@ -290,7 +292,7 @@ def save_checkpoint(
         _torch_save(optimizer_state, tmp / "optimizer.pt")
         _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
         _torch_save(rng_state(), tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
+        (tmp / "state.json").write_text(state_text)
         files = {}
         for path in sorted(tmp.iterdir()):
             _fsync_file(path)
