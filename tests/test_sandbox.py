@@ -6,6 +6,7 @@ a `code_tests` reward goes on through hostile completions."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -165,9 +166,7 @@ def hostile(world: dict) -> dict[str, str]:
         "patch_comparison_builtins": "import builtins\nbuiltins.int = lambda *a: 5\nbuiltins.abs = lambda x: 0\n"
                                      "def add(a, b):\n    return None\n",
         **{f"forge_{kind}": FORGE.format(payload=payload) for kind, payload in FORGERIES.items()},
-        "deep_tree": DEEP_TREE,
-        "many_files": MANY_FILES,
-    }
+    }  # DEEP_TREE and MANY_FILES: test_cleanup_never_raises_and_leaves_nothing (slow to delete at none)
 
 
 # Forged answer lines written straight to the harness's channel (the nonce is readable in-process).
@@ -180,7 +179,7 @@ FORGERIES = {
     "non_literal": "json.dumps([0, 'value', ['float', \"__import__('os').getpid()\"]])",
     "huge_integer": "json.dumps([0, 'value', ['int', '9' * 5000]])",
     "not_a_pair": "json.dumps([0, 'value', ['int']])",
-    "deep_nesting": "'[' * 100000",
+    "deep_nesting": "'[' * 5000",
     "unknown_value_kind": "json.dumps([0, 'value', ['object', []]])",
 }
 DEEP_TREE = "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nprint('deep')\n"
@@ -213,9 +212,7 @@ def test_hostile_programs_are_contained_and_score_zero(box, world):
         start = time.monotonic()
         report = box.run_tests(code, TESTS)
         assert report.score == 0.0, (name, report)
-        # level none cleans a 3,000-deep tree or 50,000 files off the host's disk: slower there
-        slow_cleanup = box.isolation == "none" and name in ("deep_tree", "many_files")
-        assert time.monotonic() - start < 2 * LIMITS.timeout_s + (40 if slow_cleanup else 5), name
+        assert time.monotonic() - start < 2 * LIMITS.timeout_s + 5, name
         assert os.getpid() == parent
         if name in ("env_secret", "parent_environ", "all_environs", "read_outside_file", "huge_stdout"):
             plain = box.execute(code, stdin="1 2\n")  # its raw output, as a script
@@ -249,8 +246,8 @@ def test_specific_violations_are_reported(box):
 
 
 def test_parse_and_extract():
-    assert parse_test("assert f(1) == [1, 2]") == ("assert", ["f(1)"], ("compare", [("operand", 0), ("literal", [1, 2])],
-                                                                                    ["=="]))
+    assert parse_test("assert f(1) == [1, 2]") == (
+        "assert", ["f(1)"], ("compare", [("operand", 0), ("literal", [1, 2])], ["=="]))
     assert parse_test("assert 3 == g()") == ("assert", ["g()"], ("compare", [("literal", 3), ("operand", 0)], ["=="]))
     assert parse_test("assert f(1) > 0 and not g(2)") == (
         "assert", ["f(1)", "g(2)"], ("and", [("compare", [("operand", 0), ("literal", 0)], [">"]),
@@ -262,6 +259,178 @@ def test_parse_and_extract():
     text = "Here:\n```python\ndef f():\n    return 1\n```\nand\n```python\ndef f():\n    return 2\n```"
     assert extract_code(text) == "def f():\n    return 2\n"
     assert extract_code("def f(): pass") == "def f(): pass"
+
+
+HONEST_FLOATS = "import math\ndef big():\n    return float('inf')\ndef nan():\n    return float('nan')\n"
+FLOAT_TESTS = ["assert big() == 1e999", "assert big() > 10 ** 300", "assert math.isnan(nan())", "assert nan() != nan()",
+               "assert [big(), -big()] == [1e999, -1e999]", "assert not nan() == nan()"]
+
+
+def test_answers_are_plain_data_and_malformed_ones_score_zero(box):
+    """inf/nan come back intact; forged answer lines, always-equal objects and a patched bool
+    score 0 (forgeries as status protocol, with the reason counted) and never raise."""
+    assert box.run_tests(HONEST_FLOATS, FLOAT_TESTS).score == 1.0
+    assert box.run_tests(HONEST_FLOATS.replace("'inf'", "'-inf'"), FLOAT_TESTS[:2]).score == 0.0
+    for kind, payload in FORGERIES.items():
+        report = box.run_tests(FORGE.format(payload=payload), TESTS)
+        assert (report.score, report.status) == (0.0, "protocol"), (kind, report)
+        assert report.reason, kind
+    for name in ("equal_to_everything", "patch_bool"):
+        code = hostile({"port": 0, "root": Path("/nonexistent"), "secret_file": "x", "sentinel": "x"})[name]
+        report = box.run_tests(code, TESTS)
+        assert (report.score, report.status) == (0.0, "ok"), (name, report)
+    counted = box.summary()["programs"]
+    assert sum(n for status, n in counted.items() if status.startswith("protocol: ")) >= len(FORGERIES)
+    assert box.summary()["isolation"] == box.isolation
+
+
+FILL_DISK = """
+import os, tempfile
+dirs = ['.', tempfile.gettempdir()] + (['/dev/shm'] if os.path.realpath('/dev/shm').startswith('/sandbox') else [])
+written = 0
+for d in dirs:
+    for i in range(16):
+        try:
+            with open(os.path.join(d, 'fill%d' % i), 'wb') as f:
+                f.write(b'x' * (1 << 20))
+            written += 1
+        except OSError:
+            break
+print(written)
+"""
+
+
+def test_writable_space_is_bounded(box):
+    """bwrap and unshare: /sandbox, /tmp and /dev/shm share one tmpfs of disk_mb; none has no quota (documented)."""
+    res = box.execute(FILL_DISK, timeout_s=20)
+    written_mb = int(res.stdout.split()[-1])
+    if box.isolation in ("bwrap", "unshare"):
+        assert written_mb <= LIMITS.disk_mb, res
+    else:
+        assert written_mb > LIMITS.disk_mb, res  # RLIMIT_FSIZE caps each file, not their sum
+
+
+def test_proc_shows_nothing_of_the_trainer(box):
+    """No process outside the sandbox is visible (bwrap, unshare), or none whose memory, fds or
+    environment can be read (none as root); at none, command lines are visible (documented)."""
+    res = box.execute((ROOT / "tests" / "sandbox_corpus" / "proc_probe.py").read_text(), timeout_s=20)
+    seen = json.loads(res.stdout)
+    if box.isolation != "none":
+        assert seen == {}, seen
+        return
+    if not box.drop_uid:
+        pytest.skip("level none without root runs as the trainer's uid: it can read the trainer's /proc (documented)")
+    readable = {pid: got for pid, got in seen.items()
+                if any(not str(got[item]).startswith("ERR") for item in ("environ", "mem", "fd"))}
+    assert str(os.getpid()) not in readable and readable == {}, readable
+    assert any("pytest" in str(got["cmdline"]) for got in seen.values())  # the documented exposure
+
+
+def _work_folders() -> set[str]:
+    found = set()
+    for base in {tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"}:
+        with contextlib.suppress(OSError):
+            found |= {os.path.join(base, n) for n in os.listdir(base) if n.startswith("ticgrpo-sandbox-")}
+    return found
+
+
+def test_cleanup_never_raises_and_leaves_nothing(box):
+    before = _work_folders()
+    for code in (DEEP_TREE, MANY_FILES, "import os\nos.mkdir('locked')\nopen('locked/f', 'w').close()\n"
+                 "os.chmod('locked', 0)\nos.chmod('.', 0o500)\n"):
+        assert box.run_tests(code, TESTS).score == 0.0
+    assert _work_folders() - before == set()
+
+
+def test_remove_tree_takes_any_depth_and_mode(tmp_path):
+    base = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    cwd = os.getcwd()
+    try:
+        os.chdir(base)
+        for _ in range(3000):  # 6,000 characters of path: deeper than PATH_MAX and the recursion limit
+            os.mkdir("d")
+            os.chdir("d")
+    finally:
+        os.chdir(cwd)
+    (base / "closed").mkdir()
+    os.chmod(base / "closed", 0)
+    assert remove_tree(str(base)) is True
+    assert not base.exists()
+    assert remove_tree(str(base)) is True  # already gone: still no error
+
+
+def _python_in(env: dict, code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+
+
+def test_level_is_announced_once_and_a_required_level_fails_fast(tmp_path):
+    """Without bwrap/unshare on PATH: one stderr line names the level used and why; requiring
+    bwrap fails in one line, in Sandbox() and at config validation (before any training)."""
+    code = ("from ticgrpo.sandbox import Sandbox, SandboxUnavailable\n"
+            "Sandbox(); Sandbox()\n"
+            "try:\n    Sandbox(require='bwrap')\nexcept SandboxUnavailable as exc:\n    print('REFUSED', exc)\n"
+            "from ticgrpo.config import ConfigError, load_config\n"
+            "try:\n    load_config({'algorithm': {'rewards': [{'name': 'code_tests'}], "
+            "'reward_kwargs': {'sandbox_require': 'unshare'}}})\n"
+            "except ConfigError as exc:\n    print('CONFIG', exc)\n")
+    res = _python_in({"PATH": str(tmp_path)}, code)
+    announced = [line for line in res.stderr.splitlines() if line.startswith("ticgrpo sandbox: isolation")]
+    assert len(announced) == 1 and "isolation none" in announced[0] and "bwrap is not installed" in announced[0], \
+        res.stderr
+    refused = [line for line in res.stdout.splitlines() if line.startswith("REFUSED")]
+    assert len(refused) == 1 and "'bwrap'" in refused[0] and "install bubblewrap" in refused[0], res.stdout
+    assert any(line.startswith("CONFIG") and "unshare" in line for line in res.stdout.splitlines()), res
+
+
+needs_root = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                                reason="needs root (to run a trainer as an unprivileged user / a throw-away uid)")
+
+
+@needs_root
+def test_a_0700_tmpdir_as_root_keeps_the_strongest_level(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    available = ",".join(LEVELS)
+    code = ("from ticgrpo.sandbox import Sandbox\n"
+            f"print(Sandbox().isolation, [Sandbox(isolation=l).run_tests({GOOD!r}, {TESTS!r}).score "
+            f"for l in {available!r}.split(',')])\n")
+    res = _python_in({"TMPDIR": str(private)}, code)
+    assert res.stdout.split()[0] == LEVELS[0], res
+    assert "[" + ", ".join(["1.0"] * len(LEVELS)) + "]" in res.stdout, res
+
+
+@needs_root
+def test_a_non_root_trainer_keeps_its_files():
+    """A trainer running as nobody (no throw-away uid): at bwrap and unshare its private key and
+    repository are out of reach; at none they are not (documented)."""
+    python = "/usr/bin/python3"
+    if not (os.path.exists(python) and subprocess.run(["which", "setpriv"], capture_output=True).returncode == 0):
+        pytest.skip("needs /usr/bin/python3 and setpriv to run a trainer as an unprivileged user")
+    home = Path(tempfile.mkdtemp(prefix="ticgrpo-nonroot-", dir="/tmp"))
+    try:
+        (home / ".ssh").mkdir()
+        (home / ".ssh" / "id_rsa").write_text(SECRET)
+        (home / "repo").mkdir()
+        (home / "repo" / "model.py").write_text("weights = 1\n")
+        subprocess.run(["chown", "-R", "65534:65534", str(home)], check=True)
+        os.chmod(home, 0o700)
+        os.chmod(home / ".ssh" / "id_rsa", 0o600)
+        res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env", f"HOME={home}",
+                              f"PYTHONPATH={ROOT}", "PATH=/usr/bin:/bin", python,
+                              str(ROOT / "tests" / "sandbox_corpus" / "non_root_trainer.py")],
+                             capture_output=True, text=True, timeout=120, cwd="/")
+        assert res.returncode == 0, res.stderr[-2000:]
+        results = json.loads(res.stdout)
+    finally:
+        remove_tree(str(home))
+    assert results["none"]["drop_uid"] is False
+    for level in ("bwrap", "unshare"):
+        if "unavailable" in results[level]:
+            continue  # the announced fallback; the levels that do run are checked
+        assert results[level] == {"drop_uid": False, "key_leaked": False, "source_changed": False}, (level, results)
+    assert results["none"]["key_leaked"] and results["none"]["source_changed"]  # documented: runs as the trainer
+    assert sum("unavailable" not in results[level] for level in ("bwrap", "unshare")) >= 1, results
 
 
 def test_training_goes_on_with_hostile_completions(tmp_path, monkeypatch):

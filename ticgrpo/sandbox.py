@@ -362,7 +362,7 @@ class Sandbox:
         return tree
 
     def _bwrap(self, argv: list[str], fds: dict[str, int]) -> list[str]:
-        cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
+        cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--as-pid-1"]
         for path, kind, target in self._tree():
             cmd += ["--symlink", target, path] if kind == "link" else ["--ro-bind", path, path]
         cmd += ["--proc", "/proc", "--size", str(int(self.limits.disk_mb) << 20), "--tmpfs", "/sandbox",
