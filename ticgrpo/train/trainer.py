@@ -29,7 +29,14 @@ from ticgrpo.train.distributed import Distributed
 from ticgrpo.train.evaluate import ScoredRollout, concat_scored, evaluate, score_rollout
 from ticgrpo.train.logging import NullLogger, RunLogger, samples, step_metrics
 from ticgrpo.train.prompts import PromptStream, load_rows, sampling_seed
-from ticgrpo.train.setup import TINY_ALIAS, disable_dropout, load_model, lr_lambda, seed_everything
+from ticgrpo.train.setup import (
+    TINY_ALIAS,
+    configure_cpu_threads,
+    disable_dropout,
+    load_model,
+    lr_lambda,
+    seed_everything,
+)
 from ticgrpo.train.step import StepSettings, TrainingBatch, fixed_logprobs, optimize
 
 
@@ -81,6 +88,8 @@ class Trainer:
                               f"(examples/accelerate/ddp_8gpu.yaml), or use the TRL plug-in for sharding "
                               f"(docs/scaling.md)")
         self.dist = Distributed.from_environment(self.device.type)  # torchrun / accelerate launch
+        if self.device.type == "cpu":
+            configure_cpu_threads(cfg.threads)
         if self.dist.enabled:
             if cfg.rollout.prompts_per_step % self.dist.world_size:
                 raise ConfigError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be a multiple of "
@@ -156,10 +165,8 @@ class Trainer:
         there), or with `resume` a continuation from its latest checkpoint (`allow_config_change`
         lets the new config differ in keys that change the trajectory). See ticgrpo.train.run_folder."""
         cfg, main = self.config, self.dist.is_main
-        plan = run_folder.check_start(self.output_dir, cfg, resume, overwrite, allow_config_change)
-        lock = run_folder.RunFolderLock(self.output_dir).acquire() if main else None
+        lock, plan = self._claim_folder(resume, overwrite, allow_config_change)
         try:
-            plan = run_folder.check_start(self.output_dir, cfg, resume, overwrite, allow_config_change)  # locked
             if plan.finished is not None and int(plan.finished["step"]) >= cfg.max_steps:
                 return self._already_finished(plan.finished)
             log_lines = self._resume(plan) if resume else None
@@ -471,6 +478,25 @@ class Trainer:
         self.dist.barrier()
         return path
 
+    def _claim_folder(self, resume: bool, overwrite: bool,
+                      allow_config_change: bool) -> tuple[run_folder.RunFolderLock | None, run_folder.ResumePlan]:
+        """Process 0 checks the run folder, takes its lock and checks again under it; every process
+        follows its verdict (the others never read a folder that process 0 may be writing)."""
+        lock, verdict = None, None
+        if self.dist.is_main:
+            try:
+                run_folder.check_start(self.output_dir, self.config, resume, overwrite, allow_config_change)
+                lock = run_folder.RunFolderLock(self.output_dir).acquire()
+                verdict = run_folder.check_start(self.output_dir, self.config, resume, overwrite, allow_config_change)
+            except run_folder.RunFolderError as exc:
+                verdict = exc
+        verdict = self.dist.all_gather(verdict)[0]
+        if isinstance(verdict, run_folder.RunFolderError):
+            if lock is not None:
+                lock.release()
+            raise verdict
+        return lock, verdict
+
     def _resume(self, plan: run_folder.ResumePlan) -> dict[str, int] | None:
         """Restore the latest checkpoint; returns the line count of each log when it was saved."""
         cfg = self.config
@@ -557,6 +583,7 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False, overwri
     if isinstance(config, (str, Path)):
         kwargs.setdefault("config_dir", Path(config).parent)
     config = config if isinstance(config, TrainConfig) else load_config(config)
-    run_folder.check_start(config.output_dir, config, resume, overwrite, allow_config_change)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch, process 0 decides
+        run_folder.check_start(config.output_dir, config, resume, overwrite, allow_config_change)
     return Trainer(config, **kwargs).train(resume=resume, overwrite=overwrite,
                                            allow_config_change=allow_config_change)
