@@ -5,7 +5,8 @@
 
 Both sides run the same small correct program (and, for the sandbox, score it against two
 assert tests and one stdin/stdout test = 2 executions per completion); the sandbox pays for
-process start-up in namespaces, the harness, the throw-away uid and the temp folder.
+process start-up in namespaces, the harness, the throw-away uid, and the memfds + tmpfs
+(bwrap, unshare: the jail is built per execution) or the temp folder (none).
 """
 
 from __future__ import annotations

@@ -151,6 +151,8 @@ class TrainConfig:
     seed: int = 0
     max_steps: int = 100
     device: str = "auto"
+    # CPU threads for torch: a count, or "auto" (the cores this process may use); docs/training.md
+    threads: int | str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -445,6 +447,8 @@ def validate(config: TrainConfig) -> None:
     m, r, a, o, e, c = config.model, config.rollout, config.algorithm, config.optim, config.eval, config.checkpoint
     _check(config.max_steps >= 0, f"max_steps must be >= 0, got {config.max_steps}")
     _choice("device", config.device, DEVICES)
+    _check(config.threads == "auto" or (isinstance(config.threads, int) and config.threads >= 1),
+           f"threads must be a positive integer or 'auto', got {config.threads!r}")
     _check(bool(m.name), "model.name must be a non-empty string")
     _choice("model.dtype", m.dtype, DTYPES)
     _choice("rollout.engine", r.engine, ROLLOUT_ENGINES)
