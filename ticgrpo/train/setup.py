@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 from typing import Any
 
@@ -12,6 +13,25 @@ import torch
 from ticgrpo.config import TrainConfig
 
 TINY_ALIAS = "tiny-test"
+
+
+def configure_cpu_threads(threads: int | str) -> int:
+    """Set torch's intra-op thread count for CPU work; returns the count in use.
+
+    `threads` is a positive count or "auto" (`auto_cpu_threads`)."""
+    count = auto_cpu_threads() if threads == "auto" else int(threads)
+    torch.set_num_threads(count)
+    return torch.get_num_threads()
+
+
+def auto_cpu_threads() -> int:
+    """OMP_NUM_THREADS when set (torchrun sets it to 1 per process), else the cores this process
+    may run on (its affinity mask, not the machine's count) shared among the processes of this
+    node, so that data-parallel processes never oversubscribe the cores."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) >= 1:
+        return int(os.environ["OMP_NUM_THREADS"])
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(len(os.sched_getaffinity(0)) // max(local_processes, 1), 1)
 
 
 def seed_everything(seed: int) -> None:
