@@ -136,14 +136,18 @@ def trainable_parameters(model: Any) -> list[torch.Tensor]:
 
 
 def nonfinite_weights(model: Any) -> int:
-    """How many trainable weights are NaN or ±inf (frozen ones cannot change). One pass over
-    the trainable parameters and one device sync."""
-    params = trainable_parameters(model)
+    """How many trainable weights are NaN or ±inf (frozen ones cannot change). One reading pass
+    over the trainable parameters and one device sync; the elements are counted only when some
+    are non-finite."""
+    params = [p for p in trainable_parameters(model) if p.is_floating_point() and p.numel()]
     if not params:
         return 0
     with torch.no_grad():
-        counts = torch.stack([(~torch.isfinite(p)).sum() for p in params])
-    return int(counts.sum())
+        # max |w| per tensor: a fused reduction without a temporary, and NaN propagates through it
+        largest = torch.stack([torch.linalg.vector_norm(p, float("inf")).float() for p in params])
+        if bool(torch.isfinite(largest).all()):
+            return 0
+        return int(torch.stack([(~torch.isfinite(p)).sum() for p in params]).sum())
 
 
 def _saved_state(model: Any) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
