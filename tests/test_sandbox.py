@@ -440,9 +440,11 @@ def test_training_goes_on_with_hostile_completions(tmp_path, monkeypatch):
     from ticgrpo.testing import make_tiny_model, make_tiny_tokenizer
     from ticgrpo.train import Trainer
 
-    programs = [GOOD, "while True:\n    pass\n", "import os\nwhile True:\n    os.fork()\n",
-                "print('x' * 10 ** 7)", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
-                "import sys\nsys.exit(0)\n", "x = bytearray(8 * 1024 ** 3)\n", "```python\n" + GOOD + "```"]
+    # under the default on_reward_error: raise, any of these used to stop the run at step 1
+    programs = [GOOD, FORGE.format(payload=FORGERIES["unknown_kind"]), FORGE.format(payload=FORGERIES["huge_integer"]),
+                DEEP_TREE, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
+                "def add(a, b):\n    return float('nan')\n", "x = bytearray(8 * 1024 ** 3)\n",
+                "```python\n" + GOOD + "```"]
     import ticgrpo.rollout.hf as hf_module
 
     original = hf_module.HFGenerateEngine.generate

@@ -61,7 +61,8 @@ def check_code_tests_options(reward_kwargs: dict) -> None:
     code_tests_sandbox(**{k: v for k, v in reward_kwargs.items() if k in OPTIONS})
 
 
-@REWARDS.register("code_tests", check_options=check_code_tests_options)
+# own_time_limit: every execution has its own wall-clock timeout and is killed with its namespace
+@REWARDS.register("code_tests", check_options=check_code_tests_options, own_time_limit=True)
 def code_tests(prompts: list, completions: list[str], tests: list | None = None, **kwargs: Any) -> list[float]:
     from ticgrpo.sandbox import extract_code
 
