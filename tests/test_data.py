@@ -187,5 +187,41 @@ def test_jsonl_errors(tmp_path) -> None:
 @pytest.mark.parametrize("prompt", [3, None, "", [], [{"role": "user"}], ["hi"]])
 def test_bad_prompt_names_row(tmp_path, prompt) -> None:
     rows = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ok"}, {"prompt": prompt}])
-    with pytest.raises(ValueError, match="row 1: prompt must be a string or a list of"):
+    with pytest.raises(ValueError, match=r"p.jsonl:2: prompt must be a string or a list of"):
         load_dataset_source({"jsonl": rows})
+
+
+def test_jsonl_errors_name_the_files_line_not_the_row_index(tmp_path) -> None:
+    path = tmp_path / "gaps.jsonl"
+    path.write_text('{"prompt": "a"}\n\n\n{"prompt": "b"}\n{"question": "c"}\n')  # row 2 is on line 5
+    with pytest.raises(ValueError, match=r"gaps.jsonl:5: no 'prompt' column"):
+        load_dataset_source({"jsonl": str(path)})
+
+
+def test_jsonl_bad_utf8_and_folder_are_named(tmp_path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"prompt": "ok"}\n{"prompt": "café"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9"):
+        load_dataset_source({"jsonl": str(path)})
+    with pytest.raises(ValueError, match=r"is a folder; give the path of the .jsonl file"):
+        load_dataset_source({"jsonl": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    ("tests", "message"),
+    [
+        (["add(1, 2) == 3"], "must be a single assert statement"),
+        (["assert add(1, 2) =="], "is not valid Python"),
+        ([{"input": "1"}], "needs keys 'input' and 'output'"),
+        ([], "must be a non-empty list"),
+        ("not json", "not a JSON list of tests"),
+        (7, "must be a non-empty list"),
+    ],
+)
+def test_tests_column_is_checked_when_the_data_loads(tmp_path, tests, message) -> None:
+    good = {"prompt": "Write add.", "tests": ["assert add(1, 2) == 3", {"input": "1 2", "output": "3"}]}
+    rows = _write_jsonl(tmp_path / "code.jsonl", [good, {"prompt": "Write add.", "tests": tests}])
+    with pytest.raises(ValueError, match=rf"code.jsonl:2: column 'tests': .*{message}"):
+        load_dataset_source({"jsonl": rows})
+    as_string = _write_jsonl(tmp_path / "ok.jsonl", [{**good, "tests": json.dumps(good["tests"])}])
+    assert load_dataset_source({"jsonl": as_string})[0]["tests"] == json.dumps(good["tests"])  # JSON text is fine

@@ -182,15 +182,68 @@ class TrainConfig:
 # --------------------------------------------------------------------------- loading
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that names one key twice (PyYAML itself keeps the last value without a word)."""
+
+    def __init__(self, key: Any, first_line: int, line: int) -> None:
+        super().__init__(f"duplicate key {key!r} on line {line} (first on line {first_line})")
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that raises DuplicateKeyError for a key written twice in one mapping."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> Any:
+    first_lines: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges are not keys
+            continue
+        key = loader.construct_object(key_node)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in first_lines:
+                raise DuplicateKeyError(key, first_lines[key], line)
+            first_lines[key] = line
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            pass
+    data: dict = {}
+    yield data  # as SafeConstructor.construct_yaml_map does, so that anchors may refer to the mapping
+    data.update(loader.construct_mapping(node))
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, except that a key written twice in one mapping raises DuplicateKeyError."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+
+
 def read_yaml_mapping(source: str | Path) -> dict:
-    """The top-level mapping of a YAML config file, with one-line errors."""
+    """The top-level mapping of a YAML config file, with one-line errors naming the file."""
     path = Path(source)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder; pass the YAML file inside it")
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x}); "
+                          f"save the file as UTF-8") from None
+    try:
+        raw = load_yaml(text)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}:{exc.line}: duplicate key {exc.key!r} (first on line {exc.first_line}); "
+                          f"keep one of them") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the config file is empty; write the settings that differ from the defaults "
+                          f"(docs/training.md), or leave out --config to train with the defaults")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
     return raw
@@ -315,7 +368,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {item!r} has an empty key")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = load_yaml(text) if text.strip() else None
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"override {item!r}: duplicate key {exc.key!r}; keep one of them") from None
     except yaml.YAMLError:
         value = text
     return key, value
@@ -447,6 +502,12 @@ def validate(config: TrainConfig) -> None:
     m, r, a, o, e, c = config.model, config.rollout, config.algorithm, config.optim, config.eval, config.checkpoint
     _check(config.max_steps >= 0, f"max_steps must be >= 0, got {config.max_steps}")
     _choice("device", config.device, DEVICES)
+    if config.device == "cuda":
+        import torch
+
+        _check(torch.cuda.is_available(), "device: cuda, but torch sees no CUDA GPU on this machine "
+               "(torch.cuda.is_available() is False); set device: cpu, or auto to use a GPU only where there is one")
+    check_output_dir("output_dir", config.output_dir)
     _check(config.threads == "auto" or (isinstance(config.threads, int) and config.threads >= 1),
            f"threads must be a positive integer or 'auto', got {config.threads!r}")
     _check(bool(m.name), "model.name must be a non-empty string")
@@ -558,6 +619,17 @@ def validate(config: TrainConfig) -> None:
         sources = [k for k in ("task", "jsonl", "hf") if k in spec]
         _check(len(sources) == 1, f"data.{key} must name exactly one source: task, jsonl or hf; got keys "
                f"{sorted(spec)}")
+
+
+def check_output_dir(key: str, folder: str | Path) -> None:
+    """`folder` can be created or used: it is not a file and no folder above it is a file."""
+    path = Path(folder)
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "is a file" if candidate == path else f"is inside {str(candidate)!r}, which is a file"
+                raise ConfigError(f"{key} {str(folder)!r} {where}; choose a folder path (it is created if missing)")
+            return
 
 
 def _check_advantage_options(name: str, options: dict) -> None:

@@ -9,6 +9,7 @@ afterwards (loading safetensors takes about a second; the GGUF route about fifte
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -144,6 +145,38 @@ def resolve_model_path(name_or_path: str, cache_dir: str | None = None) -> str:
     return name_or_path
 
 
+def _check_model_folder(folder: Path, fix: str) -> None:
+    """A one-line error, before transformers' traceback, for a folder without a readable config.json."""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ValueError(f"model folder {str(folder)!r} has no config.json; {fix}")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{config} is not UTF-8 text; {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{config} is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg}); "
+                         f"{fix}") from None
+
+
+def _from_pretrained(loader: Any, name_or_path: str, path: str, **kwargs: Any) -> Any:
+    """``loader.from_pretrained(path)`` with transformers' multi-line OSError (no network, no such
+    hub id, a missing weights file) turned into one line naming the model and the ways out."""
+    if os.path.isdir(path):
+        bundled = name_or_path == SMOLLM2_ALIAS
+        _check_model_folder(Path(path), f"delete {path} to convert the bundled model again" if bundled
+                            else "repair it or pass a folder written by save_pretrained")
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = "" if path == name_or_path else f" (from {path})"
+        raise ValueError(
+            f"cannot load model {name_or_path!r}{where}: {reason} Pass a local model folder, the alias "
+            f"{SMOLLM2_ALIAS!r}, or a hub id that is already in the Hugging Face cache (no network is needed then)"
+        ) from None
+
+
 def _torch_dtype(dtype: str) -> Any:
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
@@ -155,7 +188,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = _from_pretrained(AutoTokenizer, name_or_path, path, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -177,7 +210,8 @@ def _load_model(name_or_path: str, dtype: str, trust_remote_code: bool) -> Any:
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    return _from_pretrained(AutoModelForCausalLM, name_or_path, path, dtype=_torch_dtype(dtype),
+                            trust_remote_code=trust_remote_code)
 
 
 def load_model_and_tokenizer(

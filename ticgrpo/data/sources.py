@@ -35,13 +35,17 @@ def load_dataset_source(spec: dict) -> list[dict]:
     if kind == "task":
         return _load_task(spec)
     if kind == "jsonl":
-        rows = _load_jsonl(spec["jsonl"])
+        rows, lines = _load_jsonl(spec["jsonl"])
         where = spec["jsonl"]
+        # errors name the file's 1-based line (blank lines are skipped, so row index and line differ)
+        locations = [f"{os.path.expanduser(where)}:{line}" for line in lines]
     else:
         rows = _load_hf(spec)
         where = spec["hf"]
+        locations = None
     return normalise_rows(
-        rows, where, prompt_column=spec.get("prompt_column", "prompt"), answer_column=spec.get("answer_column")
+        rows, where, prompt_column=spec.get("prompt_column", "prompt"), answer_column=spec.get("answer_column"),
+        locations=locations,
     )
 
 
@@ -67,13 +71,21 @@ def _load_task(spec: dict) -> list[dict]:
     return train if split == "train" else eval_split
 
 
-def _load_jsonl(path: str) -> list[dict]:
+def _load_jsonl(path: str) -> tuple[list[dict], list[int]]:
+    """(rows, the 1-based line number of each row) of a JSONL file."""
     path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        raise ValueError(f"jsonl file {path!r} is a folder; give the path of the .jsonl file in the dataset spec")
     if not os.path.isfile(path):
         raise ValueError(f"jsonl file {path!r} does not exist; check the 'jsonl' path in the dataset spec")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    rows, lines = [], []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                                 f"{exc.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -83,7 +95,8 @@ def _load_jsonl(path: str) -> list[dict]:
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
             rows.append(row)
-    return rows
+            lines.append(lineno)
+    return rows, lines
 
 
 def _load_hf(spec: dict) -> list[dict]:
@@ -113,9 +126,17 @@ def _load_hf(spec: dict) -> list[dict]:
 
 
 def normalise_rows(
-    rows: list[dict], where: str, prompt_column: str = "prompt", answer_column: str | None = None
+    rows: list[dict],
+    where: str,
+    prompt_column: str = "prompt",
+    answer_column: str | None = None,
+    locations: list[str] | None = None,
 ) -> list[dict]:
-    """Rename the prompt (and answer) column to "prompt" ("answer") and check every prompt."""
+    """Rename the prompt (and answer) column to "prompt" ("answer") and check every row.
+
+    `locations` name each row in error messages (e.g. "data.jsonl:57"); by default
+    "dataset '<where>' row <i>" with the 0-based index that `datasets` uses.
+    """
     if not rows:
         raise ValueError(f"dataset {where!r} is empty; it needs at least one row")
     if prompt_column not in rows[0]:
@@ -129,20 +150,51 @@ def normalise_rows(
         )
     out = []
     for i, row in enumerate(rows):
+        at = locations[i] if locations is not None else f"dataset {where!r} row {i}"
         if prompt_column not in row:
-            raise ValueError(f"dataset {where!r} row {i} has no {prompt_column!r} column")
+            raise ValueError(f"{at}: no {prompt_column!r} column (the first row has one); add it or drop the row")
         new = dict(row)
         prompt = new.pop(prompt_column)
         if not _is_prompt(prompt):
             raise ValueError(
-                f"dataset {where!r} row {i}: prompt must be a string or a list of "
+                f"{at}: prompt must be a string or a list of "
                 f"{{'role', 'content'}} messages, got {type(prompt).__name__}"
             )
+        for column, check in COLUMN_CHECKS.items():
+            if column in new:
+                try:
+                    check(new[column])
+                except ValueError as exc:
+                    raise ValueError(f"{at}: column {column!r}: {exc}") from None
         new["prompt"] = prompt
         if answer_column is not None and answer_column != "answer":
             new["answer"] = new.pop(answer_column)
         out.append(new)
     return out
+
+
+def check_tests_column(value: Any) -> None:
+    """The `tests` column of code tasks (reward code_tests): a non-empty list of tests, or a JSON
+    string of one, each an assert statement or an {input, output} pair that the sandbox can run."""
+    from ticgrpo.sandbox import parse_test
+
+    cases = value
+    if isinstance(cases, str):
+        try:
+            cases = json.loads(cases)
+        except json.JSONDecodeError:
+            raise ValueError("a string that is not a JSON list of tests; write a list of assert statements or "
+                             "{input, output} pairs") from None
+    if not isinstance(cases, list) or not cases:
+        raise ValueError(f"must be a non-empty list of assert statements or {{input, output}} pairs, "
+                         f"got {json.dumps(cases)[:80]}")
+    for case in cases:
+        parse_test(case)  # ValueError naming the test
+
+
+# dataset columns whose structure is documented: checked on every row when the data loads, not
+# when a reward first reads them (a bad row would otherwise stop the run at the step it is drawn)
+COLUMN_CHECKS = {"tests": check_tests_column}
 
 
 def _is_prompt(prompt: Any) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ticgrpo.config import check_output_dir
 from ticgrpo.errors import UsageError
 from ticgrpo.lab.bias import (
     DEFAULT_OBJECTIVES,
@@ -86,6 +87,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
+    check_output_dir("--out", args.out)  # before the experiment runs, not when its results are written
     if args.vocab < 2:
         raise UsageError(f"--vocab must be >= 2, got {args.vocab}")
     if args.max_len < 1:
