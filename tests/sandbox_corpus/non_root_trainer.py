@@ -5,6 +5,7 @@ hostile programs at every level go for them. Prints one JSON object: level -> wh
 import json
 import os
 import sys
+from pathlib import Path
 
 from ticgrpo.sandbox import ISOLATION_LEVELS, Sandbox, SandboxLimits, SandboxUnavailable
 
@@ -23,17 +24,15 @@ for level in ISOLATION_LEVELS:
     except SandboxUnavailable as exc:
         results[level] = {"unavailable": str(exc)}
         continue
-    before = (open(key).read(), open(source).read(), os.stat(source).st_mode)
+    before = (Path(key).read_text(), Path(source).read_text(), os.stat(source).st_mode)
     outputs = {name: box.execute(code).stdout for name, code in ATTACKS.items()}
     exists = os.path.exists(source)
-    after = (open(key).read(), open(source).read() if exists else None, os.stat(source).st_mode if exists else None)
+    after = (Path(key).read_text(), Path(source).read_text() if exists else None,
+             os.stat(source).st_mode if exists else None)
     results[level] = {"drop_uid": box.drop_uid, "key_leaked": before[0].strip() in outputs["read_key"],
                       "source_changed": after != before}
-    if after != before and exists:
-        os.chmod(source, before[2])
-        open(source, "w").write(before[1])
-    elif not exists:
-        open(source, "w").write(before[1])
+    if after != before:  # put the repository back for the next level
+        Path(source).write_text(before[1])
         os.chmod(source, before[2])
 print(json.dumps(results))
 sys.stdout.flush()
