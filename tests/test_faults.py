@@ -137,3 +137,19 @@ def test_overflowing_reward_skips_the_step_and_cli_exits_3(tmp_path, capsys):
     assert code == 3
     assert err[-1].startswith("ticgrpo train: error: stopped at step 2: 2 consecutive steps")
     assert not any("Traceback" in line for line in err)
+
+
+def test_finite_weights_whose_sampling_probabilities_are_nan_halt_the_run(tmp_path):
+    """Diverged but finite weights (the state lr 1e6 leaves): the logits overflow, torch.multinomial
+    refuses the NaN probabilities; the run stops with one line instead of torch's traceback."""
+    model = make_tiny_model(seed=0, tokenizer=TOKENIZER)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(3e38)  # finite in float32 (max 3.4e38); the logits overflow
+    assert not ckpt.nonfinite_weights(model)
+    t = trainer(tmp_path, sevens, model=model)
+    t.output_dir.mkdir(parents=True)
+    with pytest.raises(TrainingHalted) as info:
+        t.train_step()
+    message = str(info.value)
+    assert message.startswith("stopped at step 1: sampling met NaN/inf token probabilities") and "\n" not in message
+    assert message.endswith("the last checkpoint with finite weights is none")

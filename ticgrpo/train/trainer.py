@@ -326,7 +326,17 @@ class Trainer:
         parts = []
         for start in range(0, len(prompts), per_call):
             torch.manual_seed(sampling_seed(self.config.seed, self.step, round_index, first_group + start))
-            parts.append(self.engine.generate(prompts[start : start + per_call], g, self.sampling_params()))
+            try:
+                parts.append(self.engine.generate(prompts[start : start + per_call], g, self.sampling_params()))
+            except RuntimeError as exc:
+                if "probability tensor" not in str(exc):  # torch.multinomial on NaN/inf probabilities
+                    raise
+                last = ckpt.latest_checkpoint(self.output_dir, quiet=True)
+                raise TrainingHalted(
+                    f"stopped at step {self.step + 1}: sampling met NaN/inf token probabilities (the weights are "
+                    f"finite but diverged: lower optim.lr); the last checkpoint with finite weights is "
+                    f"{last or 'none'}"
+                ) from None
         batch = concat_rollouts(parts, self.engine.pad_token_id)
         batch.group_ids = torch.arange(len(prompts), device=batch.group_ids.device).repeat_interleave(g)
         return batch
