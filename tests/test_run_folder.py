@@ -143,10 +143,11 @@ def test_resume_with_a_changed_lr_is_refused_unless_allowed_and_then_recorded_an
     out = tmp_path / "run"
     assert main(_args(out, "--set", "optim.lr=0.001")) == 0
     saved = (out / "config.yaml").read_bytes()
-    assert main(_args(out, "--resume", "--set", "optim.lr=0.002", "--set", "seed=5", steps=3)) == 2
+    assert main(_args(out, "--resume", "--set", "optim.lr=0.002", "--set", "seed=5", "--set", "threads=1",
+                      steps=3)) == 2
     line = _error_line(capsys)
     assert "optim.lr (0.001 -> 0.002)" in line and "seed (0 -> 5)" in line and "--allow-config-change" in line
-    assert "max_steps" not in line  # an extension is no trajectory change
+    assert "max_steps" not in line and "threads" not in line  # an extension or another thread count: no change
     assert (out / "config.yaml").read_bytes() == saved
     assert not (out / run_folder.CONFIG_CHANGES_FILE).exists()
     assert main(_args(out, "--resume", "--allow-config-change", "--set", "optim.lr=0.002", steps=3)) == 0

@@ -39,7 +39,8 @@ RUN_OUTPUTS = ("config.yaml", *LOG_FILES, FINISHED_FILE, CONFIG_CHANGES_FILE, "c
                "tensorboard", "curves.png")
 # Keys (or sections, ending in ".") a resume may change freely: none alters the weights' trajectory.
 # Evaluation runs under a forked RNG; a new max_steps re-plans the LR schedule from there on.
-RESUME_NEUTRAL_KEYS = ("output_dir", "max_steps", "logging.", "eval.", "data.eval", "checkpoint.")
+# `threads` changes only the order of float reductions (resuming on another machine must not be refused).
+RESUME_NEUTRAL_KEYS = ("output_dir", "max_steps", "threads", "logging.", "eval.", "data.eval", "checkpoint.")
 # Keys a resume never changes, even with allow_config_change.
 RESUME_FIXED_KEYS = ("model.name", "model.lora")
 
