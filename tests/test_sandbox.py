@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from ticgrpo.sandbox import Sandbox, SandboxLimits, SandboxUnavailable, extract_code, parse_test, remove_tree
+from ticgrpo.sandbox import (
+    Sandbox,
+    SandboxLimits,
+    SandboxUnavailable,
+    default_sandbox,
+    extract_code,
+    parse_test,
+    remove_tree,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -471,3 +479,7 @@ def test_training_goes_on_with_hostile_completions(tmp_path, monkeypatch):
     for metrics in result.history:
         assert metrics["reward_mean"] == pytest.approx(2 / 8)  # GOOD twice in every 8, all else 0
         assert metrics["reward_errors"] == 0
+    # the run folder says which isolation level the programs ran at, and how they ended
+    [record] = json.loads((tmp_path / "run" / "sandbox.json").read_text())
+    assert record["isolation"] == default_sandbox().isolation
+    assert sum(record["programs"].values()) >= 2 * 8  # every completion of both steps was scored

@@ -34,8 +34,9 @@ from ticgrpo.train.logging import LOG_FILES
 LOCK_FILE = ".ticgrpo.lock"
 FINISHED_FILE = "finished.json"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
+SANDBOX_FILE = "sandbox.json"  # the code sandbox's isolation level, limits and outcome counts (ticgrpo.sandbox)
 # What a run writes into its folder: present, the folder holds a run.
-RUN_OUTPUTS = ("config.yaml", *LOG_FILES, FINISHED_FILE, CONFIG_CHANGES_FILE, "checkpoints", "final",
+RUN_OUTPUTS = ("config.yaml", *LOG_FILES, FINISHED_FILE, CONFIG_CHANGES_FILE, SANDBOX_FILE, "checkpoints", "final",
                "tensorboard", "curves.png")
 # Keys (or sections, ending in ".") a resume may change freely: none alters the weights' trajectory.
 # Evaluation runs under a forked RNG; a new max_steps re-plans the LR schedule from there on.
@@ -181,14 +182,19 @@ def read_finished(folder: str | Path) -> dict | None:
 
 
 def write_finished(folder: str | Path, record: dict) -> None:
-    """finished.json, atomically (temp file, fsync, rename, fsync of the folder)."""
-    folder = Path(folder)
-    tmp = folder / f".{FINISHED_FILE}.tmp"
+    """finished.json, atomically."""
+    write_json_atomically(Path(folder) / FINISHED_FILE, record)
+
+
+def write_json_atomically(path: Path, record: Any) -> None:
+    """`path` as JSON: a temp file, fsync, rename, fsync of the folder (never a torn file)."""
+    folder = path.parent
+    tmp = folder / f".{path.name}.tmp"
     with open(tmp, "w") as f:
         f.write(json.dumps(record, indent=1, default=str) + "\n")
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, folder / FINISHED_FILE)
+    os.replace(tmp, path)
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -201,6 +201,7 @@ class Trainer:
             ckpt.crash_point("before_finished")  # test hook; a no-op normally
             self._record_finished(final_dir)
         finally:
+            self._record_sandbox()
             self.logger.close()
             self.engine.close()
             self.dist.close()
@@ -562,6 +563,14 @@ class Trainer:
                 "log_lines": self.logger.sync(),
             })
         self.dist.barrier()
+
+    def _record_sandbox(self) -> None:
+        """sandbox.json: the isolation level the code rewards actually ran at, their limits and the
+        outcome counts of this process's programs (the last session's, after a resume)."""
+        sandbox = sys.modules.get("ticgrpo.sandbox")  # imported only by rewards that execute code
+        summaries = sandbox.sandbox_summary() if sandbox is not None else []
+        if summaries and self.dist.is_main and self.output_dir.is_dir():
+            run_folder.write_json_atomically(self.output_dir / run_folder.SANDBOX_FILE, summaries)
 
     def _already_finished(self, finished: dict) -> TrainResult:
         step = int(finished["step"])
