@@ -199,7 +199,7 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:  # e.g. platforms without directory fds
@@ -306,12 +306,12 @@ def save_checkpoint(
         manifest = {"format": FORMAT, "step": step, "model": model_entry, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         _fsync_file(tmp / MANIFEST)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         crash_point("checkpoint_before_rename")
         if target.exists():
             shutil.rmtree(target)
         os.rename(tmp, target)
-        _fsync_dir(root)
+        fsync_dir(root)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_error(root, step, needed, exc) from None

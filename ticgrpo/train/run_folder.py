@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from ticgrpo.config import ConfigError, TrainConfig, load_config
+from ticgrpo.train.checkpoint import fsync_dir
 from ticgrpo.train.logging import LOG_FILES
 
 LOCK_FILE = ".ticgrpo.lock"
@@ -195,11 +196,7 @@ def write_json_atomically(path: Path, record: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(folder)
 
 
 def _neutral(key: str) -> bool:
