@@ -232,6 +232,25 @@ def test_file_size_limit_mid_write_removes_the_partial_checkpoint(tmp_path):
     _assert_one_line_write_error(run, out, "file too large")
 
 
+def test_a_failed_final_save_is_one_line_and_leaves_no_partial_final_folder(tmp_path):
+    out = tmp_path / "run"
+    limit = 50_000  # the logs of one step fit; the tiny model's model.safetensors (~117 kB) does not
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so that a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    run = _run(_cli(out, "max_steps=1", "checkpoint.every_steps=0", "checkpoint.save_final=true"),
+               preexec_fn=limit_file_size)
+    err = run.stderr.strip().splitlines()
+    assert run.returncode == ckpt.CheckpointWriteError.exit_code, run.stderr[-3000:]
+    assert not any("Traceback" in line for line in err), run.stderr[-3000:]
+    assert err[-1].startswith(f"ticgrpo train: error: cannot write the final model in {out / 'final'}: "
+                              f"file too large"), err[-1]
+    assert not (out / "final").exists() and not (out / ".final.tmp").exists()
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 1  # the logs are kept
+
+
 # ---------------------------------------------------------------------- non-finite weights
 
 

@@ -325,6 +325,45 @@ def save_checkpoint(
     return target
 
 
+def save_final_model(output_dir: str | Path, model: Any, tokenizer: Any) -> Path:
+    """`final/` (save_pretrained of the model and the tokenizer), written into a temporary folder
+    and renamed into place, so that `final/` is always whole. A full disk or failed write is a
+    CheckpointWriteError (one line, exit 4) with the temporary folder removed."""
+    output_dir = Path(output_dir)
+    final, tmp, old = output_dir / "final", output_dir / ".final.tmp", output_dir / ".final.old"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
+        try:
+            model.save_pretrained(tmp)
+        except SafetensorError as exc:
+            code = _OS_ERROR_IN_MESSAGE.search(str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(tmp)) from exc
+        crash_point("final_save_mid")
+        tokenizer.save_pretrained(tmp)
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                _fsync_file(path)
+        fsync_dir(tmp)
+        if final.exists():  # a run extended past its first end: the new final/ replaces the old
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+        os.rename(tmp, final)
+        fsync_dir(output_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            os.rename(old, final)
+        reason = "no space left" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc)).lower()
+        raise CheckpointWriteError(
+            f"cannot write the final model in {final}: {reason} ({_megabytes(_free_bytes(output_dir))} free); "
+            f"free some space, then --resume (the last complete checkpoint is "
+            f"{latest_checkpoint(output_dir, quiet=True) or 'none'})") from None
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 # ---------------------------------------------------------------------- finding and reading checkpoints
 
 

@@ -584,9 +584,7 @@ class Trainer:
     def save_final(self) -> Path:
         final = self.output_dir / "final"
         if self.dist.is_main:
-            self.model.save_pretrained(final)
-            ckpt.crash_point("final_save_mid")  # test hook; a no-op normally
-            self.tokenizer.save_pretrained(final)
+            ckpt.save_final_model(self.output_dir, self.model, self.tokenizer)
         self.dist.barrier()
         return final
 
