@@ -68,14 +68,14 @@ def check_rewards_and_data(config: TrainConfig, config_dir: Path | None) -> str:
     (train and eval) loads, and every reward (training and eval) imports and can be called
     with the columns of its data. Returns a one-line summary; raises ValueError (one line)."""
     from ticgrpo.rewards import resolve_reward, reward_arguments
+    from ticgrpo.train.evaluate import TRAINER_REWARD_ARGUMENTS, dataset_columns
     from ticgrpo.train.prompts import load_rows
 
     a = config.algorithm
     train_rows, eval_rows = load_rows(config.data.train), load_rows(config.data.eval)
     train_rewards = [spec.name for spec in a.rewards] + (["overlong_soft"] if a.overlong_reward else [])
-    trainer_arguments = ["completion_lengths", "truncated", "max_new_tokens", *a.reward_kwargs]
     for rows, rewards in ((train_rows, train_rewards), (eval_rows, [config.eval.reward] if eval_rows else [])):
-        columns = sorted({key for row in rows for key in row if key != "prompt"}) + trainer_arguments
+        columns = [*dataset_columns(rows), *TRAINER_REWARD_ARGUMENTS, *a.reward_kwargs]  # as score_rollout passes
         for name in rewards:
             reward_arguments(resolve_reward(name, config_dir), name, columns)
     checked = ", ".join(dict.fromkeys(train_rewards + ([config.eval.reward] if eval_rows else [])))

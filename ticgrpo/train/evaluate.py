@@ -62,6 +62,15 @@ def concat_scored(parts: list[ScoredRollout], pad_token_id: int) -> ScoredRollou
     )
 
 
+# What the trainer passes every reward beyond prompts, completions, the dataset columns and reward_kwargs.
+TRAINER_REWARD_ARGUMENTS = ("completion_lengths", "truncated", "max_new_tokens")
+
+
+def dataset_columns(rows: list[dict]) -> list[str]:
+    """The dataset columns a reward receives (every key of any row but "prompt"), in first-seen order."""
+    return list(dict.fromkeys(key for row in rows for key in row if key != "prompt"))
+
+
 def score_rollout(
     rollout: RolloutBatch,
     rows: list[dict],
@@ -75,13 +84,9 @@ def score_rollout(
     "prompt") as lists aligned with the completions, plus completion_lengths, truncated,
     max_new_tokens and `reward_kwargs`."""
     expanded = [row for row in rows for _ in range(num_samples)]
-    columns: dict[str, Any] = {}
-    for key in rows[0] if rows else {}:
-        if key != "prompt":
-            columns[key] = [row.get(key) for row in expanded]
-    columns["completion_lengths"] = rollout.completion_lengths.tolist()
-    columns["truncated"] = rollout.truncated.tolist()
-    columns["max_new_tokens"] = max_new_tokens
+    columns: dict[str, Any] = {key: [row.get(key) for row in expanded] for key in dataset_columns(rows)}
+    trainer_values = (rollout.completion_lengths.tolist(), rollout.truncated.tolist(), max_new_tokens)
+    columns.update(zip(TRAINER_REWARD_ARGUMENTS, trainer_values, strict=True))
     columns.update(reward_kwargs or {})
     prompts = [row["prompt"] for row in expanded]
     total, per_function = combine_rewards(list(reward_specs), prompts, rollout.completions, columns)
