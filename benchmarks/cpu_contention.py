@@ -40,7 +40,7 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
 
     from ticgrpo.config import TrainConfig
-    from ticgrpo.objectives import make_objective_config
+    from ticgrpo.core.objectives import make_objective_config
     from ticgrpo.train.setup import configure_cpu_threads, disable_dropout, load_model
     from ticgrpo.train.step import StepSettings, TrainingBatch, accumulate_gradients, fixed_logprobs
 

@@ -45,7 +45,7 @@ def _worker(args: argparse.Namespace) -> None:
     sys.path.insert(0, REPO)
     import torch
 
-    from ticgrpo.logprobs import token_logprobs_from_hidden
+    from ticgrpo.core.logprobs import token_logprobs_from_hidden
 
     def naive(hidden, weight, targets):
         logits = hidden @ weight.t()  # [N, V] bf16

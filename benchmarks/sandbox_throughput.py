@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ticgrpo.sandbox import Sandbox, SandboxLimits
+from ticgrpo.rewards.sandbox import Sandbox, SandboxLimits
 
 CODE = """
 def add(a, b):

@@ -1,5 +1,5 @@
 """Naive loop implementations of the §4.4 variants (explicit loops, Python branching), used
-to check the vectorised objectives in ticgrpo.objectives.{gspo,gmpo,cispo,dppo,gtpo}."""
+to check the vectorised objectives in ticgrpo.core.objectives.{gspo,gmpo,cispo,dppo,gtpo}."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ import statistics
 import pytest
 import torch
 
-from ticgrpo.advantages import ADVANTAGES, compute_advantages
-from ticgrpo.kl import token_kl
+from ticgrpo.core.advantages import ADVANTAGES, compute_advantages
+from ticgrpo.core.kl import token_kl
 
 REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5], [0.0, 0.2, 0.9, 0.3]], dtype=torch.float64)
 LENGTHS = torch.tensor([[4, 8, 2, 10], [3, 3, 5, 1], [6, 6, 2, 9]], dtype=torch.float64)

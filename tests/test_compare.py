@@ -12,8 +12,8 @@ import yaml
 
 import ticgrpo.train
 from ticgrpo.cli import main
-from ticgrpo.compare import runner
-from ticgrpo.compare.runner import DONE_MARKER, MARKER, apply_algorithm, plan_comparison, resolve_algorithm
+from ticgrpo.compare import execute
+from ticgrpo.compare.plan import DONE_MARKER, MARKER, apply_algorithm, plan_comparison, resolve_algorithm
 from ticgrpo.compare.stats import paired_t_test, permutation_test, t_interval, t_ppf, t_sf, welch_t_test
 from ticgrpo.config import ConfigError, config_to_yaml
 
@@ -171,7 +171,7 @@ def test_config_errors_exit_2_before_any_run(tmp_path, monkeypatch, capsys, extr
         raise AssertionError("a run started")
 
     monkeypatch.setattr(ticgrpo.train, "train", no_training)
-    monkeypatch.setattr(runner, "run_subprocess", no_training)
+    monkeypatch.setattr(execute, "run_subprocess", no_training)
     config = base_config()
     config["compare"] = {"algorithms": {"mine": {"objective": "tic_grpo", "objective_options": {"epsilon_hihg": 1}}}}
     path = tmp_path / "base.yaml"

@@ -138,7 +138,7 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"  # tic_grpo with objective_opt
 
 @pytest.mark.parametrize(("objective", "defaults"), [("gmpo", {"epsilon": 0.4}), ("cispo", {"epsilon_high": 0.28})])
 def test_objective_override_drops_the_files_options(objective, defaults):
-    from ticgrpo.objectives import make_objective_config
+    from ticgrpo.core.objectives import make_objective_config
 
     config = load_config(QUICKSTART, [f"algorithm.objective={objective}"])
     assert config.algorithm.objective_options == {}  # tic_grpo's epsilon_high does not follow

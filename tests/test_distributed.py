@@ -16,7 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from ticgrpo.batch import StepNormalizers
+from ticgrpo.core.batch import StepNormalizers
 from ticgrpo.train.distributed import Distributed
 
 ACCELERATE = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))

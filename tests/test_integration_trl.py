@@ -13,9 +13,9 @@ datasets = pytest.importorskip("datasets")
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 from trl.trainer.utils import split_tensor_dict  # noqa: E402
 
-from ticgrpo.advantages import compute_advantages  # noqa: E402
+from ticgrpo.core.advantages import compute_advantages  # noqa: E402
+from ticgrpo.core.objectives import make_objective_config  # noqa: E402
 from ticgrpo.integrations.trl import TicGRPOConfig, TicGRPOTrainer  # noqa: E402
-from ticgrpo.objectives import make_objective_config  # noqa: E402
 from ticgrpo.testing import make_tiny_model, make_tiny_tokenizer  # noqa: E402
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

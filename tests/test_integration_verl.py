@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ticgrpo.aggregation import sequence_mean
-from ticgrpo.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.aggregation import sequence_mean
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.objectives import OBJECTIVES, compute_loss, make_objective_config
 from ticgrpo.integrations.verl import default_losses, make_policy_loss, step_normalizers
-from ticgrpo.objectives import OBJECTIVES, compute_loss, make_objective_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "verl"
 

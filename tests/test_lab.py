@@ -8,8 +8,9 @@ import time
 import pytest
 import torch
 
-from ticgrpo.batch import PolicyBatch, StepNormalizers
 from ticgrpo.cli import main
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.objectives import OBJECTIVES, compute_loss
 from ticgrpo.lab import (
     FIXED,
     VARIANTS,
@@ -30,7 +31,6 @@ from ticgrpo.lab import (
     sample_groups,
 )
 from ticgrpo.lab.converge import inner_loop, make_optimizer
-from ticgrpo.objectives import OBJECTIVES, compute_loss
 
 TOL = 1e-10
 POLICIES = ("tabular", "neural")

@@ -1,4 +1,4 @@
-"""Tests for ticgrpo.logprobs: chunked, memory-efficient log-probs of sampled tokens."""
+"""Tests for ticgrpo.core.logprobs: chunked, memory-efficient log-probs of sampled tokens."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 from transformers.utils import logging as hf_logging
 
-from ticgrpo import logprobs as lp_mod
-from ticgrpo.logprobs import _ChunkedLinearLogProbs, completion_logprobs, token_logprobs_from_hidden
+from ticgrpo.core import logprobs as lp_mod
+from ticgrpo.core.logprobs import _ChunkedLinearLogProbs, completion_logprobs, token_logprobs_from_hidden
 
 hf_logging.set_verbosity_error()
 

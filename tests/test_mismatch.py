@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from ticgrpo.batch import PolicyBatch, StepNormalizers
 from ticgrpo.config import ConfigError, load_config
-from ticgrpo.mismatch import behavior_correction, mismatch_metrics
-from ticgrpo.objectives import compute_loss, make_objective_config
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.mismatch import behavior_correction, mismatch_metrics
+from ticgrpo.core.objectives import compute_loss, make_objective_config
 
 
 def batch(seed: int = 0, b: int = 4, t: int = 5):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from naive import naive_grpo, naive_tic_grpo
 
-from ticgrpo.aggregation import AGGREGATIONS
-from ticgrpo.batch import PolicyBatch, StepNormalizers
-from ticgrpo.objectives import OBJECTIVES, compute_loss, make_objective_config
+from ticgrpo.core.aggregation import AGGREGATIONS
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.objectives import OBJECTIVES, compute_loss, make_objective_config
 
 B, T, L_MAX = 6, 7, 9
 

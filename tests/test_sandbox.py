@@ -1,4 +1,4 @@
-"""The code sandbox (ticgrpo.sandbox) against a corpus of hostile programs, at every isolation
+"""The code sandbox (ticgrpo.rewards.sandbox) against a corpus of hostile programs, at every isolation
 level available here ("none" always is): each one is contained and scores 0 where the level
 claims containment (and its documented non-containment is asserted where it does not),
 correct programs score 1, nothing a program prints can make scoring raise, and training with
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ticgrpo.sandbox import (
+from ticgrpo.rewards.sandbox import (
     Sandbox,
     SandboxLimits,
     SandboxUnavailable,
@@ -375,7 +375,7 @@ def _python_in(env: dict, code: str) -> subprocess.CompletedProcess:
 def test_level_is_announced_once_and_a_required_level_fails_fast(tmp_path):
     """Without bwrap/unshare on PATH: one stderr line names the level used and why; requiring
     bwrap fails in one line, in Sandbox() and at config validation (before any training)."""
-    code = ("from ticgrpo.sandbox import Sandbox, SandboxUnavailable\n"
+    code = ("from ticgrpo.rewards.sandbox import Sandbox, SandboxUnavailable\n"
             "Sandbox(); Sandbox()\n"
             "try:\n    Sandbox(require='bwrap')\nexcept SandboxUnavailable as exc:\n    print('REFUSED', exc)\n"
             "from ticgrpo.config import ConfigError, load_config\n"
@@ -400,7 +400,7 @@ def test_a_0700_tmpdir_as_root_keeps_the_strongest_level(tmp_path):
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     available = ",".join(LEVELS)
-    code = ("from ticgrpo.sandbox import Sandbox\n"
+    code = ("from ticgrpo.rewards.sandbox import Sandbox\n"
             f"print(Sandbox().isolation, [Sandbox(isolation=l).run_tests({GOOD!r}, {TESTS!r}).score "
             f"for l in {available!r}.split(',')])\n")
     res = _python_in({"TMPDIR": str(private)}, code)

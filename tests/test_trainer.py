@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ticgrpo.batch import PolicyBatch, StepNormalizers
 from ticgrpo.config import load_config
-from ticgrpo.logprobs import completion_logprobs
-from ticgrpo.objectives import compute_loss
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.logprobs import completion_logprobs
+from ticgrpo.core.objectives import compute_loss
 from ticgrpo.rollout import HFGenerateEngine, SamplingParams
 from ticgrpo.testing import make_tiny_model, make_tiny_tokenizer
 from ticgrpo.train import Trainer, train
@@ -113,7 +113,7 @@ def test_mu1_trainer_loss_equals_compute_loss(tmp_path):
     model = tiny_model()
     batch = rollout_batch(model)
     settings = StepSettings("tic_grpo", None, max_new_tokens=6)
-    from ticgrpo.objectives import make_objective_config
+    from ticgrpo.core.objectives import make_objective_config
 
     settings.objective_config = make_objective_config("tic_grpo")
     assert not settings.needs_old_logprobs  # μ·M = 1: on-policy, no old log-probs
@@ -128,7 +128,7 @@ def test_mu1_trainer_loss_equals_compute_loss(tmp_path):
 
 @pytest.mark.parametrize("objective", ["tic_grpo", "grpo", "no_is"])
 def test_micro_batches_give_the_same_gradient(objective):
-    from ticgrpo.objectives import make_objective_config
+    from ticgrpo.core.objectives import make_objective_config
 
     model = tiny_model()
     batch = rollout_batch(model, n_prompts=2, g=4)
@@ -149,7 +149,7 @@ def test_micro_batches_give_the_same_gradient(objective):
 
 
 def test_frozen_schedule_applies_one_gradient(tmp_path):
-    from ticgrpo.objectives import make_objective_config
+    from ticgrpo.core.objectives import make_objective_config
 
     model = tiny_model()
     batch = rollout_batch(model)
@@ -246,7 +246,7 @@ def test_train_function_from_yaml(tmp_path):
 @pytest.mark.parametrize("autocast", [None, torch.bfloat16])
 def test_old_logprobs_match_the_first_inner_step(autocast):
     """ℓ^old (no_grad) equals the differentiable ℓ of the first inner step, so w = 1 exactly there."""
-    from ticgrpo.objectives import make_objective_config
+    from ticgrpo.core.objectives import make_objective_config
     from ticgrpo.train.step import policy_logprobs
 
     model = tiny_model()

@@ -14,11 +14,11 @@ import torch
 from naive import naive_grpo
 from naive_variants import naive_cispo, naive_conflicts, naive_dppo, naive_gmpo, naive_gspo, naive_gtpo
 
-from ticgrpo.advantages import ADVANTAGES, compute_advantages
-from ticgrpo.aggregation import AGGREGATIONS
-from ticgrpo.batch import PolicyBatch, StepNormalizers
-from ticgrpo.objectives import OBJECTIVES, compute_loss, make_objective_config
-from ticgrpo.objectives.gtpo import conflict_tokens
+from ticgrpo.core.advantages import ADVANTAGES, compute_advantages
+from ticgrpo.core.aggregation import AGGREGATIONS
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.objectives import OBJECTIVES, compute_loss, make_objective_config
+from ticgrpo.core.objectives.gtpo import conflict_tokens
 from ticgrpo.presets import PRESETS, TRAINER_DEFAULTS, get_preset
 
 B, T, L_MAX, VOCAB = 6, 7, 9, 3

@@ -95,7 +95,7 @@ class AlgorithmConfig:
     log_entropy: bool = True
     on_reward_error: str = "raise"  # a reward fn raising / returning NaN or too few values: raise | zero | skip
     reward_timeout_s: float | None = 300.0  # a reward call not returning within this counts as a reward error
-    # an engine's behaviour log-probs (vLLM) vs the trainer's: null | token | sequence TIS (ticgrpo.mismatch)
+    # an engine's behaviour log-probs (vLLM) vs the trainer's: null | token | sequence TIS (ticgrpo.core.mismatch)
     behavior_correction: str | None = None
     behavior_correction_cap: float = 2.0  # C: importance weights are truncated at C
 
@@ -170,7 +170,7 @@ class TrainConfig:
         """The advantage estimator in use (the objective's default when null)."""
         if self.algorithm.advantage is not None:
             return self.algorithm.advantage
-        from ticgrpo.objectives import OBJECTIVES
+        from ticgrpo.core.objectives import OBJECTIVES
 
         return OBJECTIVES.entry(self.algorithm.objective).meta["default_advantage"]
 
@@ -496,8 +496,8 @@ def _choice(key: str, value: str, allowed: typing.Iterable[str]) -> None:
 
 def validate(config: TrainConfig) -> None:
     """Semantic checks (names, ranges, combinations); raises ConfigError."""
-    from ticgrpo.advantages import ADVANTAGES
-    from ticgrpo.objectives import OBJECTIVES, make_objective_config
+    from ticgrpo.core.advantages import ADVANTAGES
+    from ticgrpo.core.objectives import OBJECTIVES, make_objective_config
 
     m, r, a, o, e, c = config.model, config.rollout, config.algorithm, config.optim, config.eval, config.checkpoint
     _check(config.max_steps >= 0, f"max_steps must be >= 0, got {config.max_steps}")
@@ -566,8 +566,8 @@ def validate(config: TrainConfig) -> None:
         except ValueError as exc:
             raise ConfigError(f"algorithm.igrpo: {exc}") from None
     if a.behavior_correction is not None:
-        from ticgrpo.mismatch import MODES
-        from ticgrpo.objectives import OBJECTIVES
+        from ticgrpo.core.mismatch import MODES
+        from ticgrpo.core.objectives import OBJECTIVES
 
         _choice("algorithm.behavior_correction", a.behavior_correction, MODES)
         _check(r.engine != "hf", "algorithm.behavior_correction corrects an inference engine's sampling; the hf engine "
@@ -635,7 +635,7 @@ def check_output_dir(key: str, folder: str | Path) -> None:
 def _check_advantage_options(name: str, options: dict) -> None:
     import inspect
 
-    from ticgrpo.advantages import ADVANTAGES
+    from ticgrpo.core.advantages import ADVANTAGES
 
     params = inspect.signature(ADVANTAGES.get(name)).parameters
     allowed = [p for p in params if p not in ("rewards", "lengths")]

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ticgrpo.sandbox import ISOLATION_LEVELS, Sandbox, SandboxLimits, SandboxUnavailable
+from ticgrpo.rewards.sandbox import ISOLATION_LEVELS, Sandbox, SandboxLimits, SandboxUnavailable
 
 home = os.environ["HOME"]
 key, source = os.path.join(home, ".ssh", "id_rsa"), os.path.join(home, "repo", "model.py")

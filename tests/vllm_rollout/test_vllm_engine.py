@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from ticgrpo.logprobs import completion_logprobs
+from ticgrpo.core.logprobs import completion_logprobs
 from ticgrpo.rollout import HFGenerateEngine, RolloutBatch, SamplingParams, VLLMEngine
 
 pytestmark = pytest.mark.vllm
@@ -250,7 +250,7 @@ def test_server_round_trip(tmp_path: Any, tiny_tok: Any, tiny_factory: Any) -> N
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ticgrpo.rollout.vllm_server", "--model", str(tmp_path / "model"),
+        [sys.executable, "-m", "ticgrpo.rollout.vllm.server", "--model", str(tmp_path / "model"),
          "--port", str(port), "--dtype", "float32", "--max-model-len", "512"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
     )

@@ -45,7 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from ticgrpo.cli import UsageError
-    from ticgrpo.compare.runner import plan_comparison, run_plan
+    from ticgrpo.compare.execute import run_plan
+    from ticgrpo.compare.plan import plan_comparison
 
     if args.parallel < 1:
         raise UsageError(f"--parallel must be >= 1, got {args.parallel}")

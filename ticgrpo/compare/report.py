@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from ticgrpo.compare.runner import COMPARISON_FILE, DONE_MARKER, MARKER
+from ticgrpo.compare.plan import COMPARISON_FILE, DONE_MARKER, MARKER
 from ticgrpo.compare.stats import paired_t_test, permutation_test, t_interval, welch_t_test
 from ticgrpo.reports.plots import read_jsonl
 

@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def default_out(paths: list[Path]) -> Path:
-    from ticgrpo.compare.runner import COMPARISON_FILE, MARKER
+    from ticgrpo.compare.plan import COMPARISON_FILE, MARKER
 
     if len(paths) == 1 and not (paths[0] / MARKER).is_file() and not (paths[0] / "metrics.jsonl").is_file():
         return paths[0]

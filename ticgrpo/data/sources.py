@@ -176,7 +176,7 @@ def normalise_rows(
 def check_tests_column(value: Any) -> None:
     """The `tests` column of code tasks (reward code_tests): a non-empty list of tests, or a JSON
     string of one, each an assert statement or an {input, output} pair that the sandbox can run."""
-    from ticgrpo.sandbox import parse_test
+    from ticgrpo.rewards.sandbox import parse_test
 
     cases = value
     if isinstance(cases, str):

@@ -14,7 +14,7 @@ Loss (`_compute_loss`). TRL's own loss types are bypassed; the per-token log-pro
 current policy (TRL's `_get_per_token_logps_and_entropies`, i.e. with TRL's temperature),
 `old_per_token_logps` (None when TRL decides the step is on-policy, which ticgrpo reads as
 ℓ^old = ℓ.detach()), `ref_per_token_logps`, `completion_mask` × `tool_mask` and the
-advantages are packed into a `PolicyBatch` and handed to `ticgrpo.objectives.compute_loss`.
+advantages are packed into a `PolicyBatch` and handed to `ticgrpo.core.objectives.compute_loss`.
 
 Normalisers (spec §3: counts of the whole optimizer step). TRL computes the loss once per
 micro-batch of `per_device_train_batch_size` rows and sums the gradients of
@@ -77,9 +77,9 @@ from typing import Any
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from ticgrpo.advantages import ADVANTAGES, compute_advantages
-from ticgrpo.batch import PolicyBatch, StepNormalizers
-from ticgrpo.objectives import OBJECTIVES, compute_loss, make_objective_config
+from ticgrpo.core.advantages import ADVANTAGES, compute_advantages
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.objectives import OBJECTIVES, compute_loss, make_objective_config
 
 # Objectives that cannot run as a per-micro-batch TRL loss, with the reason.
 UNSUPPORTED_OBJECTIVES = {
@@ -93,7 +93,7 @@ class TicGRPOConfig(GRPOConfig):
     """`GRPOConfig` plus the ticgrpo objective and advantage (see the module docstring)."""
 
     ticgrpo_objective: str = field(
-        default="tic_grpo", metadata={"help": "ticgrpo objective name (ticgrpo.objectives.OBJECTIVES)."}
+        default="tic_grpo", metadata={"help": "ticgrpo objective name (ticgrpo.core.objectives.OBJECTIVES)."}
     )
     ticgrpo_objective_options: dict | None = field(
         default=None, metadata={"help": "Options of the objective's config (spec defaults otherwise)."}

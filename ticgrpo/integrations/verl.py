@@ -70,8 +70,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ticgrpo.batch import PolicyBatch, StepNormalizers
-from ticgrpo.objectives import OBJECTIVES, compute_loss, make_objective_config
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.objectives import OBJECTIVES, compute_loss, make_objective_config
 
 PREFIX = "ticgrpo_"
 OPTIONS_ENV = "TICGRPO_VERL_OBJECTIVE_OPTIONS"

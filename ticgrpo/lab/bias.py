@@ -55,8 +55,8 @@ DEFAULT_OBJECTIVES = (
 def all_objectives() -> tuple[str, ...]:
     """Every registered objective the lab can run (all but the group-coupled `gtpo`, see
     `estimators.UNSUPPORTED`), each with its defaults: what `--objectives all` expands to."""
+    from ticgrpo.core.objectives import OBJECTIVES
     from ticgrpo.lab.estimators import UNSUPPORTED
-    from ticgrpo.objectives import OBJECTIVES
 
     first = ("grpo", "no_is", "tic_grpo")
     rest = [n for n in OBJECTIVES.names() if n not in first and n not in UNSUPPORTED]

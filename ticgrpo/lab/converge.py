@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ticgrpo.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.objectives import compute_loss
 from ticgrpo.lab.enumerate import enumerate_trajectories
 from ticgrpo.lab.estimators import (
     Problem,
@@ -34,7 +35,6 @@ from ticgrpo.lab.estimators import (
 from ticgrpo.lab.policies import make_policy
 from ticgrpo.lab.report import markdown_table, pyplot, t_interval, write_json
 from ticgrpo.lab.rewards import make_rewards
-from ticgrpo.objectives import compute_loss
 
 DEFAULT_ALGORITHMS = ("grpo", "no_is", "tic_grpo_ratio", "tic_grpo_lc", "tic_grpo")
 OPTIMIZERS = ("adam", "sgd")

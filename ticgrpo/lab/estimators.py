@@ -40,11 +40,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ticgrpo.advantages import compute_advantages
-from ticgrpo.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.advantages import compute_advantages
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.objectives import OBJECTIVES, compute_loss, make_objective_config
 from ticgrpo.lab.enumerate import TrajectorySpace
 from ticgrpo.lab.policies import Policy
-from ticgrpo.objectives import OBJECTIVES, compute_loss, make_objective_config
 
 FIXED = "fixed"  # the lab's fixed-baseline advantage A(o) = r(o) − b
 

@@ -1,7 +1,7 @@
 """`code_tests`: the fraction of a dataset row's unit tests that the model's program passes.
 
 The program is the last ```python fenced block of the completion (else the last ``` block,
-else the whole completion). It runs in `ticgrpo.sandbox` (separate process, scrubbed
+else the whole completion). It runs in `ticgrpo.rewards.sandbox` (separate process, scrubbed
 environment, resource limits, timeout; with bwrap/unshare no network, no host files and a
 size-limited tmpfs as its only writable space).
 
@@ -34,7 +34,7 @@ OPTIONS = ("sandbox_timeout_s", "sandbox_memory_mb", "sandbox_disk_mb", "sandbox
 def code_tests_sandbox(**kwargs: Any) -> Any:
     """The shared Sandbox for these reward_kwargs; ValueError (one line) for a bad option or
     an unavailable required level."""
-    from ticgrpo.sandbox import ISOLATION_LEVELS, default_sandbox
+    from ticgrpo.rewards.sandbox import ISOLATION_LEVELS, default_sandbox
 
     limits: dict[str, Any] = {}
     try:
@@ -64,7 +64,7 @@ def check_code_tests_options(reward_kwargs: dict) -> None:
 # own_time_limit: every execution has its own wall-clock timeout and is killed with its namespace
 @REWARDS.register("code_tests", check_options=check_code_tests_options, own_time_limit=True)
 def code_tests(prompts: list, completions: list[str], tests: list | None = None, **kwargs: Any) -> list[float]:
-    from ticgrpo.sandbox import extract_code
+    from ticgrpo.rewards.sandbox import extract_code
 
     if tests is None:
         raise ValueError("code_tests needs a dataset column 'tests' (assert statements or {input, output} pairs)")

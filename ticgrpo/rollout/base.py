@@ -50,7 +50,7 @@ class RolloutBatch:
 
     @property
     def input_ids(self) -> Tensor:
-        """concat(prompt, completion): the layout `ticgrpo.logprobs.completion_logprobs` reads."""
+        """concat(prompt, completion): the layout `ticgrpo.core.logprobs.completion_logprobs` reads."""
         return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
 
     @property

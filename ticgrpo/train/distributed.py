@@ -15,7 +15,7 @@ process; every process samples and scores its share's groups, and then
 With global normalisers a process's loss is its share of the global loss, so the summed
 gradient is exactly the one-process gradient of the whole batch, and the replicas stay equal.
 Gradients are all-reduced once per optimizer step (after the micro-batches), not overlapped
-with the backward pass: the forward path (`ticgrpo.logprobs`) calls the decoder and a chunked
+with the backward pass: the forward path (`ticgrpo.core.logprobs`) calls the decoder and a chunked
 LM head directly, which a `DistributedDataParallel` wrapper would not see. Parameters are not
 sharded: for FSDP / DeepSpeed ZeRO use the TRL plug-in (docs/scaling.md).
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ticgrpo.batch import StepNormalizers
+from ticgrpo.core.batch import StepNormalizers
 
 # metrics summed across processes (counts and throughputs); `*_min`/`*_max` take the min/max;
 # everything else is averaged (local means over equal shares)

@@ -35,7 +35,7 @@ from ticgrpo.train.logging import LOG_FILES
 LOCK_FILE = ".ticgrpo.lock"
 FINISHED_FILE = "finished.json"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
-SANDBOX_FILE = "sandbox.json"  # the code sandbox's isolation level, limits and outcome counts (ticgrpo.sandbox)
+SANDBOX_FILE = "sandbox.json"  # the code sandbox's isolation level, limits and outcome counts (ticgrpo.rewards.sandbox)
 # What a run writes into its folder: present, the folder holds a run.
 RUN_OUTPUTS = ("config.yaml", *LOG_FILES, FINISHED_FILE, CONFIG_CHANGES_FILE, SANDBOX_FILE, "checkpoints", "final",
                "tensorboard", "curves.png")

@@ -16,8 +16,8 @@ Structure of `optimize` (μ = num_iterations, M = num_minibatches):
 Because every micro-batch divides by the step's counts, splitting a minibatch into
 micro-batches never changes its gradient. The `no_is` `frozen` schedule instead computes
 ĝ(θ_old) of the whole batch once and applies that same gradient at all μ·M optimizer steps.
-No formulas live here: losses come from `ticgrpo.objectives`, log-probs from
-`ticgrpo.logprobs`.
+No formulas live here: losses come from `ticgrpo.core.objectives`, log-probs from
+`ticgrpo.core.logprobs`.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ticgrpo.batch import PolicyBatch, StepNormalizers
-from ticgrpo.logprobs import completion_logprobs
-from ticgrpo.objectives import OBJECTIVES, compute_loss
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.logprobs import completion_logprobs
+from ticgrpo.core.objectives import OBJECTIVES, compute_loss
 from ticgrpo.rollout.base import RolloutBatch
 from ticgrpo.train.checkpoint import crash_point
 from ticgrpo.train.distributed import SINGLE_PROCESS, Distributed

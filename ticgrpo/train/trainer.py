@@ -3,7 +3,7 @@
     result = train("configs/quickstart.yaml")            # or a dict / TrainConfig
 
 `Trainer` only orchestrates: sampling is `ticgrpo.rollout`, rewards `ticgrpo.rewards`
-(through `evaluate.score_rollout`), advantages `ticgrpo.advantages`, the optimisation step
+(through `evaluate.score_rollout`), advantages `ticgrpo.core.advantages`, the optimisation step
 `ticgrpo.train.step`, checkpoints `ticgrpo.train.checkpoint`, outputs `ticgrpo.train.logging`.
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from ticgrpo.advantages import AdvantageResult, compute_advantages
 from ticgrpo.config import ConfigError, TrainConfig, config_to_yaml, load_config
-from ticgrpo.objectives import make_objective_config
+from ticgrpo.core.advantages import AdvantageResult, compute_advantages
+from ticgrpo.core.objectives import make_objective_config
 from ticgrpo.rewards import guard_reward, resolve_reward
 from ticgrpo.rollout import HFGenerateEngine, RolloutBatch, SamplingParams, concat_rollouts
 from ticgrpo.train import checkpoint as ckpt
@@ -395,11 +395,11 @@ class Trainer:
 
     def _behavior_correction(self, rollout: RolloutBatch, batch: TrainingBatch) -> dict[str, float]:
         """With an engine's behaviour log-probs (vLLM): mismatch metrics, and with
-        algorithm.behavior_correction the TIS weights folded into the advantages (ticgrpo.mismatch)."""
+        algorithm.behavior_correction the TIS weights folded into the advantages (ticgrpo.core.mismatch)."""
         behavior = rollout.behavior_logprobs
         if behavior is None:
             return {}
-        from ticgrpo.mismatch import behavior_correction, mismatch_metrics
+        from ticgrpo.core.mismatch import behavior_correction, mismatch_metrics
 
         a = self.config.algorithm
         old = batch.old_logprobs if batch.old_logprobs is not None else fixed_logprobs(self.model, batch,
@@ -567,7 +567,7 @@ class Trainer:
     def _record_sandbox(self) -> None:
         """sandbox.json: the isolation level the code rewards actually ran at, their limits and the
         outcome counts of this process's programs (the last session's, after a resume)."""
-        sandbox = sys.modules.get("ticgrpo.sandbox")  # imported only by rewards that execute code
+        sandbox = sys.modules.get("ticgrpo.rewards.sandbox")  # imported only by rewards that execute code
         summaries = sandbox.sandbox_summary() if sandbox is not None else []
         if summaries and self.dist.is_main and self.output_dir.is_dir():
             run_folder.write_json_atomically(self.output_dir / run_folder.SANDBOX_FILE, summaries)

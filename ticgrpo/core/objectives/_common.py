@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ticgrpo.aggregation import only_real
-from ticgrpo.batch import PolicyBatch
-from ticgrpo.kl import KL_ESTIMATORS, token_kl
+from ticgrpo.core.aggregation import only_real
+from ticgrpo.core.batch import PolicyBatch
+from ticgrpo.core.kl import KL_ESTIMATORS, token_kl
 
 
 @dataclass

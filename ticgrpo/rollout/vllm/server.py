@@ -1,11 +1,11 @@
 """A small HTTP server around one ``vllm.LLM``, the other end of ``VLLMEngine(mode="server")``.
 
-    python -m ticgrpo.rollout.vllm_server --model PATH --host 127.0.0.1 --port 8011 \\
+    python -m ticgrpo.rollout.vllm.server --model PATH --host 127.0.0.1 --port 8011 \\
         [--dtype bfloat16] [--gpu-memory-utilization 0.9] [--max-model-len N] [--seed 0] \\
         [--no-enforce-eager] [--engine-kwargs '{"tensor_parallel_size": 2}']
 
 Run it in the vLLM environment, e.g. on its own GPU(s) beside the trainer
-(``CUDA_VISIBLE_DEVICES=1 python -m ticgrpo.rollout.vllm_server ...``), then point the
+(``CUDA_VISIBLE_DEVICES=1 python -m ticgrpo.rollout.vllm.server ...``), then point the
 trainer at it with ``rollout.vllm: {mode: server, server_url: "http://HOST:PORT"}``.
 
 Endpoints (JSON; stdlib ``http.server``, one engine call at a time):

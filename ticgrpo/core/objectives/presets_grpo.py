@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ticgrpo.objectives.grpo import GRPOConfig, grpo_loss
-from ticgrpo.objectives.registry import OBJECTIVES
+from ticgrpo.core.objectives.grpo import GRPOConfig, grpo_loss
+from ticgrpo.core.objectives.registry import OBJECTIVES
 
 
 @dataclass

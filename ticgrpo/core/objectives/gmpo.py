@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ticgrpo.aggregation import masked_sum, sequence_mean
-from ticgrpo.batch import PolicyBatch, StepNormalizers
-from ticgrpo.objectives._common import PenaltyConfig, kl_per_token, masked_fraction
-from ticgrpo.objectives.gspo import sequence_level_loss, sequence_stats
-from ticgrpo.objectives.registry import OBJECTIVES
+from ticgrpo.core.aggregation import masked_sum, sequence_mean
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.objectives._common import PenaltyConfig, kl_per_token, masked_fraction
+from ticgrpo.core.objectives.gspo import sequence_level_loss, sequence_stats
+from ticgrpo.core.objectives.registry import OBJECTIVES
 
 
 @dataclass

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ticgrpo.aggregation import aggregate, check_aggregation
-from ticgrpo.batch import PolicyBatch, StepNormalizers
-from ticgrpo.objectives._common import PenaltyConfig, kl_per_token, masked_fraction, masked_stats
-from ticgrpo.objectives.registry import OBJECTIVES
+from ticgrpo.core.aggregation import aggregate, check_aggregation
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.objectives._common import PenaltyConfig, kl_per_token, masked_fraction, masked_stats
+from ticgrpo.core.objectives.registry import OBJECTIVES
 
 
 @dataclass

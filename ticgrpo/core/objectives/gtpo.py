@@ -33,11 +33,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ticgrpo.aggregation import aggregate, check_aggregation, sequence_mean
-from ticgrpo.batch import PolicyBatch, StepNormalizers
-from ticgrpo.objectives._common import PenaltyConfig, kl_per_token, masked_fraction, masked_stats
-from ticgrpo.objectives.gspo import sequence_fractions
-from ticgrpo.objectives.registry import OBJECTIVES
+from ticgrpo.core.aggregation import aggregate, check_aggregation, sequence_mean
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.objectives._common import PenaltyConfig, kl_per_token, masked_fraction, masked_stats
+from ticgrpo.core.objectives.gspo import sequence_fractions
+from ticgrpo.core.objectives.registry import OBJECTIVES
 
 
 @dataclass

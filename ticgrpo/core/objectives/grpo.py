@@ -15,16 +15,16 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ticgrpo.aggregation import aggregate, check_aggregation
-from ticgrpo.batch import PolicyBatch, StepNormalizers
-from ticgrpo.objectives._common import (
+from ticgrpo.core.aggregation import aggregate, check_aggregation
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.objectives._common import (
     PenaltyConfig,
     clipped_surrogate,
     kl_per_token,
     masked_fraction,
     masked_stats,
 )
-from ticgrpo.objectives.registry import OBJECTIVES
+from ticgrpo.core.objectives.registry import OBJECTIVES
 
 
 @dataclass

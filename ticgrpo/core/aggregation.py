@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ticgrpo.batch import StepNormalizers
+from ticgrpo.core.batch import StepNormalizers
 
 AGGREGATIONS = (
     "seq-mean-token-mean",

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ticgrpo.aggregation import aggregate, check_aggregation
-from ticgrpo.batch import PolicyBatch, StepNormalizers
-from ticgrpo.objectives._common import PenaltyConfig, kl_per_token, masked_stats
-from ticgrpo.objectives.registry import OBJECTIVES
+from ticgrpo.core.aggregation import aggregate, check_aggregation
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.objectives._common import PenaltyConfig, kl_per_token, masked_stats
+from ticgrpo.core.objectives.registry import OBJECTIVES
 
 NO_IS_MODES = ("frozen", "stale")
 

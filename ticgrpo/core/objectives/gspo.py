@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ticgrpo.aggregation import masked_sum, sequence_mean
-from ticgrpo.batch import PolicyBatch, StepNormalizers
-from ticgrpo.objectives._common import PenaltyConfig, clipped_surrogate, kl_per_token
-from ticgrpo.objectives.registry import OBJECTIVES
+from ticgrpo.core.aggregation import masked_sum, sequence_mean
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.objectives._common import PenaltyConfig, clipped_surrogate, kl_per_token
+from ticgrpo.core.objectives.registry import OBJECTIVES
 
 
 @dataclass

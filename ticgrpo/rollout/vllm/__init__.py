@@ -7,9 +7,9 @@ Two modes:
   the prefix cache. The engine is run in-process
   (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that no tensors cross a process boundary; the
   copy uses vLLM's in-place ``reload_weights`` (re-packs kernel-format weights afterwards).
-- ``server``: a separate ``python -m ticgrpo.rollout.vllm_server`` process (e.g. on its own
+- ``server``: a separate ``python -m ticgrpo.rollout.vllm.server`` process (e.g. on its own
   GPU) that this engine talks to over HTTP; `update_weights` writes a safetensors file that
-  the server reads (see `ticgrpo.rollout.vllm_server`).
+  the server reads (see `ticgrpo.rollout.vllm.server`).
 
 Prompts are tokenised here with the trainer's tokenizer (``add_special_tokens=False``, as
 `HFGenerateEngine` does) and handed to vLLM as token ids, so both sides see the same tokens.
@@ -80,7 +80,7 @@ def request_options(params: SamplingParams, eos_token_ids: list[int]) -> dict[st
 
 
 class LocalBackend:
-    """One in-process ``vllm.LLM``; also what `ticgrpo.rollout.vllm_server` serves."""
+    """One in-process ``vllm.LLM``; also what `ticgrpo.rollout.vllm.server` serves."""
 
     def __init__(
         self,
@@ -174,7 +174,7 @@ class LocalBackend:
 
 
 class HTTPBackend:
-    """Client of `ticgrpo.rollout.vllm_server` (JSON over HTTP, stdlib only)."""
+    """Client of `ticgrpo.rollout.vllm.server` (JSON over HTTP, stdlib only)."""
 
     def __init__(self, url: str, timeout: float = 3600.0, weights_dir: str | None = None) -> None:
         self.url = url.rstrip("/")
@@ -198,7 +198,7 @@ class HTTPBackend:
             reason = getattr(exc, "reason", exc)
             raise ConnectionError(
                 f"cannot reach the vLLM server at {url} ({reason}); start it with "
-                "`python -m ticgrpo.rollout.vllm_server --model PATH --port N`"
+                "`python -m ticgrpo.rollout.vllm.server --model PATH --port N`"
             ) from None
 
     def health(self) -> dict:

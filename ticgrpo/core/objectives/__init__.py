@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import Tensor
 
-from ticgrpo.batch import PolicyBatch, StepNormalizers
-from ticgrpo.objectives import (  # noqa: F401  (registration)
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
+from ticgrpo.core.objectives import (  # noqa: F401  (registration)
     cispo,
     dppo,
     gmpo,
@@ -26,8 +26,8 @@ from ticgrpo.objectives import (  # noqa: F401  (registration)
     presets_grpo,
     tic_grpo,
 )
-from ticgrpo.objectives._common import without_padded_values
-from ticgrpo.objectives.registry import OBJECTIVES
+from ticgrpo.core.objectives._common import without_padded_values
+from ticgrpo.core.objectives.registry import OBJECTIVES
 
 
 def make_objective_config(name: str, overrides: dict[str, Any] | None = None) -> Any:

@@ -1,14 +1,13 @@
-"""Plan and run a comparison: every (algorithm, seed) pair on one base config.
+"""Plan a comparison: every (algorithm, seed) pair on one base config, resolved and validated.
 
     plan = plan_comparison("configs/ablation.yaml", ["tic_grpo", "grpo"], [0, 1, 2], "runs/ablation")
-    outcomes = run_plan(plan, parallel=1)        # in-process, one after another
-    outcomes = run_plan(plan, parallel=2)        # `ticgrpo train` subprocesses, two at a time
+    outcomes = run_plan(plan, parallel=2)   # ticgrpo.compare.execute
 
 An *algorithm* name resolves, first match wins, to:
 1. `compare.algorithms.<name>` in the base config,
 2. a built-in named ablation (`BUILTIN_ALGORITHMS`: the TIC-GRPO component ablation),
 3. a preset of `ticgrpo.presets` (objective + advantage + options + trainer mechanisms),
-4. an objective name of `ticgrpo.objectives` (its default advantage and options).
+4. an objective name of `ticgrpo.core.objectives` (its default advantage and options).
 
 A resolved algorithm is a dict of `algorithm.*` config keys. `objective`, `advantage`,
 `objective_options` and `advantage_options` *replace* the base config's values (options left
@@ -27,17 +26,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime as _dt
 import difflib
 import json
-import os
 import re
-import subprocess
-import sys
-import threading
-import time
-import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +40,6 @@ from ticgrpo.config import (
     ConfigError,
     TrainConfig,
     apply_override,
-    config_to_yaml,
     load_config,
     read_yaml_mapping,
 )
@@ -155,7 +145,7 @@ def parse_seeds(text: str | list | tuple) -> list[int]:
 
 
 def known_algorithms(custom: dict[str, Any] | None = None) -> list[str]:
-    from ticgrpo.objectives import OBJECTIVES
+    from ticgrpo.core.objectives import OBJECTIVES
     from ticgrpo.presets import PRESETS
 
     names = list(custom or {}) + list(BUILTIN_ALGORITHMS) + list(PRESETS) + list(OBJECTIVES.names())
@@ -164,7 +154,7 @@ def known_algorithms(custom: dict[str, Any] | None = None) -> list[str]:
 
 def resolve_algorithm(name: str, custom: dict[str, Any] | None = None) -> dict[str, Any]:
     """The algorithm definition of `name` (see the module docstring for the lookup order)."""
-    from ticgrpo.objectives import OBJECTIVES
+    from ticgrpo.core.objectives import OBJECTIVES
     from ticgrpo.presets import PRESETS
 
     if not _NAME.match(name):
@@ -394,189 +384,3 @@ def _folder_status(run: RunSpec) -> str:
     if (run.run_dir / DONE_MARKER).is_file():
         return "done"
     return "resume" if latest_checkpoint(run.run_dir) is not None else "restart"
-
-
-# ---------------------------------------------------------------------- running
-
-
-def _now() -> str:
-    return _dt.datetime.now().isoformat(timespec="seconds")
-
-
-def write_comparison_file(plan: ComparisonPlan) -> None:
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    info = {
-        "base_config": plan.base_config,
-        "algorithms": plan.algorithms,
-        "seeds": plan.seeds,
-        "overrides": plan.overrides,
-        "specs": plan.specs,
-        "command": " ".join(sys.argv),
-        "updated": _now(),
-    }
-    (plan.out_dir / COMPARISON_FILE).write_text(json.dumps(info, indent=1, default=str) + "\n")
-
-
-def _prepare(run: RunSpec) -> bool:
-    """Write the identity marker and the resolved config; returns whether to pass --resume."""
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    identity = {"algorithm": run.algorithm, "seed": run.seed, "spec": run.spec, "started": _now()}
-    (run.run_dir / MARKER).write_text(json.dumps(identity, indent=1, default=str) + "\n")
-    (run.run_dir / "config.yaml").write_text(config_to_yaml(run.config))
-    return run.status == "resume"
-
-
-def _finish(run: RunSpec, wall_s: float) -> None:
-    from ticgrpo.reports.plots import read_jsonl
-
-    steps = [m["step"] for m in read_jsonl(run.run_dir / "metrics.jsonl")]
-    done = {"algorithm": run.algorithm, "seed": run.seed, "steps": max(steps, default=0),
-            "wall_s": round(wall_s, 3), "finished": _now()}
-    (run.run_dir / DONE_MARKER).write_text(json.dumps(done, indent=1) + "\n")
-
-
-def run_in_process(run: RunSpec) -> RunOutcome:
-    from ticgrpo.train import train
-
-    resume = _prepare(run)
-    start = time.perf_counter()
-    try:
-        train(run.config, resume=resume, overwrite=not resume)  # this comparison's own folder (checked)
-    except Exception as exc:  # one failed run must not lose the others
-        (run.run_dir / "error.log").write_text(traceback.format_exc())
-        return RunOutcome(run, False, wall_s=time.perf_counter() - start,
-                          error=f"{type(exc).__name__}: {exc} (traceback in {run.run_dir / 'error.log'})")
-    wall = time.perf_counter() - start
-    _finish(run, wall)
-    return RunOutcome(run, True, wall_s=wall)
-
-
-class _Children:
-    """The subprocesses this comparison started (to stop them, and only them, on interrupt)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.procs: set[subprocess.Popen] = set()
-        self.stopping = False
-
-    def terminate(self) -> None:
-        with self.lock:
-            self.stopping = True
-            procs = list(self.procs)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def run_subprocess(run: RunSpec, threads: int | None = None, children: _Children | None = None) -> RunOutcome:
-    """`python -m ticgrpo.cli train --config <run>/config.yaml [--resume]`, output in <run>/train.log."""
-    resume = _prepare(run)
-    cmd = [sys.executable, "-m", "ticgrpo.cli", "train", "--config", str(run.run_dir / "config.yaml"),
-           "--set", "logging.progress_bar=false"] + (["--resume"] if resume else ["--overwrite"])
-    env = dict(os.environ)
-    if threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env[var] = str(threads)
-    start = time.perf_counter()
-    with open(run.run_dir / "train.log", "a") as log:
-        log.write(f"\n# {_now()} {' '.join(cmd)}\n")
-        log.flush()
-        if children is not None and children.stopping:
-            return RunOutcome(run, False, error="interrupted")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        if children is not None:
-            with children.lock:
-                children.procs.add(proc)
-        try:
-            code = proc.wait()
-        finally:
-            if children is not None:
-                with children.lock:
-                    children.procs.discard(proc)
-    wall = time.perf_counter() - start
-    if code != 0:
-        tail = (run.run_dir / "train.log").read_text().strip().splitlines()[-1:]
-        return RunOutcome(run, False, wall_s=wall,
-                          error=f"exit code {code}: {tail[0] if tail else ''} (log: {run.run_dir / 'train.log'})")
-    _finish(run, wall)
-    return RunOutcome(run, True, wall_s=wall)
-
-
-def run_plan(
-    plan: ComparisonPlan,
-    parallel: int = 1,
-    log: Any = print,
-    subprocesses: bool | None = None,
-) -> list[RunOutcome]:
-    """Run every pending run of the plan; finished runs are skipped. `parallel` > 1 (or
-    `subprocesses=True`) runs `ticgrpo train` subprocesses; otherwise train() in this process."""
-    if parallel < 1:
-        raise ConfigError(f"--parallel must be >= 1, got {parallel}")
-    write_comparison_file(plan)
-    outcomes: list[RunOutcome] = []
-    pending = []
-    for run in plan.runs:
-        if run.status == "done":
-            outcomes.append(RunOutcome(run, True, skipped=True))
-            log(f"skip   {run.label}: finished earlier ({run.run_dir})")
-        else:
-            pending.append(run)
-    total = len(pending)
-    use_subprocesses = parallel > 1 if subprocesses is None else subprocesses
-    counter = {"n": 0}
-    lock = threading.Lock()
-
-    def report(outcome: RunOutcome) -> None:
-        with lock:
-            counter["n"] += 1
-            state = "done  " if outcome.ok else "FAILED"
-            extra = "" if outcome.ok else f": {outcome.error}"
-            log(f"{state} [{counter['n']}/{total}] {outcome.run.label} in {outcome.wall_s:.0f} s{extra}")
-
-    for run in pending:
-        verb = {"resume": "resume from checkpoint", "restart": "restart (no checkpoint)"}.get(run.status, "start")
-        if not use_subprocesses:
-            log(f"{verb} {run.label} → {run.run_dir}")
-            outcome = run_in_process(run)
-            report(outcome)
-            outcomes.append(outcome)
-    if use_subprocesses and pending:
-        threads = max(1, (os.cpu_count() or 1) // parallel)
-        children = _Children()
-        log(f"running {total} runs, {parallel} at a time ({threads} CPU threads each); logs in <run>/train.log")
-        with ThreadPoolExecutor(max_workers=parallel) as pool:
-            futures = [pool.submit(run_subprocess, run, threads, children) for run in pending]
-            try:
-                for future in futures:
-                    outcome = future.result()
-                    report(outcome)
-                    outcomes.append(outcome)
-            except KeyboardInterrupt:
-                children.terminate()
-                for future in futures:
-                    future.cancel()
-                raise
-    order = {(r.algorithm, r.seed): i for i, r in enumerate(plan.runs)}
-    return sorted(outcomes, key=lambda o: order[(o.run.algorithm, o.run.seed)])
-
-
-__all__ = [
-    "BUILTIN_ALGORITHMS",
-    "DONE_MARKER",
-    "MARKER",
-    "ComparisonPlan",
-    "RunOutcome",
-    "RunSpec",
-    "apply_algorithm",
-    "known_algorithms",
-    "load_base",
-    "parse_seeds",
-    "plan_comparison",
-    "resolve_algorithm",
-    "run_plan",
-]

@@ -13,7 +13,7 @@ from torch import Tensor
 
 @dataclass
 class PolicyBatch:
-    """Inputs of every objective in `ticgrpo.objectives`.
+    """Inputs of every objective in `ticgrpo.core.objectives`.
 
     logprobs:      [B, T] ℓ = log π_θ of the sampled tokens, differentiable (any float dtype).
     mask:          [B, T] 1 for completion tokens, 0 for padding (bool or float).

@@ -10,7 +10,7 @@ sample by π_old/μ, truncated at C to bound the variance:
     token:     w_{i,t} = min(exp(ℓ^old_{i,t} − ℓ^μ_{i,t}), C)
     sequence:  w_i     = min(exp(Σ_t m_{i,t}(ℓ^old_{i,t} − ℓ^μ_{i,t})), C)
 
-The weight multiplies the advantage: every objective in `ticgrpo.objectives` is linear in a
+The weight multiplies the advantage: every objective in `ticgrpo.core.objectives` is linear in a
 token's (or sequence's) advantage, and w > 0 never changes its sign — nor, hence, which clip
 branch applies — so A·w is exactly the policy-gradient term scaled by w (the KL penalty is
 not). Sequence-level objectives (tic_grpo, gspo, gmpo, gtpo) need one advantage per sequence:

@@ -1,0 +1,6 @@
+"""The algorithm core: pure tensor functions, no model, no I/O.
+
+`batch` (the tensors a loss reads), `advantages`, `objectives`, `aggregation`, `kl`,
+`logprobs` (the memory-lean log-probs of sampled tokens) and `mismatch` (behaviour-policy
+correction). The trainer, the lab and the framework plug-ins all call these same functions.
+"""
