@@ -22,7 +22,7 @@ import torch
 
 from ticgrpo.core.aggregation import sequence_mean
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
-from ticgrpo.core.objectives import OBJECTIVES, compute_loss, make_objective_config
+from ticgrpo.core.objectives import OBJECTIVES, compute_loss, make_objective_config, register_objective
 from ticgrpo.integrations.verl import default_losses, make_policy_loss, step_normalizers
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "verl"
@@ -60,8 +60,9 @@ def _mean_logprob_loss(batch, config, norms):
 @pytest.fixture
 def new_sequence_objective(monkeypatch):
     """Registers `test_mean_logprob` (sequence_advantages=True) for one test, in a copy of the registry."""
-    monkeypatch.setattr(OBJECTIVES, "_entries", dict(OBJECTIVES._entries))
-    OBJECTIVES.register("test_mean_logprob", _MeanLogProbConfig, sequence_advantages=True)(_mean_logprob_loss)
+    monkeypatch.setattr(OBJECTIVES, "_specs", dict(OBJECTIVES._specs))
+    register_objective("test_mean_logprob", options=_MeanLogProbConfig, default_advantage="group_norm",
+                       uses_old_logprobs=False, sequence_advantages=True)(_mean_logprob_loss)
     return "test_mean_logprob"
 
 

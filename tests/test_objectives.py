@@ -302,9 +302,9 @@ def test_long_bf16_completions_are_finite(name):
 
 def test_registry_and_config_errors():
     assert {"grpo", "no_is", "tic_grpo"} <= set(OBJECTIVES.names())
-    assert OBJECTIVES.entry("tic_grpo").meta["default_advantage"] == "length_corrected"
+    assert OBJECTIVES.spec("tic_grpo").default_advantage == "length_corrected"
     with pytest.raises(KeyError, match=r"choose one of: .*tic_grpo"):
-        OBJECTIVES.entry("tic-grpo")
+        OBJECTIVES.spec("tic-grpo")
     with pytest.raises(ValueError, match=r"unknown option 'eps' for objective 'grpo'; allowed: .*epsilon_high"):
         make_objective_config("grpo", {"eps": 0.2})
     with pytest.raises(ValueError, match=r"grpo\.epsilon_high must be float or null"):

@@ -122,8 +122,8 @@ def test_dr_grpo_and_dapo_are_grpo_with_their_defaults(name, options, expected):
     check(name, options, lambda leaf, d: naive_grpo(
         leaf, d["old"], d["ref"], d["mask"], d["adv"], beta=beta, kl="k3", **expected,
         n_seq=B, n_tok=float(d["mask"].sum()), l_max=L_MAX))
-    assert OBJECTIVES.get(name) is OBJECTIVES.get("grpo")  # one function, no copied formula
-    assert OBJECTIVES.entry("dr_grpo").meta["default_advantage"] == "mean_only"
+    assert OBJECTIVES.spec(name).loss is OBJECTIVES.spec("grpo").loss  # one function, no copied formula
+    assert OBJECTIVES.spec("dr_grpo").default_advantage == "mean_only"
     assert make_objective_config("dapo").beta == 0.0
 
 
@@ -261,7 +261,7 @@ def _non_finite(rows, cols):
 # every registered objective with [B] advantages, and with [B, T] ones where it accepts them
 PADDING_CASES = [(name, "sequence") for name in OBJECTIVES.names()] + [
     (name, "token") for name in OBJECTIVES.names()
-    if not OBJECTIVES.entry(name).meta.get("sequence_advantages", False)
+    if not OBJECTIVES.spec(name).sequence_advantages
 ]
 
 
@@ -576,10 +576,10 @@ def test_registry_entries_and_meta():
     expected = {"gspo": "group_norm", "gmpo": "group_norm", "dr_grpo": "mean_only", "dapo": "group_norm",
                 "cispo": "group_norm", "dppo_tv": "group_norm", "dppo_kl": "group_norm", "gtpo": "group_norm"}
     for name, advantage in expected.items():
-        entry = OBJECTIVES.entry(name)
-        assert entry.meta["default_advantage"] == advantage
-        assert entry.meta["uses_old_logprobs"] == (name != "gtpo")
-        assert "arXiv" in sys.modules[entry.fn.__module__].__doc__  # formula + paper reference
+        spec = OBJECTIVES.spec(name)
+        assert spec.default_advantage == advantage
+        assert spec.uses_old_logprobs == (name != "gtpo")
+        assert "arXiv" in sys.modules[spec.loss.__module__].__doc__  # formula + paper reference
     defaults = {
         "gspo": {"epsilon_low": 3e-4, "epsilon_high": 4e-4, "beta": 0.0},
         "gmpo": {"epsilon": 0.4},
@@ -633,7 +633,7 @@ def test_preset_contents_and_errors():
     assert (get_preset("rloo").objective, get_preset("rloo").advantage) == ("grpo", "rloo")
     for name, preset in PRESETS.items():
         if name not in ("bnpo", "rloo"):
-            assert preset.advantage == OBJECTIVES.entry(preset.objective).meta["default_advantage"], name
+            assert preset.advantage == OBJECTIVES.spec(preset.objective).default_advantage, name
     with pytest.raises(KeyError, match=r"unknown preset 'ppo'; choose one of: .*tic_grpo"):
         get_preset("ppo")
     from ticgrpo.presets import Preset

@@ -172,7 +172,7 @@ class TrainConfig:
             return self.algorithm.advantage
         from ticgrpo.core.objectives import OBJECTIVES
 
-        return OBJECTIVES.entry(self.algorithm.objective).meta["default_advantage"]
+        return OBJECTIVES.spec(self.algorithm.objective).default_advantage
 
     @property
     def rollout_batch_size(self) -> int:
@@ -573,7 +573,7 @@ def validate(config: TrainConfig) -> None:
         _check(r.engine != "hf", "algorithm.behavior_correction corrects an inference engine's sampling; the hf engine "
                "samples from the training model itself: set rollout.engine: vllm or drop the correction")
         _check(a.behavior_correction == "sequence"
-               or not OBJECTIVES.entry(a.objective).meta.get("sequence_advantages", False),
+               or not OBJECTIVES.spec(a.objective).sequence_advantages,
                f"algorithm.behavior_correction: token weights need a token-level objective; {a.objective} uses one "
                f"advantage per sequence: use sequence")
     _check(a.behavior_correction_cap >= 1,
@@ -657,7 +657,7 @@ def _check_reward_options(name: str, reward_kwargs: dict) -> None:
         return
     from ticgrpo.rewards import REWARDS
 
-    check = REWARDS.entry(name).meta.get("check_options")
+    check = REWARDS.spec(name).check_options
     if check is not None:
         try:
             check(reward_kwargs)

@@ -1,17 +1,21 @@
-"""Name → implementation registries (objectives, advantages, rewards, tasks, ...).
+"""Name → specification registries (objectives, advantages, rewards, corrections, tasks, ...).
 
-Every algorithmic piece of ticgrpo is a pure function registered under a name, so that a
-config chooses it by string and the trainer, the lab and the framework plug-ins all call
-the same code.
+Every algorithmic piece of ticgrpo is a pure function registered under a name with a typed
+*spec*: the function and what the rest of the code must know about it (its options class,
+the inputs it reads, the trainer schedule it needs). A config chooses a piece by string; the
+trainer, the lab and the framework plug-ins read the spec's fields, never the name.
+
+    OBJECTIVES.spec("tic_grpo").uses_old_logprobs      # True
+    KL_ESTIMATORS.spec("k3").fn(logp, ref)             # a plain function registry
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
-T = TypeVar("T")
+F = TypeVar("F", bound=Callable)
 
 
 class UnknownNameError(KeyError, ValueError):
@@ -23,46 +27,63 @@ class UnknownNameError(KeyError, ValueError):
         return str(self.args[0])
 
 
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+SpecT = TypeVar("SpecT", bound=Named)
+
+
 @dataclass(frozen=True)
-class Entry(Generic[T]):
+class FunctionSpec(Generic[F]):
+    """The spec of a registry whose entries carry nothing but the function."""
+
     name: str
-    fn: T
-    config_cls: type | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    fn: F
 
 
-class Registry(Generic[T]):
+class Registry(Generic[SpecT]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._entries: dict[str, Entry[T]] = {}
+        self._specs: dict[str, SpecT] = {}
 
-    def register(
-        self, name: str, config_cls: type | None = None, **meta: Any
-    ) -> Callable[[T], T]:
-        def decorator(fn: T) -> T:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._entries[name] = Entry(name=name, fn=fn, config_cls=config_cls, meta=dict(meta))
-            return fn
+    def add(self, spec: SpecT) -> SpecT:
+        if spec.name in self._specs:
+            raise ValueError(f"{self.kind} {spec.name!r} is registered twice")
+        self._specs[spec.name] = spec
+        return spec
 
-        return decorator
-
-    def entry(self, name: str) -> Entry[T]:
+    def spec(self, name: str) -> SpecT:
         try:
-            return self._entries[name]
+            return self._specs[name]
         except KeyError:
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
             ) from None
 
-    def get(self, name: str) -> T:
-        return self.entry(name).fn
+    def specs(self) -> list[SpecT]:
+        return [self._specs[name] for name in self.names()]
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return sorted(self._specs)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._specs
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+class FunctionRegistry(Registry[FunctionSpec[F]]):
+    """A registry of plain functions: `@REG.register("name")`, `REG.get("name")`."""
+
+    def register(self, name: str) -> Callable[[F], F]:
+        def decorator(fn: F) -> F:
+            self.add(FunctionSpec(name, fn))
+            return fn
+
+        return decorator
+
+    def get(self, name: str) -> F:
+        return self.spec(name).fn

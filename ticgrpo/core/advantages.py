@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ticgrpo.registry import Registry
+from ticgrpo.registry import FunctionRegistry
 
-ADVANTAGES: Registry = Registry("advantage")
+ADVANTAGES: FunctionRegistry = FunctionRegistry("advantage")
 
 DEFAULT_DELTA = 1e-4
 

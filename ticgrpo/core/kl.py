@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ticgrpo.registry import Registry
+from ticgrpo.registry import FunctionRegistry
 
-KL_ESTIMATORS: Registry = Registry("kl estimator")
+KL_ESTIMATORS: FunctionRegistry = FunctionRegistry("kl estimator")
 
 # exp(x) for |x| beyond this would overflow float32 products; the clamp only bites on
 # tokens whose probability moved by a factor of e^20 from the reference.

@@ -55,7 +55,7 @@ def _load_task(spec: dict) -> list[dict]:
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in task dataset spec; allowed: {sorted(allowed)}")
     name = spec["task"]
-    TASKS.entry(name)  # unknown task → error listing the built-in tasks
+    TASKS.spec(name)  # unknown task → error listing the built-in tasks
     split = spec.get("split", "train")
     if split not in ("train", "eval"):
         raise ValueError(f"task split must be 'train' or 'eval', got {split!r}")

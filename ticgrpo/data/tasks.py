@@ -12,10 +12,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from ticgrpo.registry import Registry
+from ticgrpo.registry import FunctionRegistry
 
 TaskFn = Callable[..., list[dict]]
-TASKS: Registry[TaskFn] = Registry("task")
+TASKS: FunctionRegistry[TaskFn] = FunctionRegistry("task")
 
 # The held-out split is drawn from this seed whatever the training seed is, so every run,
 # every seed and every algorithm is evaluated on the same problems.
@@ -121,7 +121,7 @@ def _small_space(level: int) -> set[str] | None:
     return None
 
 
-@TASKS.register("arithmetic", levels=(1, 2, 3, 4, 5))
+@TASKS.register("arithmetic")
 def arithmetic(
     level: int,
     num: int,

@@ -139,7 +139,7 @@ class TicGRPOTrainer(GRPOTrainer):
         )
         if grpo_args is not None:
             _check_trl_args(grpo_args)
-        entry = OBJECTIVES.entry(objective)  # unknown names raise here, listing the choices
+        spec = OBJECTIVES.spec(objective)  # unknown names raise here, listing the choices
         if objective in UNSUPPORTED_OBJECTIVES:
             raise ValueError(f"objective {objective!r} is not supported in TRL: {UNSUPPORTED_OBJECTIVES[objective]}")
         if objective == "no_is" and options.get("mode", "frozen") == "frozen":
@@ -150,9 +150,9 @@ class TicGRPOTrainer(GRPOTrainer):
         if "beta" in options:
             raise ValueError("set the KL coefficient with GRPOConfig.beta (TRL builds the reference model from it)")
         if advantage == "auto":
-            advantage = entry.meta.get("default_advantage", "group_norm")
+            advantage = spec.default_advantage
         if advantage != "trl":
-            ADVANTAGES.entry(advantage)
+            ADVANTAGES.spec(advantage)
         super().__init__(*args, **kwargs)
         self.ticgrpo_objective = objective
         self.ticgrpo_advantage = advantage

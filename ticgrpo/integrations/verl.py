@@ -146,7 +146,7 @@ def make_policy_loss(objective: str, options: Mapping[str, Any] | None = None) -
     if objective in UNSUPPORTED and not (objective == "no_is" and (options or {}).get("mode") == "stale"):
         raise ValueError(f"objective {objective!r} is not available in verl: {UNSUPPORTED[objective]}")
     # The registry says whether the loss reads one advantage per sequence ([B]) rather than [B, T].
-    needs_sequence_advantages = bool(OBJECTIVES.entry(objective).meta.get("sequence_advantages", False))
+    needs_sequence_advantages = OBJECTIVES.spec(objective).sequence_advantages
     resolved = dict(options) if options is not None else _env_options(objective)
     if resolved.get("beta", 0.0) not in (0, 0.0):
         raise ValueError("keep beta = 0: verl adds the KL penalty itself (actor.use_kl_loss, kl_loss_coef)")

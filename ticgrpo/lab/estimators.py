@@ -110,7 +110,7 @@ class Variant:
     def advantage_name(self) -> str:
         if self.advantage is not None:
             return self.advantage
-        return str(OBJECTIVES.entry(self.objective).meta.get("default_advantage", "group_norm"))
+        return OBJECTIVES.spec(self.objective).default_advantage
 
     def is_frozen(self) -> bool:
         """The estimator is evaluated at θ_old (no_is `frozen` schedule)."""

@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 
 from ticgrpo.lab.enumerate import EOS, TrajectorySpace
-from ticgrpo.registry import Registry
+from ticgrpo.registry import FunctionRegistry
 
-REWARDS: Registry[Callable[..., Tensor]] = Registry("lab reward")
+REWARDS: FunctionRegistry[Callable[..., Tensor]] = FunctionRegistry("lab reward")
 
 
 def default_target(space: TrajectorySpace) -> list[int]:

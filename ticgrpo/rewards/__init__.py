@@ -27,19 +27,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ticgrpo.registry import Registry
-
-RewardFn = Callable[..., list]
-# meta `own_time_limit=True`: the function bounds its own run time (math-verify's and the
-# sandbox's timeouts), so the reward timeout calls it directly, in the calling thread.
-REWARDS: Registry[RewardFn] = Registry("reward")
-
-# Registration happens on import; these imports must follow REWARDS' definition.
-from ticgrpo.rewards import code as _code  # noqa: E402, F401  (code_tests: sandboxed unit tests)
-from ticgrpo.rewards import math as _math_rewards  # noqa: E402, F401
-from ticgrpo.rewards import shaping as _shaping  # noqa: E402, F401
-from ticgrpo.rewards.math import extract_final_answer, math_correctness  # noqa: E402
-from ticgrpo.rewards.shaping import answer_format, overlong_soft  # noqa: E402
+# the built-in rewards register themselves on import (ticgrpo.rewards.registry)
+from ticgrpo.rewards import code as _code  # noqa: F401  (code_tests: sandboxed unit tests)
+from ticgrpo.rewards import math as _math_rewards  # noqa: F401
+from ticgrpo.rewards import shaping as _shaping  # noqa: F401
+from ticgrpo.rewards.math import extract_final_answer, math_correctness
+from ticgrpo.rewards.registry import REWARDS, RewardFn, RewardSpec
+from ticgrpo.rewards.shaping import answer_format, overlong_soft
 
 
 class RewardError(ValueError):
@@ -62,7 +56,7 @@ def resolve_reward(name_or_path: str | RewardFn, config_dir: str | Path | None =
     if not isinstance(name_or_path, str) or not name_or_path:
         raise ValueError(f"reward must be a registry name, 'module:function' or a callable, got {name_or_path!r}")
     if ":" not in name_or_path:
-        return REWARDS.get(name_or_path)
+        return REWARDS.spec(name_or_path).fn
     where, _, attr = name_or_path.rpartition(":")
     if not where or not attr:
         raise ValueError(f"reward {name_or_path!r} must look like 'module:function' or 'path/file.py:function'")
@@ -361,13 +355,14 @@ def _call_with_timeout(name: str, timeout_s: float, call: Callable[..., Any], *a
 
 
 def _has_own_time_limit(fn: RewardFn) -> bool:
-    return any(REWARDS.entry(n).fn is fn and REWARDS.entry(n).meta.get("own_time_limit", False) for n in REWARDS)
+    return any(spec.fn is fn and spec.own_time_limit for spec in REWARDS.specs())
 
 
 __all__ = [
     "REWARDS",
     "RewardError",
     "RewardSignatureError",
+    "RewardSpec",
     "RewardTimeout",
     "answer_format",
     "call_reward",

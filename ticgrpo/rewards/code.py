@@ -26,7 +26,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ticgrpo.rewards import REWARDS
+from ticgrpo.rewards.registry import register_reward
 
 OPTIONS = ("sandbox_timeout_s", "sandbox_memory_mb", "sandbox_disk_mb", "sandbox_workers", "sandbox_require")
 
@@ -62,7 +62,7 @@ def check_code_tests_options(reward_kwargs: dict) -> None:
 
 
 # own_time_limit: every execution has its own wall-clock timeout and is killed with its namespace
-@REWARDS.register("code_tests", check_options=check_code_tests_options, own_time_limit=True)
+@register_reward("code_tests", check_options=check_code_tests_options, own_time_limit=True)
 def code_tests(prompts: list, completions: list[str], tests: list | None = None, **kwargs: Any) -> list[float]:
     from ticgrpo.rewards.sandbox import extract_code
 

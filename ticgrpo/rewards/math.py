@@ -13,7 +13,7 @@ import threading
 from functools import lru_cache
 from typing import Any
 
-from ticgrpo.rewards import REWARDS
+from ticgrpo.rewards.registry import register_reward
 
 ANSWER_RE = re.compile(r"answer\s*(?:is)?\s*[:：]", re.IGNORECASE)
 NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -99,7 +99,7 @@ def answers_match(predicted: str | None, gold: str) -> bool:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=_math_verify_timeout()))
 
 
-@REWARDS.register("math_correctness", own_time_limit=True)  # math-verify timeouts
+@register_reward("math_correctness", own_time_limit=True)  # math-verify timeouts
 def math_correctness(
     prompts: list[str], completions: list[str], answer: list[str] | None = None, **kwargs: Any
 ) -> list[float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ticgrpo.rewards import REWARDS
+from ticgrpo.rewards.registry import register_reward
 
 # The format the built-in task prompts ask for: a line "Answer: <number>" (markdown bold and
 # a trailing unit or full stop tolerated, as the model writes "**Answer:** 42 apples.").
@@ -13,7 +13,7 @@ ANSWER_LINE_RE = re.compile(r"Answer\s*:\s*(?:\*\*)?\s*\$?-?\d[\d,]*(?:\.\d+)?")
 ANSWER_TAG_RE = re.compile(r"Answer\s*:")
 
 
-@REWARDS.register("answer_format", own_time_limit=True)  # one regex pass
+@register_reward("answer_format", own_time_limit=True)  # one regex pass
 def answer_format(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
     """1.0 when the completion has exactly one 'Answer:' and it is followed by a number."""
     out = []
@@ -33,7 +33,7 @@ def overlong_penalty(length: int, max_new_tokens: int, cache: int) -> float:
     return -1.0
 
 
-@REWARDS.register("overlong_soft", own_time_limit=True)  # arithmetic
+@register_reward("overlong_soft", own_time_limit=True)  # arithmetic
 def overlong_soft(
     prompts: list[str],
     completions: list[str],

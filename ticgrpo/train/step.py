@@ -59,7 +59,7 @@ class StepSettings:
     @property
     def frozen(self) -> bool:
         """`no_is` with the frozen schedule: one gradient at θ_old, applied μ·M times."""
-        return self.objective == "no_is" and getattr(self.objective_config, "mode", "") == "frozen"
+        return OBJECTIVES.spec(self.objective).frozen_gradient(self.objective_config)
 
     @property
     def optimizer_steps(self) -> int:
@@ -68,7 +68,7 @@ class StepSettings:
     @property
     def needs_old_logprobs(self) -> bool:
         """ℓ^old is needed only when the policy moves within a batch and the loss reads it."""
-        uses = bool(OBJECTIVES.entry(self.objective).meta.get("uses_old_logprobs", False))
+        uses = OBJECTIVES.spec(self.objective).uses_old_logprobs
         return uses and self.optimizer_steps > 1 and not self.frozen
 
     @property

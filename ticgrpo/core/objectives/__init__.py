@@ -27,7 +27,7 @@ from ticgrpo.core.objectives import (  # noqa: F401  (registration)
     tic_grpo,
 )
 from ticgrpo.core.objectives._common import without_padded_values
-from ticgrpo.core.objectives.registry import OBJECTIVES
+from ticgrpo.core.objectives.registry import OBJECTIVES, ObjectiveSpec, register_objective
 
 
 def make_objective_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
@@ -35,18 +35,17 @@ def make_objective_config(name: str, overrides: dict[str, Any] | None = None) ->
 
     Unknown keys and wrong types raise ValueError naming the key and what is allowed.
     """
-    entry = OBJECTIVES.entry(name)
-    assert entry.config_cls is not None
+    options_cls = OBJECTIVES.spec(name).options
     overrides = dict(overrides or {})
-    fields = {f.name: f for f in dataclasses.fields(entry.config_cls)}
-    hints = typing.get_type_hints(entry.config_cls)
+    fields = {f.name: f for f in dataclasses.fields(options_cls)}
+    hints = typing.get_type_hints(options_cls)
     for key, value in overrides.items():
         if key not in fields:
             raise ValueError(
                 f"unknown option {key!r} for objective {name!r}; allowed: {', '.join(sorted(fields))}"
             )
         overrides[key] = _coerce(f"{name}.{key}", value, hints[key])
-    config = entry.config_cls(**overrides)
+    config = options_cls(**overrides)
     config.validate()
     return config
 
@@ -58,12 +57,12 @@ def compute_loss(
 
     Every objective runs on `without_padded_values(batch)`: whatever the padded positions hold
     (inf, NaN), the loss, its gradient and the metrics are those of zeros there."""
-    entry = OBJECTIVES.entry(name)
+    spec = OBJECTIVES.spec(name)
     if config is None:
         config = make_objective_config(name)
     if norms is None:
         norms = StepNormalizers.from_mask(batch.mask)
-    return entry.fn(without_padded_values(batch), config, norms)
+    return spec.loss(without_padded_values(batch), config, norms)
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -92,4 +91,4 @@ def _allowed_types(hint: Any) -> tuple[type, ...]:
     return (hint,)
 
 
-__all__ = ["OBJECTIVES", "compute_loss", "make_objective_config"]
+__all__ = ["OBJECTIVES", "ObjectiveSpec", "compute_loss", "make_objective_config", "register_objective"]

@@ -29,7 +29,7 @@ class PenaltyConfig:
     def validate(self) -> None:
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
-        KL_ESTIMATORS.entry(self.kl_estimator)
+        KL_ESTIMATORS.spec(self.kl_estimator)
         if self.max_log_ratio <= 0:
             raise ValueError(f"max_log_ratio must be > 0, got {self.max_log_ratio}")
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from ticgrpo.core.aggregation import aggregate, check_aggregation
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives._common import PenaltyConfig, kl_per_token, masked_fraction, masked_stats
-from ticgrpo.core.objectives.registry import OBJECTIVES
+from ticgrpo.core.objectives.registry import register_objective
 
 
 @dataclass
@@ -42,7 +42,7 @@ class CISPOConfig(PenaltyConfig):
             raise ValueError(f"epsilon_high must be >= 0, got {self.epsilon_high}")
 
 
-@OBJECTIVES.register("cispo", CISPOConfig, default_advantage="group_norm", uses_old_logprobs=True)
+@register_objective("cispo", options=CISPOConfig, default_advantage="group_norm", uses_old_logprobs=True)
 def cispo_loss(
     batch: PolicyBatch, config: CISPOConfig, norms: StepNormalizers
 ) -> tuple[Tensor, dict[str, Tensor]]:

@@ -30,7 +30,7 @@ from torch import Tensor
 from ticgrpo.core.aggregation import aggregate, check_aggregation
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives._common import PenaltyConfig, kl_per_token, masked_fraction, masked_stats
-from ticgrpo.core.objectives.registry import OBJECTIVES
+from ticgrpo.core.objectives.registry import register_objective
 
 
 @dataclass
@@ -102,14 +102,14 @@ def dppo_loss(
     return loss, metrics
 
 
-@OBJECTIVES.register("dppo_tv", DPPOTVConfig, default_advantage="group_norm", uses_old_logprobs=True)
+@register_objective("dppo_tv", options=DPPOTVConfig, default_advantage="group_norm", uses_old_logprobs=True)
 def dppo_tv_loss(
     batch: PolicyBatch, config: DPPOTVConfig, norms: StepNormalizers
 ) -> tuple[Tensor, dict[str, Tensor]]:
     return dppo_loss(batch, config, norms, "tv")
 
 
-@OBJECTIVES.register("dppo_kl", DPPOKLConfig, default_advantage="group_norm", uses_old_logprobs=True)
+@register_objective("dppo_kl", options=DPPOKLConfig, default_advantage="group_norm", uses_old_logprobs=True)
 def dppo_kl_loss(
     batch: PolicyBatch, config: DPPOKLConfig, norms: StepNormalizers
 ) -> tuple[Tensor, dict[str, Tensor]]:

@@ -25,7 +25,7 @@ from ticgrpo.core.aggregation import masked_sum, sequence_mean
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives._common import PenaltyConfig, kl_per_token, masked_fraction
 from ticgrpo.core.objectives.gspo import sequence_level_loss, sequence_stats
-from ticgrpo.core.objectives.registry import OBJECTIVES
+from ticgrpo.core.objectives.registry import register_objective
 
 
 @dataclass
@@ -38,8 +38,8 @@ class GMPOConfig(PenaltyConfig):
             raise ValueError(f"epsilon must be >= 0, got {self.epsilon}")
 
 
-@OBJECTIVES.register(
-    "gmpo", GMPOConfig, default_advantage="group_norm", uses_old_logprobs=True, sequence_advantages=True
+@register_objective(
+    "gmpo", options=GMPOConfig, default_advantage="group_norm", uses_old_logprobs=True, sequence_advantages=True
 )
 def gmpo_loss(
     batch: PolicyBatch, config: GMPOConfig, norms: StepNormalizers

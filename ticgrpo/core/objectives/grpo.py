@@ -24,7 +24,7 @@ from ticgrpo.core.objectives._common import (
     masked_fraction,
     masked_stats,
 )
-from ticgrpo.core.objectives.registry import OBJECTIVES
+from ticgrpo.core.objectives.registry import register_objective
 
 
 @dataclass
@@ -45,7 +45,7 @@ class GRPOConfig(PenaltyConfig):
             raise ValueError(f"ratio_cap must be > 1, got {self.ratio_cap}")
 
 
-@OBJECTIVES.register("grpo", GRPOConfig, default_advantage="group_norm", uses_old_logprobs=True)
+@register_objective("grpo", options=GRPOConfig, default_advantage="group_norm", uses_old_logprobs=True)
 def grpo_loss(
     batch: PolicyBatch, config: GRPOConfig, norms: StepNormalizers
 ) -> tuple[Tensor, dict[str, Tensor]]:

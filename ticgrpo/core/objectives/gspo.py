@@ -22,7 +22,7 @@ from torch import Tensor
 from ticgrpo.core.aggregation import masked_sum, sequence_mean
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives._common import PenaltyConfig, clipped_surrogate, kl_per_token
-from ticgrpo.core.objectives.registry import OBJECTIVES
+from ticgrpo.core.objectives.registry import register_objective
 
 
 @dataclass
@@ -38,8 +38,8 @@ class GSPOConfig(PenaltyConfig):
             raise ValueError(f"epsilon_high must be >= 0, got {self.epsilon_high}")
 
 
-@OBJECTIVES.register(
-    "gspo", GSPOConfig, default_advantage="group_norm", uses_old_logprobs=True, sequence_advantages=True
+@register_objective(
+    "gspo", options=GSPOConfig, default_advantage="group_norm", uses_old_logprobs=True, sequence_advantages=True
 )
 def gspo_loss(
     batch: PolicyBatch, config: GSPOConfig, norms: StepNormalizers

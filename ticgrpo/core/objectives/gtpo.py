@@ -37,7 +37,7 @@ from ticgrpo.core.aggregation import aggregate, check_aggregation, sequence_mean
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives._common import PenaltyConfig, kl_per_token, masked_fraction, masked_stats
 from ticgrpo.core.objectives.gspo import sequence_fractions
-from ticgrpo.core.objectives.registry import OBJECTIVES
+from ticgrpo.core.objectives.registry import register_objective
 
 
 @dataclass
@@ -98,8 +98,9 @@ def conflict_tokens(token_ids: Tensor, mask: Tensor, advantages: Tensor, group_i
     return flags & valid
 
 
-@OBJECTIVES.register(
-    "gtpo", GTPOConfig, default_advantage="group_norm", uses_old_logprobs=False, sequence_advantages=True
+@register_objective(
+    "gtpo", options=GTPOConfig, default_advantage="group_norm", uses_old_logprobs=False, sequence_advantages=True,
+    couples_group=True, needs_token_ids=True, needs_entropies=True,
 )
 def gtpo_loss(
     batch: PolicyBatch, config: GTPOConfig, norms: StepNormalizers

@@ -19,7 +19,7 @@ from torch import Tensor
 from ticgrpo.core.aggregation import aggregate, check_aggregation
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives._common import PenaltyConfig, kl_per_token, masked_stats
-from ticgrpo.core.objectives.registry import OBJECTIVES
+from ticgrpo.core.objectives.registry import register_objective
 
 NO_IS_MODES = ("frozen", "stale")
 
@@ -36,7 +36,10 @@ class NoISConfig(PenaltyConfig):
             raise ValueError(f"unknown no_is mode {self.mode!r}; choose one of: {', '.join(NO_IS_MODES)}")
 
 
-@OBJECTIVES.register("no_is", NoISConfig, default_advantage="group_norm", uses_old_logprobs=False)
+@register_objective(
+    "no_is", options=NoISConfig, default_advantage="group_norm", uses_old_logprobs=False,
+    frozen_gradient=lambda options: options.mode == "frozen",
+)
 def no_is_loss(
     batch: PolicyBatch, config: NoISConfig, norms: StepNormalizers
 ) -> tuple[Tensor, dict[str, Tensor]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ticgrpo.core.objectives.grpo import GRPOConfig, grpo_loss
-from ticgrpo.core.objectives.registry import OBJECTIVES
+from ticgrpo.core.objectives.registry import register_objective
 
 
 @dataclass
@@ -35,5 +35,5 @@ class DAPOConfig(GRPOConfig):
     beta: float = 0.0
 
 
-OBJECTIVES.register("dr_grpo", DrGRPOConfig, default_advantage="mean_only", uses_old_logprobs=True)(grpo_loss)
-OBJECTIVES.register("dapo", DAPOConfig, default_advantage="group_norm", uses_old_logprobs=True)(grpo_loss)
+register_objective("dr_grpo", options=DrGRPOConfig, default_advantage="mean_only", uses_old_logprobs=True)(grpo_loss)
+register_objective("dapo", options=DAPOConfig, default_advantage="group_norm", uses_old_logprobs=True)(grpo_loss)

@@ -1,10 +1,65 @@
-"""The `objectives` registry. Entries: fn(batch, config, norms) -> (loss, metrics).
+"""The `objectives` registry: one typed `ObjectiveSpec` per objective.
 
-Entry metadata: `default_advantage` (the advantage estimator the method is defined with)
-and `uses_old_logprobs` (whether the loss reads ℓ^old, i.e. forms an importance ratio), and
-`sequence_advantages` (the loss reads one advantage per sequence, [B], never [B, T]).
+A spec holds the loss, its options class and every capability the trainer, the lab and the
+TRL/verl adapters act on. Code outside this package reads these fields; it never compares an
+objective's name.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.registry import Registry
 
-OBJECTIVES: Registry = Registry("objective")
+ObjectiveFn = Callable[[PolicyBatch, Any, StepNormalizers], tuple[Tensor, dict[str, Tensor]]]
+
+
+def _never(options: Any) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    name: str
+    loss: ObjectiveFn  # (batch, options, norms) -> (loss, detached scalar metrics)
+    options: type  # dataclass of the objective's options; its defaults are the method's
+    default_advantage: str  # the advantage estimator the method is defined with
+    uses_old_logprobs: bool  # reads ℓ^old (forms an importance ratio against the sampling policy)
+    sequence_advantages: bool = False  # reads one advantage per sequence ([B], never [B, T])
+    couples_group: bool = False  # a sequence's loss depends on the other completions of its group
+    needs_token_ids: bool = False  # reads batch.token_ids
+    needs_entropies: bool = False  # reads batch.entropies
+    # given the options: the gradient is taken once at θ_old and applied at every inner step
+    frozen_gradient: Callable[[Any], bool] = _never
+
+
+OBJECTIVES: Registry[ObjectiveSpec] = Registry("objective")
+
+
+def register_objective(
+    name: str,
+    *,
+    options: type,
+    default_advantage: str,
+    uses_old_logprobs: bool,
+    sequence_advantages: bool = False,
+    couples_group: bool = False,
+    needs_token_ids: bool = False,
+    needs_entropies: bool = False,
+    frozen_gradient: Callable[[Any], bool] = _never,
+) -> Callable[[ObjectiveFn], ObjectiveFn]:
+    """Decorator registering a loss function as objective `name` (see ObjectiveSpec)."""
+
+    def decorator(loss: ObjectiveFn) -> ObjectiveFn:
+        OBJECTIVES.add(ObjectiveSpec(
+            name, loss, options, default_advantage, uses_old_logprobs, sequence_advantages, couples_group,
+            needs_token_ids, needs_entropies, frozen_gradient,
+        ))
+        return loss
+
+    return decorator

@@ -32,7 +32,7 @@ from torch import Tensor
 from ticgrpo.core.aggregation import masked_sum, sequence_mean
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives._common import PenaltyConfig, clipped_surrogate, kl_per_token
-from ticgrpo.core.objectives.registry import OBJECTIVES
+from ticgrpo.core.objectives.registry import register_objective
 
 
 @dataclass
@@ -52,8 +52,8 @@ class TICGRPOConfig(PenaltyConfig):
             raise ValueError(f"ratio_cap must be > 1, got {self.ratio_cap}")
 
 
-@OBJECTIVES.register(
-    "tic_grpo", TICGRPOConfig, default_advantage="length_corrected", uses_old_logprobs=True,
+@register_objective(
+    "tic_grpo", options=TICGRPOConfig, default_advantage="length_corrected", uses_old_logprobs=True,
     sequence_advantages=True,
 )
 def tic_grpo_loss(
