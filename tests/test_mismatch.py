@@ -114,7 +114,7 @@ def test_sequence_weights_scale_each_sequences_term_for_tic_grpo():
 
 def test_bad_modes_and_caps():
     old, behavior, mask = batch()
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(ValueError, match=r"unknown behavior correction mode 'tokens'; choose one of: sequence, token"):
         behavior_correction(old, behavior, mask, "tokens")
     with pytest.raises(ValueError, match="cap must be >= 1"):
         behavior_correction(old, behavior, mask, "token", cap=0.5)
@@ -124,7 +124,7 @@ def test_bad_modes_and_caps():
     (["algorithm.behavior_correction=token"], "hf engine samples from the training model"),
     (["rollout.engine=vllm", "algorithm.behavior_correction=token", "algorithm.objective=tic_grpo"],
      "use sequence"),
-    (["rollout.engine=vllm", "algorithm.behavior_correction=tis"], "choose one of: token, sequence"),
+    (["rollout.engine=vllm", "algorithm.behavior_correction=tis"], "choose one of: sequence, token"),
     (["algorithm.behavior_correction_cap=0.9"], "behavior_correction_cap must be >= 1"),
 ])
 def test_config_errors(overrides, message):

@@ -633,12 +633,10 @@ def check_output_dir(key: str, folder: str | Path) -> None:
 
 
 def _check_advantage_options(name: str, options: dict) -> None:
-    import inspect
-
     from ticgrpo.core.advantages import ADVANTAGES
+    from ticgrpo.core.options import option_names
 
-    params = inspect.signature(ADVANTAGES.get(name)).parameters
-    allowed = [p for p in params if p not in ("rewards", "lengths")]
+    allowed = option_names(ADVANTAGES.spec(name).options)
     for key, value in options.items():
         if key not in allowed:
             raise ConfigError(

@@ -13,18 +13,47 @@ sample by π_old/μ, truncated at C to bound the variance:
 The weight multiplies the advantage: every objective in `ticgrpo.core.objectives` is linear in a
 token's (or sequence's) advantage, and w > 0 never changes its sign — nor, hence, which clip
 branch applies — so A·w is exactly the policy-gradient term scaled by w (the KL penalty is
-not). Sequence-level objectives (tic_grpo, gspo, gmpo, gtpo) need one advantage per sequence:
-use `sequence` with them.
+not). An objective registered with `sequence_advantages` reads one advantage per sequence:
+it needs a correction whose `CorrectionSpec.sequence_level` is true (`sequence`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-MODES = ("token", "sequence")
+from ticgrpo.registry import Registry
+
+# (log π_old/μ [B, T], already 0 on padding; mask [B, T] in the wide dtype)
+#   -> (log-weights before truncation: [B, T] or [B]; which of them count: same shape)
+LogWeightFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class CorrectionSpec:
+    name: str
+    log_weights: LogWeightFn
+    sequence_level: bool  # one weight per sequence ([B]); false: one per token ([B, T])
+
+
+CORRECTIONS: Registry[CorrectionSpec] = Registry("behavior correction mode")
+
+
+def _token_log_weights(log_ratio: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    return log_ratio, mask
+
+
+def _sequence_log_weights(log_ratio: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    return log_ratio.sum(dim=1), (mask.sum(dim=1) > 0).to(mask.dtype)
+
+
+CORRECTIONS.add(CorrectionSpec("token", _token_log_weights, sequence_level=False))
+CORRECTIONS.add(CorrectionSpec("sequence", _sequence_log_weights, sequence_level=True))
+
+MODES = tuple(CORRECTIONS.names())
 
 
 @dataclass
@@ -60,23 +89,17 @@ def mismatch_metrics(old_logprobs: Tensor, behavior_logprobs: Tensor, mask: Tens
 def behavior_correction(
     old_logprobs: Tensor, behavior_logprobs: Tensor, mask: Tensor, mode: str, cap: float = 2.0
 ) -> BehaviorCorrection:
-    """TIS weights (see the module docstring) and their statistics."""
-    if mode not in MODES:
-        raise ValueError(f"behavior correction mode must be one of {MODES}, got {mode!r}")
+    """TIS weights (see the module docstring) and their statistics; `mode` names a CORRECTIONS entry."""
+    spec = CORRECTIONS.spec(mode)
     if not cap >= 1.0:
         raise ValueError(f"behavior correction cap must be >= 1, got {cap}")
     dtype = _wide(old_logprobs)
     m = mask.to(dtype)
     log_ratio = (old_logprobs.detach().to(dtype) - behavior_logprobs.detach().to(dtype)) * m
-    if mode == "token":
-        raw = log_ratio.clamp(max=30.0).exp()
-        weights = raw.clamp(max=cap) * m
-        counted, units = m, m.sum().clamp(min=1.0)
-    else:
-        raw = log_ratio.sum(dim=1).clamp(max=30.0).exp()
-        weights = raw.clamp(max=cap)
-        counted = (m.sum(dim=1) > 0).to(dtype)
-        units = counted.sum().clamp(min=1.0)
+    log_weights, counted = spec.log_weights(log_ratio, m)
+    raw = log_weights.clamp(max=30.0).exp()
+    weights = raw.clamp(max=cap) * counted
+    units = counted.sum().clamp(min=1.0)
     metrics = mismatch_metrics(old_logprobs, behavior_logprobs, mask)
     metrics.update({
         "mismatch/weight_mean": float((weights * counted).sum() / units),
