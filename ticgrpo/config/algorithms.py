@@ -1,0 +1,165 @@
+"""ALGORITHMS: the one table of named methods and ablations.
+
+`algorithm.preset: <name>` in a config, `ticgrpo compare --algorithms <names>` and
+`ticgrpo lab ... --objectives/--algorithms <names>` all read this table, so a name means the
+same objective, options and advantage everywhere.
+
+An entry's `settings` is a partial `algorithm:` section in the config's own key names, with
+the objective's options nested under it:
+
+    ALGORITHMS["tic_ratio_only"].settings
+    # {"objective": {"name": "tic_grpo", "epsilon_high": None}, "advantage": "group_norm"}
+
+Keys other than `objective` and `advantage` are trainer mechanisms (DAPO's dynamic sampling
+and soft overlong punishment, ...). Every registered objective that has no entry of its own
+resolves to `{"objective": <name>}` (its defaults): see `algorithm_settings`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from ticgrpo.registry import UnknownNameError
+
+# the keys of a settings mapping that choose the method; every other key is a trainer mechanism
+METHOD_KEYS = ("objective", "advantage")
+
+
+def _read_only(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({key: _read_only(item) for key, item in value.items()})
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    return copy.deepcopy(value)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    description: str
+    settings: Mapping[str, Any]  # partial `algorithm:` section, read-only (nested too)
+
+    def __post_init__(self) -> None:
+        if "objective" not in self.settings:
+            raise ValueError(f"algorithm {self.name!r} must name an objective")
+        object.__setattr__(self, "settings", _read_only(self.settings))
+
+    def trainer_mechanisms(self) -> list[str]:
+        """The settings keys that are not the objective or the advantage."""
+        return [key for key in self.settings if key not in METHOD_KEYS]
+
+
+_NO_CLIP = {"epsilon_low": None, "epsilon_high": None}
+_TIC = "TIC-GRPO (arXiv 2508.02833)"
+
+_TABLE = (
+    Algorithm("grpo", "GRPO (DeepSeekMath, arXiv 2402.03300): token ratio, clip 0.2, seq-mean-token-mean",
+              {"objective": "grpo"}),
+    Algorithm("grpo_noclip", "grpo without clipping (keeps 1/|o|)",
+              {"objective": {"name": "grpo", **_NO_CLIP}}),
+    Algorithm("grpo_tokensum", "grpo without clipping and without 1/|o| (seq-mean-token-sum)",
+              {"objective": {"name": "grpo", **_NO_CLIP, "aggregation": "seq-mean-token-sum"}}),
+    Algorithm("no_is", f"no importance sampling: the gradient at θ_old at every inner step ({_TIC}, claim 2)",
+              {"objective": "no_is"}),
+    Algorithm("no_is_tokensum", "no_is (frozen) without 1/|o| (seq-mean-token-sum)",
+              {"objective": {"name": "no_is", "aggregation": "seq-mean-token-sum"}}),
+    Algorithm("no_is_stale", "no importance sampling, re-evaluated at the current θ (mode stale)",
+              {"objective": {"name": "no_is", "mode": "stale"}}),
+    # The paper's component ablation; ε_high = 0.2 is ticgrpo's choice (the paper's value is not public).
+    Algorithm("tic_grpo", f"full {_TIC}: trajectory ratio + upper-only clip (ε_high 0.2) + length-corrected "
+              "advantage", {"objective": {"name": "tic_grpo", "epsilon_high": 0.2}, "advantage": "length_corrected"}),
+    Algorithm("tic_ratio_only", f"{_TIC} ablation: trajectory ratio only (no clip), group_norm advantage",
+              {"objective": {"name": "tic_grpo", "epsilon_high": None}, "advantage": "group_norm"}),
+    Algorithm("tic_ratio_lenadv", f"{_TIC} ablation: trajectory ratio + length-corrected advantage, no clip",
+              {"objective": {"name": "tic_grpo", "epsilon_high": None}, "advantage": "length_corrected"}),
+    Algorithm("tic_ratio_clip", f"{_TIC} ablation: trajectory ratio + upper-only clip (ε_high 0.2), group_norm "
+              "advantage", {"objective": {"name": "tic_grpo", "epsilon_high": 0.2}, "advantage": "group_norm"}),
+    Algorithm("gspo", "GSPO (Zheng et al., arXiv 2507.18071): sequence ratio", {"objective": "gspo"}),
+    Algorithm("gmpo", "GMPO (Zhao et al., arXiv 2507.20673): geometric mean of clipped token ratios",
+              {"objective": "gmpo"}),
+    Algorithm("dr_grpo", "Dr. GRPO (Liu et al., arXiv 2503.20783): no 1/|o|, mean-only advantage",
+              {"objective": "dr_grpo"}),
+    # Overlong filtering was DAPO's ablation, superseded by the soft punishment; it stays a key.
+    Algorithm("dapo", "DAPO (Yu et al., arXiv 2503.14476): clip-higher, token-mean, dynamic sampling and "
+              "soft overlong punishment",
+              {"objective": "dapo", "advantage": "group_norm", "dynamic_sampling": True, "overlong_reward": True}),
+    Algorithm("dapo_loss", "DAPO's loss alone (clip-higher, token-mean), without its trainer mechanisms",
+              {"objective": "dapo"}),
+    Algorithm("bnpo", "BNPO (Xiao et al., arXiv 2506.02864): grpo with the Beta-normalised advantage",
+              {"objective": {"name": "grpo", "epsilon_low": 0.2, "epsilon_high": 0.28,
+                             "aggregation": "seq-mean-token-sum"}, "advantage": "beta_norm"}),
+    # The strictly on-policy REINFORCE-LOO reading is no_is with seq-mean-token-sum and one inner step;
+    # under grpo's clipped token ratio it stays valid over several inner iterations.
+    Algorithm("rloo", "RLOO (Ahmadian et al., arXiv 2402.14740): leave-one-out advantage under grpo",
+              {"objective": "grpo", "advantage": "rloo"}),
+    Algorithm("gtpo", "GTPO (Simoni et al., arXiv 2508.03772): entropy control and conflict tokens",
+              {"objective": "gtpo"}),
+    Algorithm("cispo", "CISPO (MiniMax-M1, arXiv 2506.13585): clipped, stop-gradient IS weight",
+              {"objective": "cispo"}),
+    Algorithm("dppo_tv", "DPPO (Qi et al., arXiv 2602.04879): total-variation trust-region mask",
+              {"objective": "dppo_tv"}),
+    Algorithm("dppo_kl", "DPPO (Qi et al., arXiv 2602.04879): KL trust-region mask", {"objective": "dppo_kl"}),
+)
+
+ALGORITHMS: Mapping[str, Algorithm] = MappingProxyType({entry.name: entry for entry in _TABLE})
+
+
+def algorithm_names() -> list[str]:
+    """Every name `algorithm_settings` accepts: the table's, then objectives without an entry."""
+    from ticgrpo.core.objectives import OBJECTIVES
+
+    return list(ALGORITHMS) + [name for name in OBJECTIVES.names() if name not in ALGORITHMS]
+
+
+def get_algorithm(name: str) -> Algorithm:
+    """The table's entry, or a registered objective with its defaults."""
+    from ticgrpo.core.objectives import OBJECTIVES
+
+    if name in ALGORITHMS:
+        return ALGORITHMS[name]
+    if name in OBJECTIVES:
+        return Algorithm(name, f"objective {name} with its defaults", {"objective": name})
+    choices = algorithm_names()
+    close = difflib.get_close_matches(str(name), choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UnknownNameError(f"unknown algorithm {name!r}{hint}; choose one of: {', '.join(choices)}")
+
+
+def algorithm_settings(name: str) -> dict[str, Any]:
+    """A mutable copy of the settings of `name` (see `get_algorithm`)."""
+    return plain_settings(get_algorithm(name).settings)
+
+
+def plain_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested plain dicts: a caller-owned copy of read-only settings."""
+    return _plain(settings)
+
+
+def split_node(node: Any, key: str) -> tuple[str | None, dict[str, Any]]:
+    """(name, options) of an `objective`/`advantage` node: a name, a {name: ..., **options} mapping or null."""
+    if node is None or isinstance(node, str):
+        return node, {}
+    if isinstance(node, Mapping) and isinstance(node.get("name"), str):
+        return node["name"], {k: _plain(v) for k, v in node.items() if k != "name"}
+    raise ValueError(f"{key} must be a name or a mapping {{name: ..., <option>: ...}}, got {node!r}")
+
+
+__all__ = [
+    "ALGORITHMS",
+    "METHOD_KEYS",
+    "Algorithm",
+    "algorithm_names",
+    "algorithm_settings",
+    "get_algorithm",
+    "plain_settings",
+    "split_node",
+]
