@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_defaults_are_valid():
     config = load_config({})
     assert isinstance(config, TrainConfig)
-    assert config.algorithm.objective == "tic_grpo"
-    assert config.advantage_name == "length_corrected"  # the objective's default advantage
-    assert load_config({"algorithm": {"objective": "grpo"}}).advantage_name == "group_norm"
+    assert config.algorithm.objective.name == "tic_grpo"
+    assert config.algorithm.advantage.name == "length_corrected"  # the objective's default advantage
+    assert load_config({"algorithm": {"objective": "grpo"}}).algorithm.advantage.name == "group_norm"
 
 
 def test_overrides_are_yaml_scalars(tmp_path):
@@ -26,19 +26,20 @@ def test_overrides_are_yaml_scalars(tmp_path):
     path.write_text(yaml.safe_dump({"optim": {"lr": 3e-5}, "rollout": {"num_generations": 4}}))
     config = load_config(path, [
         "algorithm.objective=grpo", "optim.lr=1e-5", "rollout.top_k=5", "algorithm.advantage=null",
-        "algorithm.objective_options={epsilon_high: 0.28}", "model.autocast_bf16=true",
+        "algorithm.objective.epsilon_high=0.28", "model.autocast_bf16=true",
         "algorithm.rewards=[{name: math_correctness, weight: 1.0}, {name: answer_format, weight: 0.1}]",
     ], output_dir=str(tmp_path / "out"))
-    assert config.algorithm.objective == "grpo" and config.optim.lr == 1e-5
+    assert config.algorithm.objective.name == "grpo" and config.optim.lr == 1e-5
     assert config.rollout.num_generations == 4 and config.rollout.top_k == 5
-    assert config.algorithm.objective_options == {"epsilon_high": 0.28}
+    assert config.algorithm.objective.options.epsilon_high == 0.28
     assert config.model.autocast_bf16 is True
     assert [r.name for r in config.algorithm.rewards] == ["math_correctness", "answer_format"]
     assert config.output_dir == str(tmp_path / "out")
 
 
 def test_resolved_config_round_trips(tmp_path):
-    config = load_config({"algorithm": {"objective": "no_is", "objective_options": {"mode": "stale"}}})
+    config = load_config({"algorithm": {"objective": {"name": "no_is", "mode": "stale"},
+                                        "advantage": {"name": "group_norm", "delta": 0.01}}})
     path = tmp_path / "config.yaml"
     path.write_text(config_to_yaml(config))
     assert load_config(path) == config
@@ -69,15 +70,20 @@ ERRORS = [
     (["algorithm.num_iterations=0"], "num_iterations (μ) must be >= 1"),
     (["algorithm.objective=tic-grpo"], "unknown value 'tic-grpo' (did you mean 'tic_grpo'?); choose one of:"),
     (["algorithm.advantage=group"], "algorithm.advantage: unknown value 'group'"),
-    (["algorithm.objective=grpo", "algorithm.objective_options={aggregation: mean}"],
-     "unknown aggregation 'mean'"),
-    (["algorithm.objective_options={epsilon: 0.1}"], "unknown option 'epsilon' for objective 'tic_grpo'"),
-    (["algorithm.objective_options={beta: -0.1}"], "beta must be >= 0"),
-    (["algorithm.objective_options={beta: 0.1, kl_estimator: k9}"], "k9"),
-    (["algorithm.objective=no_is", "algorithm.objective_options={mode: lazy}"], "unknown no_is mode 'lazy'"),
-    (["algorithm.advantage_options={delta: x}"], "advantage_options.delta must be a number"),
-    (["algorithm.advantage=rloo", "algorithm.advantage_options={delta: 0.1}"],
-     "unknown option 'delta' for advantage 'rloo'"),
+    (["algorithm.objective=grpo", "algorithm.objective.aggregation=mean"], "grpo.aggregation must be one of:"),
+    (["algorithm.objective.epsilon=0.1"], "unknown option 'epsilon' for objective 'tic_grpo'"),
+    (["algorithm.objective.beta=-0.1"], "beta must be >= 0"),
+    (["algorithm.objective={name: tic_grpo, beta: 0.1, kl_estimator: k9}"], "k9"),
+    (["algorithm.objective={name: no_is, mode: lazy}"], "no_is.mode must be one of: frozen, stale; got str 'lazy'"),
+    (["algorithm.objective={epsilon_high: 0.3, name: 3}"], "algorithm.objective.name must be a string"),
+    (["algorithm.objective=[grpo]"], "algorithm.objective must be a name or a mapping"),
+    (["algorithm.advantage.delta=x"], "algorithm.advantage: length_corrected.delta must be a number"),
+    (["algorithm.advantage=rloo", "algorithm.advantage.delta=0.1"], "unknown option 'delta' for advantage 'rloo'"),
+    (["algorithm.objective_options={epsilon_high: 0.3}"],
+     "algorithm.objective_options was removed: the options nest under the method, "
+     "algorithm.objective: {name: tic_grpo, epsilon_high: 0.3}"),
+    (["algorithm.advantage=beta_norm", "algorithm.advantage_options={delta: 0.1}"],
+     "algorithm.advantage: {name: beta_norm, delta: 0.1}"),
     (["algorithm.rewards=[{name: correctness}]"], "algorithm.rewards[0].name: unknown value 'correctness'"),
     (["optim.schedule=exp"], "choose one of: constant, cosine, linear"),
     (["optim.lr=0"], "optim.lr must be > 0"),
@@ -95,8 +101,8 @@ ERRORS = [
     (["eval.temperature=.nan"], "eval.temperature must be a finite number"),
     (["algorithm.behavior_correction_cap=.inf"], "algorithm.behavior_correction_cap must be a finite number"),
     (["algorithm.rewards=[{name: math_correctness, weight: .inf}]"], "algorithm.rewards[0].weight must be a finite"),
-    (["algorithm.objective_options={epsilon_high: .inf}"], "algorithm.objective_options.epsilon_high must be a finite"),
-    (["algorithm.advantage_options={delta: .nan}"], "algorithm.advantage_options.delta must be a finite"),
+    (["algorithm.objective.epsilon_high=.inf"], "algorithm.objective.epsilon_high must be a finite"),
+    (["algorithm.advantage.delta=.nan"], "algorithm.advantage.delta must be a finite"),
 ]
 
 
@@ -130,33 +136,43 @@ def test_missing_and_malformed_config_files(tmp_path, capsys):
 def test_dry_run_prints_the_resolved_config(capsys):
     assert main(["train", "--dry-run", "--set", "algorithm.objective=grpo"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["algorithm"]["objective"] == "grpo"
+    assert printed["algorithm"]["objective"]["name"] == "grpo"
 
 
-QUICKSTART = ROOT / "configs" / "quickstart.yaml"  # tic_grpo with objective_options {epsilon_high: 0.2}
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"  # objective {name: tic_grpo, epsilon_high: 0.2}
 
 
 @pytest.mark.parametrize(("objective", "defaults"), [("gmpo", {"epsilon": 0.4}), ("cispo", {"epsilon_high": 0.28})])
-def test_objective_override_drops_the_files_options(objective, defaults):
-    from ticgrpo.core.objectives import make_objective_config
-
+def test_objective_override_replaces_the_files_options(objective, defaults):
     config = load_config(QUICKSTART, [f"algorithm.objective={objective}"])
-    assert config.algorithm.objective_options == {}  # tic_grpo's epsilon_high does not follow
-    built = make_objective_config(config.algorithm.objective, config.algorithm.objective_options)  # as the trainer
-    assert {k: getattr(built, k) for k in defaults} == defaults
+    options = config.algorithm.objective.options  # tic_grpo's epsilon_high does not follow
+    assert {k: getattr(options, k) for k in defaults} == defaults
 
 
-def test_objective_override_keeps_options_set_on_the_command_line(capsys):
-    config = load_config(QUICKSTART, ["algorithm.objective_options.epsilon_low=0.1", "algorithm.objective=cispo",
-                                      "algorithm.objective_options.epsilon_high=0.5"])
-    assert config.algorithm.objective_options == {"epsilon_low": 0.1, "epsilon_high": 0.5}
-    assert load_config(QUICKSTART, ["algorithm.objective=tic_grpo"]).algorithm.objective_options == {
-        "epsilon_high": 0.2}  # the same objective: the file's options stay
+def test_option_overrides_nest_under_the_objective(capsys):
+    config = load_config(QUICKSTART, ["algorithm.objective=cispo", "algorithm.objective.epsilon_high=0.5"])
+    assert (config.algorithm.objective.name, config.algorithm.objective.options.epsilon_high) == ("cispo", 0.5)
+    # replacing the node drops what was set on it before, on the command line too
+    config = load_config(QUICKSTART, ["algorithm.objective.epsilon_low=0.1", "algorithm.objective=cispo"])
+    assert config.algorithm.objective.options.epsilon_low is None
+    # an option set on an objective named by a string: the string becomes {name: ...}
+    config = load_config({"algorithm": {"objective": "grpo"}}, ["algorithm.objective.epsilon_high=0.3"])
+    assert (config.algorithm.objective.name, config.algorithm.objective.options.epsilon_high) == ("grpo", 0.3)
     assert main(["train", "--config", str(QUICKSTART), "--dry-run", "--set", "algorithm.objective=gmpo"]) == 0
-    assert yaml.safe_load(capsys.readouterr().out)["algorithm"]["objective_options"] == {}
+    printed = yaml.safe_load(capsys.readouterr().out)["algorithm"]["objective"]
+    assert printed["name"] == "gmpo" and "epsilon_high" not in printed
 
 
-def test_advantage_override_drops_the_files_advantage_options():
-    raw = {"algorithm": {"advantage": "length_corrected", "advantage_options": {"delta": 0.1}}}
-    assert load_config(raw, ["algorithm.advantage=rloo"]).algorithm.advantage_options == {}
-    assert raw["algorithm"]["advantage_options"] == {"delta": 0.1}  # the caller's mapping is left alone
+def test_advantage_override_replaces_the_files_advantage_options():
+    raw = {"algorithm": {"advantage": {"name": "length_corrected", "delta": 0.1}}}
+    assert load_config(raw, ["algorithm.advantage=rloo"]).algorithm.advantage.options == {}
+    assert raw["algorithm"]["advantage"] == {"name": "length_corrected", "delta": 0.1}  # the caller's mapping
+    config = load_config(raw, ["algorithm.advantage.delta=0.2"])
+    assert (config.algorithm.advantage.name, config.algorithm.advantage.options) == ("length_corrected", {"delta": 0.2})
+    assert raw["algorithm"]["advantage"]["delta"] == 0.1  # is left alone
+
+
+def test_null_advantage_follows_the_objective_through_a_written_config():
+    written = load_config({"algorithm": {"objective": "tic_grpo"}})
+    assert written.to_dict()["algorithm"]["advantage"] is None
+    assert load_config(written, ["algorithm.objective=grpo"]).algorithm.advantage.name == "group_norm"

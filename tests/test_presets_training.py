@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ticgrpo.config import ConfigError, load_config
+from ticgrpo.core.objectives import make_objective_config
 from ticgrpo.presets import PRESETS
 from ticgrpo.rollout.base import RolloutBatch
 from ticgrpo.testing import make_tiny_model, make_tiny_tokenizer
@@ -75,7 +76,7 @@ def test_each_preset_trains_three_steps(tmp_path, name):
     for m in metrics:
         assert all(v == v for v in m.values() if isinstance(v, float)), m  # no NaN
     preset = PRESETS[name]
-    assert trainer.config.algorithm.objective == preset.objective
+    assert trainer.config.algorithm.objective.name == preset.objective
     assert trainer.advantage == preset.advantage
     if preset.trainer["dynamic_sampling"]:
         assert "sampling_rounds" in metrics[0]
@@ -90,11 +91,12 @@ def test_each_preset_trains_three_steps(tmp_path, name):
 
 def test_preset_fills_everything_the_config_leaves_out():
     a = load_config({"algorithm": {"preset": "dapo"}}).algorithm
-    assert (a.objective, a.advantage) == ("dapo", "group_norm")
+    assert (a.objective.name, a.advantage.name) == ("dapo", "group_norm")
     assert a.dynamic_sampling and a.overlong_reward and not a.mask_truncated and a.espo_delta is None
     b = load_config({"algorithm": {"preset": "bnpo"}}).algorithm
-    assert (b.objective, b.advantage) == ("grpo", "beta_norm")
-    assert b.objective_options == {"epsilon_low": 0.2, "epsilon_high": 0.28, "aggregation": "seq-mean-token-sum"}
+    assert (b.objective.name, b.advantage.name) == ("grpo", "beta_norm")
+    assert (b.objective.options.epsilon_low, b.objective.options.epsilon_high, b.objective.options.aggregation) == (
+        0.2, 0.28, "seq-mean-token-sum")
     via_set = load_config({}, overrides=["algorithm.preset=bnpo"]).algorithm
     assert via_set == b
 
@@ -102,14 +104,18 @@ def test_preset_fills_everything_the_config_leaves_out():
 def test_explicit_keys_override_the_preset():
     a = load_config({"algorithm": {"preset": "dapo", "dynamic_sampling": False, "advantage": "rloo",
                                    "espo_delta": 0.25, "mask_truncated": True}}).algorithm
-    assert (a.objective, a.advantage, a.dynamic_sampling, a.overlong_reward) == ("dapo", "rloo", False, True)
+    assert (a.objective.name, a.advantage.name, a.dynamic_sampling, a.overlong_reward) == ("dapo", "rloo", False, True)
     assert a.espo_delta == 0.25 and a.mask_truncated
-    # option mappings merge key by key, the config's keys winning
-    b = load_config({"algorithm": {"preset": "bnpo", "objective_options": {"epsilon_high": 0.3}}}).algorithm
-    assert b.objective_options == {"epsilon_low": 0.2, "epsilon_high": 0.3, "aggregation": "seq-mean-token-sum"}
+    # the objective mapping merges with the preset's key by key (the config's keys winning) when it
+    # names the same objective or none
+    for mine in ({"epsilon_high": 0.3}, {"name": "grpo", "epsilon_high": 0.3}):
+        b = load_config({"algorithm": {"preset": "bnpo", "objective": mine}}).algorithm
+        assert (b.objective.name, b.objective.options.epsilon_low, b.objective.options.epsilon_high,
+                b.objective.options.aggregation) == ("grpo", 0.2, 0.3, "seq-mean-token-sum")
     # another objective: the preset's objective options (grpo's) do not carry over
     c = load_config({"algorithm": {"preset": "bnpo", "objective": "tic_grpo"}}).algorithm
-    assert (c.objective, c.advantage, c.objective_options) == ("tic_grpo", "beta_norm", {})
+    assert (c.objective.name, c.advantage.name) == ("tic_grpo", "beta_norm")
+    assert c.objective.options == make_objective_config("tic_grpo")
     # --set beats the file, and the resolved config reloads to itself
     d = load_config({"algorithm": {"preset": "dapo"}}, overrides=["algorithm.overlong_reward=false"])
     assert not d.algorithm.overlong_reward
@@ -118,21 +124,22 @@ def test_explicit_keys_override_the_preset():
     load_config(raw)
     assert raw == {"algorithm": {"preset": "dapo"}}  # the caller's mapping is left alone
     # advantage: null means "the default", which with a preset is the preset's
-    assert load_config({"algorithm": {"preset": "bnpo", "advantage": None}}).algorithm.advantage == "beta_norm"
+    assert load_config({"algorithm": {"preset": "bnpo", "advantage": None}}).algorithm.advantage.name == "beta_norm"
 
 
 def test_preset_given_with_set_replaces_the_files_method(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("algorithm:\n  objective: tic_grpo\n  objective_options: {epsilon_high: 0.2}\n"
+    path.write_text("algorithm:\n  objective: {name: tic_grpo, epsilon_high: 0.1}\n"
                     "  mask_truncated: true\n  num_iterations: 2\n")
     a = load_config(path, overrides=["algorithm.preset=dapo"]).algorithm
-    assert (a.objective, a.advantage, a.objective_options) == ("dapo", "group_norm", {})
+    assert (a.objective.name, a.advantage.name) == ("dapo", "group_norm")
+    assert a.objective.options == make_objective_config("dapo")
     assert a.dynamic_sampling and not a.mask_truncated and a.num_iterations == 2  # other keys stay
     b = load_config(path, overrides=["algorithm.preset=dapo", "algorithm.dynamic_sampling=false"]).algorithm
-    assert b.objective == "dapo" and not b.dynamic_sampling  # other --set keys still win
+    assert b.objective.name == "dapo" and not b.dynamic_sampling  # other --set keys still win
     c = load_config(path, overrides=["algorithm.dynamic_sampling=false", "algorithm.preset=dapo"]).algorithm
     assert not c.dynamic_sampling  # whatever their order
-    assert load_config(path).algorithm.objective == "tic_grpo"
+    assert load_config(path).algorithm.objective.name == "tic_grpo"
 
 
 def test_unknown_preset_is_one_line_listing_names(tmp_path):
@@ -254,11 +261,10 @@ def test_igrpo_config_is_checked():
 
 def test_lab_all_objectives_covers_every_registered_objective_but_gtpo():
     from ticgrpo.core.objectives import OBJECTIVES
-    from ticgrpo.lab.bias import all_objectives, expand_objectives
-    from ticgrpo.lab.estimators import get_variant
+    from ticgrpo.lab.variants import all_objectives, expand_objectives, get_variant
 
     names = all_objectives()
-    assert set(names) == set(OBJECTIVES.names()) - {"gtpo"}
-    assert expand_objectives(("grpo", "all", "tic_grpo_ratio")) == (*names, "tic_grpo_ratio")
+    assert {get_variant(n).objective for n in names} == set(OBJECTIVES.names()) - {"gtpo"}
+    assert expand_objectives(("grpo", "all", "tic_ratio_only")) == (*names, "tic_ratio_only")
     with pytest.raises(ValueError, match="couples"):
         get_variant("gtpo")  # the lab rejects the group-coupled gtpo

@@ -284,7 +284,7 @@ def test_beta_uses_a_reference_model(tmp_path, lora):
     cfg = base_config(tmp_path, max_steps=1, eval={"at_start": False, "at_end": False},
                       checkpoint={"save_final": False}, logging={"plot": False, "progress_bar": False})
     cfg["model"] = {"name": "tiny-test", "chat_template": True, "lora": lora}
-    cfg["algorithm"] = {"objective_options": {"beta": 0.1}, "num_iterations": 2}
+    cfg["algorithm"] = {"objective": {"name": "tic_grpo", "beta": 0.1}, "num_iterations": 2}
     trainer = Trainer(load_config(cfg), train_rows=ROWS, eval_rows=[], reward_fns=[(x_fraction, 1.0)])
     assert trainer.ref_model is not None
     metrics = trainer.train_step()

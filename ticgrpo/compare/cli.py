@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         for r in plan.runs:
             a = r.config.algorithm
-            print(f"  {r.algorithm:<18} seed {r.seed:<3} {r.status:<8} objective={a.objective} "
-                  f"advantage={r.config.advantage_name} objective_options={a.objective_options} → {r.run_dir}")
+            print(f"  {r.algorithm:<18} seed {r.seed:<3} {r.status:<8} objective={a.objective.name} "
+                  f"advantage={a.advantage.name} → {r.run_dir}")
         return 0
     outcomes = run_plan(plan, parallel=args.parallel)
     failed = [o for o in outcomes if not o.ok]

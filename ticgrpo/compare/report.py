@@ -144,7 +144,9 @@ def load_run(path: str | Path) -> RunData:
     config_path = path / "config.yaml"
     config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
     marker = _read_json(path / MARKER)
-    algorithm = marker.get("algorithm") or (config.get("algorithm") or {}).get("objective") or path.name
+    objective = (config.get("algorithm") or {}).get("objective")  # {name: ..., <option>: ...}
+    algorithm = marker.get("algorithm") or (objective.get("name") if isinstance(objective, dict) else objective) \
+        or path.name
     seed = int(marker.get("seed", config.get("seed", 0)))
     done = _read_json(path / DONE_MARKER) or None
     return RunData(str(algorithm), seed, path, config, read_jsonl(path / "metrics.jsonl"),
@@ -343,9 +345,11 @@ def summarize(runs: list[RunData], threshold: float | None = None, order: list[s
     specs = {}
     for name in names:
         config = groups[name][0].config.get("algorithm") or {}
+        objective, advantage = dict(config.get("objective") or {}), dict(config.get("advantage") or {})
         specs[name] = {"description": groups[name][0].spec.get("description", ""),
-                       **{k: config.get(k) for k in ("objective", "advantage", "objective_options",
-                                                     "advantage_options", "num_iterations", "num_minibatches")}}
+                       "objective": objective.pop("name", None), "objective_options": objective,
+                       "advantage": advantage.pop("name", None), "advantage_options": advantage,
+                       **{k: config.get(k) for k in ("num_iterations", "num_minibatches")}}
     return {"threshold": threshold, "threshold_note": threshold_note, "initial_accuracy": initial,
             "rows": rows, "tests": tests, "runs": run_rows, "algorithms": specs}
 

@@ -68,19 +68,55 @@ class RolloutConfig:
 
 
 @dataclass
-class RewardSpec:
+class WeightedReward:
     name: str = "math_correctness"  # registry name or "package.module:function"
     weight: float = 1.0
 
 
+def _objective_options(name: str, overrides: dict | None = None) -> Any:
+    from ticgrpo.core.objectives import make_objective_config
+
+    return make_objective_config(name, overrides)
+
+
+@dataclass
+class ObjectiveChoice:
+    """`algorithm.objective`: a registered objective and its validated options (defaults filled).
+
+    In YAML a name (`cispo`) or a mapping naming it with options nested (`{name: cispo, epsilon_high: 0.3}`).
+    """
+
+    name: str = "tic_grpo"
+    options: Any = field(default_factory=lambda: _objective_options("tic_grpo"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self.options)}
+
+
+@dataclass
+class AdvantageChoice:
+    """`algorithm.advantage`: the advantage estimator in use and its options.
+
+    In YAML null (the objective's default), a name, or `{name: beta_norm, reward_min: 0}`.
+    `from_objective` records a null, so that the written config keeps following the objective.
+    """
+
+    name: str = "length_corrected"
+    options: dict[str, float | bool | None] = field(default_factory=dict)
+    from_objective: bool = True
+
+    def to_dict(self) -> dict[str, Any] | None:
+        if self.from_objective and not self.options:
+            return None
+        return {"name": self.name, **self.options}
+
+
 @dataclass
 class AlgorithmConfig:
-    preset: str | None = None  # ticgrpo.presets name; fills the keys below that the config leaves out
-    objective: str = "tic_grpo"
-    advantage: str | None = None  # null → the objective's default advantage
-    objective_options: dict = field(default_factory=dict)
-    advantage_options: dict = field(default_factory=dict)
-    rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec()])
+    preset: str | None = None  # an ALGORITHMS name; fills the keys below that the config leaves out
+    objective: ObjectiveChoice = field(default_factory=ObjectiveChoice)
+    advantage: AdvantageChoice = field(default_factory=AdvantageChoice)
+    rewards: list[WeightedReward] = field(default_factory=lambda: [WeightedReward()])
     reward_kwargs: dict = field(default_factory=dict)  # extra keyword arguments for reward functions
     num_iterations: int = 1  # μ inner epochs over each rollout batch
     num_minibatches: int = 1  # M optimizer steps per inner epoch
@@ -163,16 +199,11 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @property
-    def advantage_name(self) -> str:
-        """The advantage estimator in use (the objective's default when null)."""
-        if self.algorithm.advantage is not None:
-            return self.algorithm.advantage
-        from ticgrpo.core.objectives import OBJECTIVES
-
-        return OBJECTIVES.spec(self.algorithm.objective).default_advantage
+        """The config in its YAML form (methods as nested mappings), ready for load_config."""
+        data = dataclasses.asdict(self)
+        data["algorithm"]["objective"] = self.algorithm.objective.to_dict()
+        data["algorithm"]["advantage"] = self.algorithm.advantage.to_dict()
+        return data
 
     @property
     def rollout_batch_size(self) -> int:
@@ -266,97 +297,128 @@ def load_config(
     overrides = list(overrides or [])
     if any(item.partition("=")[0].strip() == "algorithm.preset" for item in overrides):
         # a preset chosen with --set replaces the method the file describes (its objective,
-        # advantage, their options, the mechanism keys); other --set keys still win over it
+        # advantage and mechanism keys); other --set keys still win over it
         algo = raw.get("algorithm")
         if isinstance(algo, dict):
             raw["algorithm"] = {k: v for k, v in algo.items() if k not in _PRESET_KEYS}
-    forget_replaced_options(raw, overrides)
     for item in overrides:
         apply_override(raw, item)
     if output_dir is not None:
         raw["output_dir"] = output_dir
     apply_preset(raw)
+    if isinstance(raw.get("algorithm"), dict):
+        raw["algorithm"] = _with_method_choices(raw["algorithm"])
     config = from_dict(TrainConfig, raw, "")
     validate(config)
     return config
 
 
-# preset.trainer key → algorithm key
-_PRESET_TRAINER_KEYS = {
-    "dynamic_sampling": "dynamic_sampling",
-    "overlong_filter": "mask_truncated",
-    "overlong_reward": "overlong_reward",
-    "espo_delta": "espo_delta",
-}
-_PRESET_KEYS = ("objective", "advantage", "objective_options", "advantage_options", *_PRESET_TRAINER_KEYS.values())
+# the keys of `algorithm` that describe the method (what a preset chosen with --set replaces)
+_PRESET_KEYS = ("objective", "advantage", "dynamic_sampling", "mask_truncated", "overlong_reward", "espo_delta")
+# removed keys → the key their options now nest under
+_REMOVED_OPTION_KEYS = {"objective_options": "objective", "advantage_options": "advantage"}
+
+
+def preset_settings(name: str) -> dict[str, Any]:
+    """The partial `algorithm:` section of the named method (ALGORITHMS), in the config's key names."""
+    from ticgrpo.config.algorithms import algorithm_settings
+    from ticgrpo.registry import UnknownNameError
+
+    try:
+        return algorithm_settings(name)
+    except UnknownNameError as exc:
+        raise ConfigError(f"algorithm.preset: {exc}") from None
+
+
+def _method_name(node: Any) -> Any:
+    return node.get("name") if isinstance(node, dict) else node
 
 
 def apply_preset(raw: dict) -> None:
-    """Fill `algorithm` in place from `algorithm.preset` (ticgrpo.presets); explicit keys win.
+    """Fill `algorithm` in place from `algorithm.preset` (the ALGORITHMS table); the file's keys win.
 
-    objective, advantage and the trainer mechanisms are taken from the preset unless the
-    config sets them; objective_options / advantage_options merge key by key (the config's
-    keys win), but only while the objective (advantage) is the preset's own: options of one
-    objective do not carry over to another. `advantage: null` counts as unset (null means
-    "the default", which with a preset is the preset's advantage).
+    The objective (advantage) mapping merges with the preset's only when it names the same
+    method, or no method: options of one objective never carry over to another. `advantage:
+    null` counts as unset (null means "the default", which with a preset is the preset's).
     """
     algo = raw.get("algorithm")
     if not isinstance(algo, dict) or algo.get("preset") is None:
         return
-    from ticgrpo.presets import PRESETS
-
-    algo = raw["algorithm"] = dict(algo)  # never modify the caller's mapping
     name = algo["preset"]
-    if not isinstance(name, str) or name not in PRESETS:
-        close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"algorithm.preset: unknown preset {name!r}{hint}; choose one of: {', '.join(PRESETS)}")
-    preset = PRESETS[name]
-    algo.setdefault("objective", preset.objective)
-    if algo.get("advantage") is None:
-        algo["advantage"] = preset.advantage
-    for key, own, options in (
-        ("objective_options", algo["objective"] == preset.objective, preset.objective_options),
-        ("advantage_options", algo["advantage"] == preset.advantage, preset.advantage_options),
-    ):
-        explicit = algo.get(key)
-        if own and options and (explicit is None or isinstance(explicit, dict)):
-            algo[key] = {**options, **(explicit or {})}
-    for key, value in preset.trainer.items():
-        algo.setdefault(_PRESET_TRAINER_KEYS[key], value)
+    if not isinstance(name, str):
+        raise ConfigError(f"algorithm.preset must be a name, got {_describe(name)}")
+    settings = preset_settings(name)
+    algo = raw["algorithm"] = dict(algo)  # never modify the caller's mapping
+    for key, value in settings.items():
+        mine = algo.get(key)
+        if mine is None:
+            algo[key] = value
+        elif key in ("objective", "advantage") and isinstance(mine, dict) and _method_name(mine) in (
+                None, _method_name(value)):
+            base = value if isinstance(value, dict) else {"name": value}
+            algo[key] = {**base, **mine}
 
 
-# a method key of `algorithm` → the key holding that method's options
-_OPTIONS_OF = {"objective": "objective_options", "advantage": "advantage_options"}
+def _method_node(key: str, node: Any) -> tuple[str | None, dict[str, Any]]:
+    """(name, options) of an `algorithm.objective` / `algorithm.advantage` node: null, a name, or
+    a mapping with `name` (optional: the default method) and the method's options."""
+    if node is None or isinstance(node, str):
+        return node, {}
+    if not isinstance(node, dict):
+        raise ConfigError(f"{key} must be a name or a mapping {{name: ..., <option>: ...}}, got {_describe(node)}")
+    options = dict(node)
+    name = options.pop("name", None)
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"{key}.name must be a string, got {_describe(name)}")
+    for option, value in options.items():
+        if isinstance(value, float):
+            _check_finite(f"{key}.{option}", value)
+    return name, options
 
 
-def forget_replaced_options(raw: dict, overrides: list[str]) -> None:
-    """Drop the file's objective_options (advantage_options) when an override replaces its objective (advantage).
+def _removed_options_error(algo: dict, removed: str, key: str) -> ConfigError:
+    """The one-line error for `objective_options` / `advantage_options`, spelling out the new form."""
+    from ticgrpo.core.objectives import OBJECTIVES
 
-    The file's options were written for the file's method: tic_grpo's `epsilon_high: 0.2` is
-    not an option of gmpo, and cispo must get its own default (0.28), not tic_grpo's value.
-    Options given by overrides are applied after this and are kept.
-    """
-    algo = raw.get("algorithm")
-    if not isinstance(algo, dict):
-        return
-    for item in overrides:
-        key, value = parse_override(item)
-        for method, options in _OPTIONS_OF.items():
-            if key == f"algorithm.{method}" and options in algo and value != _file_method(algo, method):
-                algo = raw["algorithm"] = {k: v for k, v in algo.items() if k != options}  # not the caller's dict
+    objective = _method_name(algo.get("objective")) or ObjectiveChoice.name
+    name = _method_name(algo.get(key))
+    if name is None:
+        name = objective if key == "objective" else (
+            OBJECTIVES.spec(objective).default_advantage if objective in OBJECTIVES else "...")
+    node = {"name": name, **(algo[removed] if isinstance(algo[removed], dict) else {})}
+    spelling = yaml.safe_dump(node, default_flow_style=True, sort_keys=False).strip()
+    return ConfigError(f"algorithm.{removed} was removed: the options nest under the method, "
+                       f"algorithm.{key}: {spelling} (--set algorithm.{key}.<option>=...)")
 
 
-def _file_method(algo: dict, method: str) -> Any:
-    """The objective (advantage) the file's algorithm section asks for, before any override."""
-    if method in algo:
-        return algo[method]
-    from ticgrpo.presets import PRESETS
+def _with_method_choices(algo: dict) -> dict:
+    """A copy of the raw `algorithm` section with its objective and advantage nodes resolved and
+    validated into ObjectiveChoice / AdvantageChoice."""
+    from ticgrpo.core.advantages import ADVANTAGES, make_advantage_options
+    from ticgrpo.core.objectives import OBJECTIVES
 
-    preset = PRESETS.get(algo.get("preset")) if isinstance(algo.get("preset"), str) else None
-    if preset is not None:
-        return getattr(preset, method)
-    return getattr(AlgorithmConfig(), method)
+    for removed, key in _REMOVED_OPTION_KEYS.items():
+        if removed in algo:
+            raise _removed_options_error(algo, removed, key)
+    algo = dict(algo)
+    name, overrides = _method_node("algorithm.objective", algo.get("objective"))
+    name = name or ObjectiveChoice.name
+    _choice("algorithm.objective", name, OBJECTIVES.names())
+    try:
+        options = _objective_options(name, overrides)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"algorithm.objective: {exc}") from None
+    algo["objective"] = ObjectiveChoice(name, options)
+    advantage, advantage_options = _method_node("algorithm.advantage", algo.get("advantage"))
+    if advantage is not None:
+        _choice("algorithm.advantage", advantage, ADVANTAGES.names())
+    resolved = advantage or OBJECTIVES.spec(name).default_advantage
+    try:
+        advantage_options = make_advantage_options(resolved, advantage_options)
+    except ValueError as exc:
+        raise ConfigError(f"algorithm.advantage: {exc}") from None
+    algo["advantage"] = AdvantageChoice(resolved, advantage_options, from_objective=advantage is None)
+    return algo
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -383,9 +445,10 @@ def apply_override(raw: dict, item: str) -> None:
     parts = key.split(".")
     for part in parts[:-1]:
         child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
+        # a copy (the caller's nested mappings are left alone); a method named by a string
+        # (`objective: cispo`) takes options as {name: cispo, ...}
+        child = dict(child) if isinstance(child, dict) else {"name": child} if isinstance(child, str) else {}
+        node[part] = child
         node = child
     node[parts[-1]] = value
 
@@ -426,6 +489,8 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
             except ConfigError as exc:
                 errors.append(exc)
         raise errors[0]
+    if hint in (ObjectiveChoice, AdvantageChoice) and isinstance(value, hint):
+        return value  # resolved and validated by _with_method_choices
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, f"{key}.")
     if origin is list:
@@ -496,9 +561,6 @@ def _choice(key: str, value: str, allowed: typing.Iterable[str]) -> None:
 
 def validate(config: TrainConfig) -> None:
     """Semantic checks (names, ranges, combinations); raises ConfigError."""
-    from ticgrpo.core.advantages import ADVANTAGES
-    from ticgrpo.core.objectives import OBJECTIVES, make_objective_config
-
     m, r, a, o, e, c = config.model, config.rollout, config.algorithm, config.optim, config.eval, config.checkpoint
     _check(config.max_steps >= 0, f"max_steps must be >= 0, got {config.max_steps}")
     _choice("device", config.device, DEVICES)
@@ -525,17 +587,6 @@ def validate(config: TrainConfig) -> None:
     _check(r.generation_batch_size is None or r.generation_batch_size >= 1,
            f"rollout.generation_batch_size must be >= 1 or null, got {r.generation_batch_size}")
 
-    _choice("algorithm.objective", a.objective, OBJECTIVES.names())
-    if a.advantage is not None:
-        _choice("algorithm.advantage", a.advantage, ADVANTAGES.names())
-    for key, value in a.objective_options.items():
-        if isinstance(value, float):
-            _check_finite(f"algorithm.objective_options.{key}", value)
-    try:
-        objective_config = make_objective_config(a.objective, a.objective_options)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"algorithm.objective_options: {exc}") from None
-    _check_advantage_options(config.advantage_name, a.advantage_options)
     _check(len(a.rewards) >= 1, "algorithm.rewards must list at least one reward {name, weight}")
     names = [spec.name for spec in a.rewards]
     _check(len(set(names)) == len(names), f"algorithm.rewards lists a reward twice: {names}")
@@ -573,14 +624,14 @@ def validate(config: TrainConfig) -> None:
         _check(r.engine != "hf", "algorithm.behavior_correction corrects an inference engine's sampling; the hf engine "
                "samples from the training model itself: set rollout.engine: vllm or drop the correction")
         _check(a.behavior_correction == "sequence"
-               or not OBJECTIVES.spec(a.objective).sequence_advantages,
-               f"algorithm.behavior_correction: token weights need a token-level objective; {a.objective} uses one "
-               f"advantage per sequence: use sequence")
+               or not OBJECTIVES.spec(a.objective.name).sequence_advantages,
+               f"algorithm.behavior_correction: token weights need a token-level objective; {a.objective.name} uses "
+               f"one advantage per sequence: use sequence")
     _check(a.behavior_correction_cap >= 1,
            f"algorithm.behavior_correction_cap must be >= 1, got {a.behavior_correction_cap}")
     _check(isinstance(r.vllm, dict), "rollout.vllm must be a mapping of VLLMEngine options")
     # β > 0 needs a reference model: a frozen copy is loaded (with LoRA: the adapter-disabled base).
-    _check(float(getattr(objective_config, "beta", 0.0)) >= 0, "algorithm.objective_options.beta must be >= 0")
+    _check(float(getattr(a.objective.options, "beta", 0.0)) >= 0, "algorithm.objective.beta must be >= 0")
 
     _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
@@ -630,22 +681,6 @@ def check_output_dir(key: str, folder: str | Path) -> None:
                 where = "is a file" if candidate == path else f"is inside {str(candidate)!r}, which is a file"
                 raise ConfigError(f"{key} {str(folder)!r} {where}; choose a folder path (it is created if missing)")
             return
-
-
-def _check_advantage_options(name: str, options: dict) -> None:
-    from ticgrpo.core.advantages import ADVANTAGES
-    from ticgrpo.core.options import option_names
-
-    allowed = option_names(ADVANTAGES.spec(name).options)
-    for key, value in options.items():
-        if key not in allowed:
-            raise ConfigError(
-                f"algorithm.advantage_options: unknown option {key!r} for advantage {name!r}; "
-                f"allowed: {', '.join(allowed) or 'none'}"
-            )
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"algorithm.advantage_options.{key} must be a number, got {_describe(value)}")
-        _check_finite(f"algorithm.advantage_options.{key}", value)
 
 
 def _check_reward_options(name: str, reward_kwargs: dict) -> None:

@@ -20,7 +20,6 @@ import torch
 
 from ticgrpo.config import ConfigError, TrainConfig, config_to_yaml, load_config
 from ticgrpo.core.advantages import AdvantageResult, compute_advantages
-from ticgrpo.core.objectives import make_objective_config
 from ticgrpo.rewards import guard_reward, resolve_reward
 from ticgrpo.rollout import HFGenerateEngine, RolloutBatch, SamplingParams, concat_rollouts
 from ticgrpo.train import checkpoint as ckpt
@@ -109,8 +108,8 @@ class Trainer:
                                            cfg.algorithm.reward_timeout_s), w) for fn, w in self.reward_specs]
         self.eval_reward = guard_reward(resolve_reward(cfg.eval.reward, config_dir),
                                         timeout_s=cfg.algorithm.reward_timeout_s)
-        self.objective_config = make_objective_config(cfg.algorithm.objective, cfg.algorithm.objective_options)
-        self.advantage = cfg.advantage_name
+        self.objective_config = cfg.algorithm.objective.options
+        self.advantage = cfg.algorithm.advantage.name
         self.train_rows = train_rows if train_rows is not None else load_rows(cfg.data.train)
         self.eval_rows = eval_rows if eval_rows is not None else load_rows(cfg.data.eval)
         if cfg.eval.num_examples is not None:
@@ -123,7 +122,7 @@ class Trainer:
         self.ref_model, self.ref_context = self._reference_model()
         self.engine = self._rollout_engine()
         self.settings = StepSettings(
-            objective=cfg.algorithm.objective,
+            objective=cfg.algorithm.objective.name,
             objective_config=self.objective_config,
             num_iterations=cfg.algorithm.num_iterations,
             num_minibatches=cfg.algorithm.num_minibatches,
@@ -264,10 +263,10 @@ class Trainer:
         gathered groups of every process so that batch-level statistics see the whole batch."""
         a = self.config.algorithm
         if not self.dist.enabled:
-            return compute_advantages(self.advantage, rewards, lengths, **a.advantage_options)
+            return compute_advantages(self.advantage, rewards, lengths, **a.advantage.options)
         parts = self.dist.all_gather((rewards.cpu(), lengths.cpu()))
         everyone = compute_advantages(self.advantage, torch.cat([r for r, _ in parts]),
-                                      torch.cat([n for _, n in parts]), **a.advantage_options)
+                                      torch.cat([n for _, n in parts]), **a.advantage.options)
         start = sum(len(r) for r, _ in parts[: self.dist.rank])
         return replace(everyone, advantages=everyone.advantages[start : start + len(rewards)])
 
