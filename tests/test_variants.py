@@ -597,9 +597,9 @@ def test_registry_entries_and_meta():
             assert getattr(config, key) == value, (name, key)
     with pytest.raises(ValueError, match="unknown option 'eps' for objective 'gmpo'"):
         make_objective_config("gmpo", {"eps": 0.2})
-    with pytest.raises(ValueError, match="delta must be >= 0"):
+    with pytest.raises(ValueError, match=r"dppo_kl\.delta must be >= 0"):
         make_objective_config("dppo_kl", {"delta": -1})
-    with pytest.raises(ValueError, match="unknown aggregation"):
+    with pytest.raises(ValueError, match=r"cispo\.aggregation must be one of: "):
         make_objective_config("cispo", {"aggregation": "mean"})
 
 

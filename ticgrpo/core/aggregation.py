@@ -7,17 +7,22 @@ gradient of the step, however it is split across micro-batches or processes.
 
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 import torch
 from torch import Tensor
 
 from ticgrpo.core.batch import StepNormalizers
 
-AGGREGATIONS = (
+# an objective option's type (`aggregation: Aggregation = "token-mean"`): its choices are these
+Aggregation = Literal[
     "seq-mean-token-mean",
     "token-mean",
     "seq-mean-token-sum",
     "seq-mean-token-sum-norm",
-)
+]
+AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
 
 
 def check_aggregation(mode: str) -> str:

@@ -60,7 +60,8 @@ def describe_error(exc: ValidationError, options_cls: type, owner: str) -> str:
     requirement = _requirement(error["type"], error.get("ctx") or {}, error["msg"])
     if nullable and error["type"].endswith("_type"):
         requirement += " or null"
-    return f"{where} {requirement}, got {_describe(error['input'])}"
+    separator = ";" if error["type"] == "literal_error" else ","  # the choices are a comma list
+    return f"{where} {requirement}{separator} got {_describe(error['input'])}"
 
 
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}

@@ -6,32 +6,45 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import AfterValidator, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor
 
 from ticgrpo.core.aggregation import only_real
 from ticgrpo.core.batch import PolicyBatch
 from ticgrpo.core.kl import KL_ESTIMATORS, token_kl
+from ticgrpo.core.options import OPTIONS_CONFIG
+
+# Option types shared by the objectives' options classes: the range is part of the type, so a
+# subclass that changes a default keeps the range by reusing the type.
+NonNegative = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+EpsilonLow = Annotated[float, Field(ge=0, lt=1)]  # 1 − ε_low must stay a positive ratio
+RatioCap = Annotated[float, Field(gt=1)]  # a dual clip at or below 1 would bind at θ = θ_old
 
 
-@dataclass
+def _known_kl_estimator(name: str) -> str:
+    KL_ESTIMATORS.spec(name)  # raises, listing the registered estimators
+    return name
+
+
+# a registry name, not a Literal: estimators registered later are valid choices too
+KLEstimatorName = Annotated[str, AfterValidator(_known_kl_estimator)]
+
+
+@pydantic_dataclass(config=OPTIONS_CONFIG)
 class PenaltyConfig:
     """KL penalty β·KL(π_θ‖π_ref) added to the loss; β = 0 needs no reference model."""
 
-    beta: float = 0.0
-    kl_estimator: str = "k3"
+    beta: NonNegative = 0.0
+    kl_estimator: KLEstimatorName = "k3"
     # Log-ratios are clamped here before exp() so that no branch overflows. Past the clamp a
     # term is constant (zero gradient); per token that takes a probability moved by e^20 ≈ 5e8,
     # but tic_grpo's trajectory log-ratio sums the tokens and reaches it far sooner.
-    max_log_ratio: float = 20.0
-
-    def validate(self) -> None:
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
-        KL_ESTIMATORS.spec(self.kl_estimator)
-        if self.max_log_ratio <= 0:
-            raise ValueError(f"max_log_ratio must be > 0, got {self.max_log_ratio}")
+    max_log_ratio: Positive = 20.0
 
 
 @dataclass(frozen=True)

@@ -16,30 +16,30 @@ MiniMax, "MiniMax-M1: Scaling Test-Time Compute Efficiently with Lightning Atten
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor
 
-from ticgrpo.core.aggregation import aggregate, check_aggregation
+from ticgrpo.core.aggregation import Aggregation, aggregate
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
-from ticgrpo.core.objectives._common import PenaltyConfig, kl_per_token, masked_fraction, masked_stats
+from ticgrpo.core.objectives._common import (
+    EpsilonLow,
+    NonNegative,
+    PenaltyConfig,
+    kl_per_token,
+    masked_fraction,
+    masked_stats,
+)
 from ticgrpo.core.objectives.registry import register_objective
+from ticgrpo.core.options import OPTIONS_CONFIG
 
 
-@dataclass
+@pydantic_dataclass(config=OPTIONS_CONFIG)
 class CISPOConfig(PenaltyConfig):
-    epsilon_low: float | None = None
-    epsilon_high: float | None = 0.28
-    aggregation: str = "token-mean"
-
-    def validate(self) -> None:
-        super().validate()
-        check_aggregation(self.aggregation)
-        if self.epsilon_low is not None and not 0 <= self.epsilon_low < 1:
-            raise ValueError(f"epsilon_low must be in [0, 1), got {self.epsilon_low}")
-        if self.epsilon_high is not None and self.epsilon_high < 0:
-            raise ValueError(f"epsilon_high must be >= 0, got {self.epsilon_high}")
+    epsilon_low: EpsilonLow | None = None
+    epsilon_high: NonNegative | None = 0.28
+    aggregation: Aggregation = "token-mean"
 
 
 @register_objective("cispo", options=CISPOConfig, default_advantage="group_norm", uses_old_logprobs=True)

@@ -22,35 +22,35 @@ Qi et al., "Rethinking the Trust Region in LLM Reinforcement Learning" (arXiv 26
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor
 
-from ticgrpo.core.aggregation import aggregate, check_aggregation
+from ticgrpo.core.aggregation import Aggregation, aggregate
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
-from ticgrpo.core.objectives._common import PenaltyConfig, kl_per_token, masked_fraction, masked_stats
+from ticgrpo.core.objectives._common import (
+    NonNegative,
+    PenaltyConfig,
+    Positive,
+    kl_per_token,
+    masked_fraction,
+    masked_stats,
+)
 from ticgrpo.core.objectives.registry import register_objective
+from ticgrpo.core.options import OPTIONS_CONFIG
 
 
-@dataclass
+@pydantic_dataclass(config=OPTIONS_CONFIG)
 class DPPOTVConfig(PenaltyConfig):
-    delta: float = 0.15
-    is_cap: float | None = 20.0  # C; None: untruncated (up to max_log_ratio)
-    aggregation: str = "token-mean"
-
-    def validate(self) -> None:
-        super().validate()
-        check_aggregation(self.aggregation)
-        if self.delta < 0:
-            raise ValueError(f"delta must be >= 0, got {self.delta}")
-        if self.is_cap is not None and self.is_cap <= 0:
-            raise ValueError(f"is_cap must be > 0, got {self.is_cap}")
+    delta: NonNegative = 0.15
+    is_cap: Positive | None = 20.0  # C; None: untruncated (up to max_log_ratio)
+    aggregation: Aggregation = "token-mean"
 
 
-@dataclass
+@pydantic_dataclass(config=OPTIONS_CONFIG)
 class DPPOKLConfig(DPPOTVConfig):
-    delta: float = 0.05
+    delta: NonNegative = 0.05
 
 
 def binary_tv(logprobs: Tensor, old_logprobs: Tensor) -> Tensor:

@@ -16,26 +16,21 @@ Zhao et al., "Geometric-Mean Policy Optimization" (arXiv 2507.20673).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor
 
 from ticgrpo.core.aggregation import masked_sum, sequence_mean
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
-from ticgrpo.core.objectives._common import PenaltyConfig, kl_per_token, masked_fraction
+from ticgrpo.core.objectives._common import NonNegative, PenaltyConfig, kl_per_token, masked_fraction
 from ticgrpo.core.objectives.gspo import sequence_level_loss, sequence_stats
 from ticgrpo.core.objectives.registry import register_objective
+from ticgrpo.core.options import OPTIONS_CONFIG
 
 
-@dataclass
+@pydantic_dataclass(config=OPTIONS_CONFIG)
 class GMPOConfig(PenaltyConfig):
-    epsilon: float | None = 0.4  # log-space clip; None: no clipping
-
-    def validate(self) -> None:
-        super().validate()
-        if self.epsilon is not None and self.epsilon < 0:
-            raise ValueError(f"epsilon must be >= 0, got {self.epsilon}")
+    epsilon: NonNegative | None = 0.4  # log-space clip; None: no clipping
 
 
 @register_objective(

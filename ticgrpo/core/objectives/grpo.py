@@ -11,38 +11,31 @@ estimates the policy gradient at π_old, not at π_θ.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor
 
-from ticgrpo.core.aggregation import aggregate, check_aggregation
+from ticgrpo.core.aggregation import Aggregation, aggregate
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives._common import (
+    EpsilonLow,
+    NonNegative,
     PenaltyConfig,
+    RatioCap,
     clipped_surrogate,
     kl_per_token,
     masked_fraction,
     masked_stats,
 )
 from ticgrpo.core.objectives.registry import register_objective
+from ticgrpo.core.options import OPTIONS_CONFIG
 
 
-@dataclass
+@pydantic_dataclass(config=OPTIONS_CONFIG)
 class GRPOConfig(PenaltyConfig):
-    epsilon_low: float | None = 0.2
-    epsilon_high: float | None = 0.2
-    ratio_cap: float | None = None  # dual clip for A < 0 (off in GRPO)
-    aggregation: str = "seq-mean-token-mean"
-
-    def validate(self) -> None:
-        super().validate()
-        check_aggregation(self.aggregation)
-        for name in ("epsilon_low", "epsilon_high"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value < (1 if name == "epsilon_low" else float("inf")):
-                raise ValueError(f"{name} must be in [0, 1) for epsilon_low or >= 0, got {value}")
-        if self.ratio_cap is not None and self.ratio_cap <= 1:
-            raise ValueError(f"ratio_cap must be > 1, got {self.ratio_cap}")
+    epsilon_low: EpsilonLow | None = 0.2
+    epsilon_high: NonNegative | None = 0.2
+    ratio_cap: RatioCap | None = None  # dual clip for A < 0 (off in GRPO)
+    aggregation: Aggregation = "seq-mean-token-mean"
 
 
 @register_objective("grpo", options=GRPOConfig, default_advantage="group_norm", uses_old_logprobs=True)

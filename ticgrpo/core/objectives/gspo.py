@@ -14,28 +14,27 @@ Zheng et al., "Group Sequence Policy Optimization" (arXiv 2507.18071).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor
 
 from ticgrpo.core.aggregation import masked_sum, sequence_mean
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
-from ticgrpo.core.objectives._common import PenaltyConfig, clipped_surrogate, kl_per_token
+from ticgrpo.core.objectives._common import (
+    EpsilonLow,
+    NonNegative,
+    PenaltyConfig,
+    clipped_surrogate,
+    kl_per_token,
+)
 from ticgrpo.core.objectives.registry import register_objective
+from ticgrpo.core.options import OPTIONS_CONFIG
 
 
-@dataclass
+@pydantic_dataclass(config=OPTIONS_CONFIG)
 class GSPOConfig(PenaltyConfig):
-    epsilon_low: float | None = 3e-4
-    epsilon_high: float | None = 4e-4
-
-    def validate(self) -> None:
-        super().validate()
-        if self.epsilon_low is not None and not 0 <= self.epsilon_low < 1:
-            raise ValueError(f"epsilon_low must be in [0, 1), got {self.epsilon_low}")
-        if self.epsilon_high is not None and self.epsilon_high < 0:
-            raise ValueError(f"epsilon_high must be >= 0, got {self.epsilon_high}")
+    epsilon_low: EpsilonLow | None = 3e-4
+    epsilon_high: NonNegative | None = 4e-4
 
 
 @register_objective(

@@ -28,34 +28,32 @@ Language Models" (arXiv 2508.03772).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor
 
-from ticgrpo.core.aggregation import aggregate, check_aggregation, sequence_mean
+from ticgrpo.core.aggregation import Aggregation, aggregate, sequence_mean
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
-from ticgrpo.core.objectives._common import PenaltyConfig, kl_per_token, masked_fraction, masked_stats
+from ticgrpo.core.objectives._common import (
+    NonNegative,
+    PenaltyConfig,
+    kl_per_token,
+    masked_fraction,
+    masked_stats,
+)
 from ticgrpo.core.objectives.gspo import sequence_fractions
 from ticgrpo.core.objectives.registry import register_objective
+from ticgrpo.core.options import OPTIONS_CONFIG
 
 
-@dataclass
+@pydantic_dataclass(config=OPTIONS_CONFIG)
 class GTPOConfig(PenaltyConfig):
     entropy_threshold: float | None = 0.7  # τ; None: no filter
-    entropy_penalty: float = 0.1  # γ
-    conflict_weight_positive: float = 2.0  # λ⁺
-    conflict_weight_negative: float = 0.0  # λ⁻
+    entropy_penalty: NonNegative = 0.1  # γ
+    conflict_weight_positive: NonNegative = 2.0  # λ⁺
+    conflict_weight_negative: NonNegative = 0.0  # λ⁻
     normalize_by_conflicts: bool = True  # divide L_i by max(1, c_i)
-    aggregation: str = "seq-mean-token-mean"
-
-    def validate(self) -> None:
-        super().validate()
-        check_aggregation(self.aggregation)
-        if self.entropy_penalty < 0:
-            raise ValueError(f"entropy_penalty must be >= 0, got {self.entropy_penalty}")
-        if self.conflict_weight_positive < 0 or self.conflict_weight_negative < 0:
-            raise ValueError("conflict weights must be >= 0")
+    aggregation: Aggregation = "seq-mean-token-mean"
 
 
 def _reverse_rows(x: Tensor, lengths: Tensor) -> Tensor:

@@ -12,28 +12,26 @@ Schedules (`mode`), carried out by the trainer:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import typing
+from typing import Literal
 
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor
 
-from ticgrpo.core.aggregation import aggregate, check_aggregation
+from ticgrpo.core.aggregation import Aggregation, aggregate
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives._common import PenaltyConfig, kl_per_token, masked_stats
 from ticgrpo.core.objectives.registry import register_objective
+from ticgrpo.core.options import OPTIONS_CONFIG
 
-NO_IS_MODES = ("frozen", "stale")
+NoISMode = Literal["frozen", "stale"]
+NO_IS_MODES: tuple[str, ...] = typing.get_args(NoISMode)
 
 
-@dataclass
+@pydantic_dataclass(config=OPTIONS_CONFIG)
 class NoISConfig(PenaltyConfig):
-    mode: str = "frozen"
-    aggregation: str = "seq-mean-token-mean"
-
-    def validate(self) -> None:
-        super().validate()
-        check_aggregation(self.aggregation)
-        if self.mode not in NO_IS_MODES:
-            raise ValueError(f"unknown no_is mode {self.mode!r}; choose one of: {', '.join(NO_IS_MODES)}")
+    mode: NoISMode = "frozen"
+    aggregation: Aggregation = "seq-mean-token-mean"
 
 
 @register_objective(

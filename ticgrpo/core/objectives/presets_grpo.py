@@ -16,23 +16,26 @@ the defaults) and the default advantage differ.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from ticgrpo.core.aggregation import Aggregation
+from ticgrpo.core.objectives._common import EpsilonLow, NonNegative
 from ticgrpo.core.objectives.grpo import GRPOConfig, grpo_loss
 from ticgrpo.core.objectives.registry import register_objective
+from ticgrpo.core.options import OPTIONS_CONFIG
 
 
-@dataclass
+@pydantic_dataclass(config=OPTIONS_CONFIG)
 class DrGRPOConfig(GRPOConfig):
-    aggregation: str = "seq-mean-token-sum-norm"
+    aggregation: Aggregation = "seq-mean-token-sum-norm"
 
 
-@dataclass
+@pydantic_dataclass(config=OPTIONS_CONFIG)
 class DAPOConfig(GRPOConfig):
-    epsilon_low: float | None = 0.2
-    epsilon_high: float | None = 0.28
-    aggregation: str = "token-mean"
-    beta: float = 0.0
+    epsilon_low: EpsilonLow | None = 0.2
+    epsilon_high: NonNegative | None = 0.28
+    aggregation: Aggregation = "token-mean"
+    beta: NonNegative = 0.0
 
 
 register_objective("dr_grpo", options=DrGRPOConfig, default_advantage="mean_only", uses_old_logprobs=True)(grpo_loss)

@@ -24,32 +24,30 @@ Pang, Luo, Jin, "TIC-GRPO: Provable and Efficient Optimization for RLHF"
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor
 
 from ticgrpo.core.aggregation import masked_sum, sequence_mean
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
-from ticgrpo.core.objectives._common import PenaltyConfig, clipped_surrogate, kl_per_token
+from ticgrpo.core.objectives._common import (
+    EpsilonLow,
+    NonNegative,
+    PenaltyConfig,
+    RatioCap,
+    clipped_surrogate,
+    kl_per_token,
+)
 from ticgrpo.core.objectives.registry import register_objective
+from ticgrpo.core.options import OPTIONS_CONFIG
 
 
-@dataclass
+@pydantic_dataclass(config=OPTIONS_CONFIG)
 class TICGRPOConfig(PenaltyConfig):
-    epsilon_high: float | None = 0.2  # None: no upper clip (the lab's unbiased estimator)
-    epsilon_low: float | None = None  # [choice] optional lower clip, off by default
-    ratio_cap: float | None = None  # [choice] dual clip for A < 0
+    epsilon_high: NonNegative | None = 0.2  # None: no upper clip (the lab's unbiased estimator)
+    epsilon_low: EpsilonLow | None = None  # [choice] optional lower clip, off by default
+    ratio_cap: RatioCap | None = None  # [choice] dual clip for A < 0
     length_normalize: bool = False  # [choice] divide surrogate_i by |o_i|
-
-    def validate(self) -> None:
-        super().validate()
-        if self.epsilon_high is not None and self.epsilon_high < 0:
-            raise ValueError(f"epsilon_high must be >= 0, got {self.epsilon_high}")
-        if self.epsilon_low is not None and not 0 <= self.epsilon_low < 1:
-            raise ValueError(f"epsilon_low must be in [0, 1), got {self.epsilon_low}")
-        if self.ratio_cap is not None and self.ratio_cap <= 1:
-            raise ValueError(f"ratio_cap must be > 1, got {self.ratio_cap}")
 
 
 @register_objective(
