@@ -218,9 +218,9 @@ def test_vectorised_group_gradients_match_a_loop_over_groups() -> None:
     theta = thetas_away(problem, theta_old)[1]
     gen = torch.Generator().manual_seed(9)
     idx = sample_groups(problem, theta_old, 6, 5, gen)
-    names = ["grpo", "tic_grpo", "no_is", "dapo"]  # dapo: token-mean (per-group N_tok)
+    names = ["grpo", "tic_grpo", "no_is", "dapo_loss"]  # dapo_loss: token-mean (per-group N_tok)
     for name in names:
-        variant = VARIANTS.get(name) or Variant(name, name)
+        variant = get_variant(name)
         adv = group_advantages(problem, idx, variant.advantage_name)
         fast = group_gradients(problem, variant, theta, theta_old, idx, adv, chunk=4)
         eval_at = theta_old if variant.is_frozen() else theta
@@ -237,7 +237,9 @@ def test_vectorised_group_gradients_match_a_loop_over_groups() -> None:
             assert float((fast[g] + slow).norm()) <= TOL * max(1.0, float(slow.norm()))
 
 
-@pytest.mark.parametrize(("policy", "name"), [("tabular", "tic_grpo"), ("neural", "tic_grpo_lc"), ("tabular", "grpo")])
+@pytest.mark.parametrize(
+    ("policy", "name"), [("tabular", "tic_grpo"), ("neural", "tic_ratio_lenadv"), ("tabular", "grpo")]
+)
 def test_monte_carlo_agrees_with_exact_within_four_standard_errors(policy: str, name: str) -> None:
     problem = make_problem(policy)
     theta_old = problem.policy.init(4)
@@ -298,7 +300,7 @@ def test_cli_rejects_unknown_objective(tmp_path, capsys) -> None:
         ("no_is", "one_over_len"),
         ("gspo", "one_over_len"),
         ("gmpo", "one_over_len"),
-        ("dapo", "over_mean_len"),
+        ("dapo_loss", "over_mean_len"),
         ("cispo", "over_mean_len"),
         ("dppo_tv", "over_mean_len"),
         ("dr_grpo", "over_max_len"),
@@ -307,8 +309,6 @@ def test_cli_rejects_unknown_objective(tmp_path, capsys) -> None:
 )
 def test_every_objective_on_policy_estimates_its_documented_gradient(name: str, target: str) -> None:
     """At θ = θ_old, fixed baseline: E[ĝ] is ∇J up to each aggregation's length weighting (spec §3)."""
-    if name not in OBJECTIVES:
-        pytest.skip(f"{name} is not registered in this build")
     problem = make_problem("neural")
     theta_old = problem.policy.init(0)
     b = float(exact_objective(problem, theta_old))
@@ -328,5 +328,82 @@ def test_every_objective_on_policy_estimates_its_documented_gradient(name: str, 
 
 
 def test_group_coupled_objectives_are_rejected() -> None:
-    with pytest.raises(ValueError, match="gtpo"):
+    with pytest.raises(ValueError, match=r"gtpo.*couples the completions of a group"):
         get_variant("gtpo")
+
+
+def test_the_lab_reads_capabilities_not_names() -> None:
+    """Every registered objective runs in the lab iff its spec allows; trainer mechanisms never do."""
+    from ticgrpo.config.algorithms import ALGORITHMS
+
+    blocked = [s.name for s in OBJECTIVES.specs() if s.couples_group or s.needs_token_ids or s.needs_entropies]
+    assert blocked  # gtpo today
+    for name in blocked:
+        with pytest.raises(ValueError, match="the lab cannot run"):
+            get_variant(name)
+    with pytest.raises(ValueError, match="dynamic_sampling, overlong_reward"):
+        get_variant("dapo")  # the full method: its loss alone is dapo_loss
+    assert get_variant("dapo_loss").objective == "dapo"
+    for name, entry in ALGORITHMS.items():
+        if name in VARIANTS:
+            assert not entry.trainer_mechanisms()
+    # the frozen schedule is the spec's, given the options
+    assert get_variant("no_is").is_frozen() and not get_variant("no_is_stale").is_frozen()
+    assert not any(get_variant(n).is_frozen() for n in ("grpo", "tic_grpo", "cispo"))
+
+
+def test_all_is_every_supported_objective_with_its_defaults() -> None:
+    from ticgrpo.core.objectives import make_objective_config
+    from ticgrpo.lab.variants import all_objectives, expand_objectives
+
+    names = all_objectives()
+    variants = [get_variant(n) for n in names]
+    supported = {s.name for s in OBJECTIVES.specs() if not (s.couples_group or s.needs_token_ids or s.needs_entropies)}
+    assert [v.objective for v in variants][:3] == ["grpo", "no_is", "tic_grpo"]
+    assert {v.objective for v in variants} == supported
+    for v in variants:
+        assert v.config() == make_objective_config(v.objective)
+        assert v.advantage_name == OBJECTIVES.spec(v.objective).default_advantage
+    assert expand_objectives(("grpo", "all", "tic_ratio_only")) == (*names, "tic_ratio_only")
+
+
+@pytest.mark.parametrize("command", ["bias", "converge"])
+def test_cli_defaults_are_the_dataclass_defaults(command: str) -> None:
+    import argparse
+    import dataclasses
+
+    from ticgrpo.lab.bias import BiasConfig
+    from ticgrpo.lab.cli import add_parser, config_from_args
+    from ticgrpo.lab.converge import ConvergeConfig
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["lab", command])
+    config_cls = {"bias": BiasConfig, "converge": ConvergeConfig}[command]
+    for spec in dataclasses.fields(config_cls):
+        assert getattr(args, spec.name) == spec.default, spec.name
+    assert config_from_args(config_cls, args) == config_cls()
+    # and every field is a flag: a value given on the command line reaches the config
+    flags = {f.name: f for f in dataclasses.fields(config_cls)}
+    given = parser.parse_args(["lab", command, "--vocab", "3", "--lr", "0.5"])
+    assert (config_from_args(config_cls, given).vocab, config_from_args(config_cls, given).lr) == (3, 0.5)
+    assert set(flags) <= set(vars(given))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bias", "--vocab", "1"], "--vocab must be >= 2, got 1"),
+        (["bias", "--steps", "0,-1"], "--steps must be >= 0, got -1"),
+        (["bias", "--lr", "0"], "--lr must be > 0, got 0.0"),
+        (["converge", "--iterations", "0"], "--iterations must be >= 1, got 0"),
+        (["converge", "--reward", "nope"], "--reward must be one of: "),
+        (["converge", "--optimizer", "lbfgs"], "--optimizer must be one of: adam, sgd; got 'lbfgs'"),
+        (["converge", "--algorithms", "dapo"], "the lab cannot run 'dapo'"),
+    ],
+)
+def test_cli_bad_values_are_one_line(tmp_path, capsys, argv: list[str], message: str) -> None:
+    rc = main(["lab", *argv, "--out", str(tmp_path / "out")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

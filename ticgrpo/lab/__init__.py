@@ -5,21 +5,19 @@ J(θ) = Σ_o π_θ(o) r(o) and ∇J(θ) are exact, and the expectation of each o
 estimator — the package's `compute_loss` called unchanged — is exact (fixed baseline) or Monte
 Carlo with standard errors (group-normalised advantages). `ticgrpo lab bias` measures what each
 estimator estimates as θ leaves θ_old; `ticgrpo lab converge` trains with sampled groups and
-tracks exact J. See docs/lab.md.
+tracks exact J. The algorithms are the names of `ticgrpo.config.algorithms.ALGORITHMS` (and
+objectives with their defaults) that the lab can run (`ticgrpo.lab.variants`). See docs/lab.md.
 """
 
 from ticgrpo.lab.enumerate import EOS, TrajectorySpace, enumerate_trajectories, num_trajectories
 from ticgrpo.lab.estimators import (
     FIXED,
-    VARIANTS,
     MonteCarloEstimate,
     Problem,
-    Variant,
     compare,
     exact_gradient,
     exact_objective,
     expected_gradient_exact,
-    get_variant,
     group_advantages,
     group_gradients,
     kl_divergence,
@@ -28,6 +26,7 @@ from ticgrpo.lab.estimators import (
 )
 from ticgrpo.lab.policies import NeuralPolicy, Policy, TabularPolicy, make_policy
 from ticgrpo.lab.rewards import REWARDS, make_rewards
+from ticgrpo.lab.variants import VARIANTS, Variant, get_variant
 
 __all__ = [
     "EOS",

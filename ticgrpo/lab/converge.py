@@ -4,7 +4,8 @@ One outer iteration: draw `groups` groups of `group_size` trajectories from π_o
 current policy), form advantages with the variant's estimator (`compute_advantages`), then take
 `inner_steps` optimizer steps on the variant's loss (`compute_loss`, whole batch per step,
 N_seq = groups·group_size) — μ = `inner_steps` is GRPO's num_iterations. The no_is `frozen`
-schedule computes ĝ(θ_old) once and applies it μ times. The optimizer (Adam by default) keeps
+schedule (an objective whose spec declares a frozen gradient) computes ĝ(θ_old) once and applies
+it μ times. The optimizer (Adam by default) keeps
 its state across outer iterations, as in a trainer. J(θ) is computed exactly after each outer
 iteration; over seeds we report the mean and the 95% Student-t interval.
 """
@@ -23,20 +24,14 @@ from torch import Tensor
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives import compute_loss
 from ticgrpo.lab.enumerate import enumerate_trajectories
-from ticgrpo.lab.estimators import (
-    Problem,
-    Variant,
-    exact_objective,
-    get_variant,
-    group_advantages,
-    kl_divergence,
-    sample_groups,
-)
+from ticgrpo.lab.estimators import Problem, exact_objective, group_advantages, kl_divergence, sample_groups
+from ticgrpo.lab.options import ProblemConfig, check_options, option
 from ticgrpo.lab.policies import make_policy
 from ticgrpo.lab.report import markdown_table, pyplot, t_interval, write_json
 from ticgrpo.lab.rewards import make_rewards
+from ticgrpo.lab.variants import Variant, get_variant
 
-DEFAULT_ALGORITHMS = ("grpo", "no_is", "tic_grpo_ratio", "tic_grpo_lc", "tic_grpo")
+DEFAULT_ALGORITHMS = ("grpo", "no_is", "tic_ratio_only", "tic_ratio_lenadv", "tic_grpo")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -82,8 +77,8 @@ def inner_loop(
 ) -> list[Tensor]:
     """μ = `steps` optimizer steps on one rollout batch; returns θ after each step (θ_old first).
 
-    `param` is the leaf being optimised and holds θ_old on entry. no_is `frozen`: the
-    gradient at θ_old is computed once and applied at every step.
+    `param` is the leaf being optimised and holds θ_old on entry. A frozen-gradient variant
+    (no_is `frozen`): the gradient at θ_old is computed once and applied at every step.
     """
     config = variant.config()
     theta_old = param.detach().clone()
@@ -106,20 +101,13 @@ def inner_loop(
 
 
 @dataclass
-class ConvergeConfig:
-    policy: str = "tabular"
-    vocab: int = 4
-    max_len: int = 5
-    reward: str = "target"
-    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    iterations: int = 60
-    inner_steps: int = 4
-    lr: float = 0.05
-    groups: int = 4
-    group_size: int = 8
-    optimizer: str = "adam"
-    init_scale: float = 1.0
+class ConvergeConfig(ProblemConfig):
+    algorithms: tuple[str, ...] = option(DEFAULT_ALGORITHMS, "algorithms (ALGORITHMS names or registered objectives)")
+    seeds: tuple[int, ...] = option(tuple(range(10)), "seeds; a seed gives every algorithm the same θ_init and sampler")
+    iterations: int = option(60, "outer iterations N", minimum=1)
+    inner_steps: int = option(4, "μ optimizer steps per rollout batch", minimum=1)
+    groups: int = option(4, "groups per outer iteration", minimum=1)
+    optimizer: str = option("adam", "optimizer of the inner steps", choices=lambda: OPTIMIZERS)
 
 
 def train(
@@ -139,7 +127,7 @@ def train(
     for _ in range(cfg.iterations):
         theta_old = param.detach().clone()
         idx = sample_groups(problem, theta_old, cfg.groups, cfg.group_size, gen)
-        adv = group_advantages(problem, idx, variant.advantage_name)
+        adv = group_advantages(problem, idx, variant.advantage_name, options=variant.advantage_options)
         inner_loop(problem, variant, param, optimizer, idx, adv, cfg.inner_steps)
         with torch.no_grad():
             curve.append(float(exact_objective(problem, param)))
@@ -153,6 +141,7 @@ def run_converge(cfg: ConvergeConfig, progress: bool = True) -> dict[str, Any]:
     """Every algorithm × seed; the same seed gives the same θ_init and sampler seed to each algorithm."""
     from tqdm import tqdm
 
+    check_options(cfg)
     variants = [get_variant(a) for a in cfg.algorithms]
     space = enumerate_trajectories(cfg.vocab, cfg.max_len)
     policy = make_policy(cfg.policy, space, cfg.init_scale)
@@ -169,6 +158,7 @@ def run_converge(cfg: ConvergeConfig, progress: bool = True) -> dict[str, Any]:
                 "objective": variant.objective,
                 "overrides": dict(variant.overrides),
                 "advantage": variant.advantage_name,
+                "advantage_options": dict(variant.advantage_options),
                 "seeds": per_seed,
             }
     summary = summarise(runs, cfg)

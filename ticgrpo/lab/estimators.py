@@ -28,13 +28,13 @@ with the package's objective called unchanged. Its expectation E_{groups ~ π_ol
   group at once (the loss is a sum of per-group losses with N_seq = G), c is scattered onto the
   [M, P, V] table coordinates and pulled back to θ with one batched VJP.
 
-The no_is `frozen` schedule (config.mode == "frozen") evaluates its estimator at θ_old whatever
-θ is: that is what the trainer applies at every inner step.
+An objective whose spec declares a frozen gradient for its options (no_is `frozen`) has its
+estimator evaluated at θ_old whatever θ is: that is what the trainer applies at every inner step.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,9 +42,10 @@ from torch import Tensor
 
 from ticgrpo.core.advantages import compute_advantages
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
-from ticgrpo.core.objectives import OBJECTIVES, compute_loss, make_objective_config
+from ticgrpo.core.objectives import compute_loss
 from ticgrpo.lab.enumerate import TrajectorySpace
 from ticgrpo.lab.policies import Policy
+from ticgrpo.lab.variants import Variant
 
 FIXED = "fixed"  # the lab's fixed-baseline advantage A(o) = r(o) − b
 
@@ -91,90 +92,6 @@ def kl_divergence(problem: Problem, theta_p: Tensor, theta_q: Tensor) -> float:
     with torch.no_grad():
         lp, lq = problem.sequence_logprobs(theta_p), problem.sequence_logprobs(theta_q)
         return float((lp.exp() * (lp - lq)).sum())
-
-
-@dataclass(frozen=True)
-class Variant:
-    """An objective as the lab runs it: registry name, config overrides, advantage estimator."""
-
-    name: str
-    objective: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-    advantage: str | None = None  # None: the objective's registered default
-    description: str = ""
-
-    def config(self) -> Any:
-        return make_objective_config(self.objective, self.overrides)
-
-    @property
-    def advantage_name(self) -> str:
-        if self.advantage is not None:
-            return self.advantage
-        return OBJECTIVES.spec(self.objective).default_advantage
-
-    def is_frozen(self) -> bool:
-        """The estimator is evaluated at θ_old (no_is `frozen` schedule)."""
-        return getattr(self.config(), "mode", None) == "frozen"
-
-
-_NO_CLIP = {"epsilon_low": None, "epsilon_high": None}
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant("grpo", "grpo", {}, None, "GRPO: token ratio, clip 0.2, seq-mean-token-mean"),
-        Variant("grpo_noclip", "grpo", dict(_NO_CLIP), None, "grpo without clipping (keeps 1/|o|)"),
-        Variant(
-            "grpo_tokensum",
-            "grpo",
-            {**_NO_CLIP, "aggregation": "seq-mean-token-sum"},
-            None,
-            "grpo without clipping and without 1/|o| (seq-mean-token-sum)",
-        ),
-        Variant("no_is", "no_is", {}, None, "no importance sampling, frozen ĝ(θ_old)"),
-        Variant(
-            "no_is_tokensum",
-            "no_is",
-            {"aggregation": "seq-mean-token-sum"},
-            None,
-            "no_is frozen without 1/|o| (seq-mean-token-sum)",
-        ),
-        Variant("no_is_stale", "no_is", {"mode": "stale"}, None, "no importance sampling, re-evaluated at θ"),
-        Variant(
-            "tic_grpo_ratio",
-            "tic_grpo",
-            {"epsilon_high": None},
-            "group_norm",
-            "trajectory ratio alone (group_norm advantage, no clip)",
-        ),
-        Variant(
-            "tic_grpo_lc",
-            "tic_grpo",
-            {"epsilon_high": None},
-            "length_corrected",
-            "trajectory ratio + length-corrected advantage (no clip)",
-        ),
-        Variant("tic_grpo", "tic_grpo", {}, None, "full TIC-GRPO: + upper-only clip 0.2"),
-    )
-}
-
-
-# Objectives whose loss couples the sequences of a group (not a sum of per-sequence terms):
-# neither the exact weighting nor the one-backward-for-all-groups Monte Carlo applies.
-UNSUPPORTED = {
-    "gtpo": "gtpo couples the completions of a group (conflict tokens) and needs entropies",
-}
-
-
-def get_variant(name: str) -> Variant:
-    """A named lab variant, or any registered objective with its defaults."""
-    if name in VARIANTS:
-        return VARIANTS[name]
-    if name in UNSUPPORTED:
-        raise ValueError(f"the lab cannot run objective {name!r}: {UNSUPPORTED[name]}")
-    if name in OBJECTIVES:
-        return Variant(name, name, {}, None, f"{name} with its defaults")
-    choices = sorted(set(VARIANTS) | set(OBJECTIVES.names()))
-    raise ValueError(f"unknown lab objective {name!r}; choose one of: {', '.join(choices)}")
 
 
 def _aggregation(config: Any) -> str | None:
@@ -224,14 +141,21 @@ def sample_groups(
     return idx.view(num_groups, group_size)
 
 
-def group_advantages(problem: Problem, idx: Tensor, advantage: str, baseline: float | None = None) -> Tensor:
-    """Advantages [M, G] of the sampled groups: the package's estimator `advantage`, or `fixed` r − b."""
+def group_advantages(
+    problem: Problem,
+    idx: Tensor,
+    advantage: str,
+    baseline: float | None = None,
+    options: dict[str, Any] | None = None,
+) -> Tensor:
+    """Advantages [M, G] of the sampled groups: the package's estimator `advantage` (with its
+    `options`), or `fixed` r − b."""
     rewards = problem.rewards[idx]
     if advantage == FIXED:
         if baseline is None:
             raise ValueError("the fixed-baseline advantage needs a baseline b")
         return rewards - baseline
-    return compute_advantages(advantage, rewards, problem.lengths[idx]).advantages
+    return compute_advantages(advantage, rewards, problem.lengths[idx], **(options or {})).advantages
 
 
 def group_gradients(
@@ -306,6 +230,7 @@ def monte_carlo_gradient(
     generator: torch.Generator,
     baseline: float | None = None,
     directions: Tensor | None = None,
+    advantage_options: dict[str, Any] | None = None,
 ) -> MonteCarloEstimate:
     """E[ĝ(θ)] estimated from `num_groups` groups of `group_size` samples of π_old.
 
@@ -314,7 +239,7 @@ def monte_carlo_gradient(
     rare large values a finite sample may miss); projections mix many coordinates.
     """
     idx = sample_groups(problem, theta_old, num_groups, group_size, generator)
-    adv = group_advantages(problem, idx, advantage, baseline)
+    adv = group_advantages(problem, idx, advantage, baseline, advantage_options)
     grads = group_gradients(problem, variant, theta, theta_old, idx, adv)
     var = grads.var(dim=0, unbiased=True)
     proj = None if directions is None else grads @ directions.T  # [M, R]
