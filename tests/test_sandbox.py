@@ -473,7 +473,7 @@ def test_training_goes_on_with_hostile_completions(tmp_path, monkeypatch):
         "logging": {"progress_bar": False, "plot": False}, "checkpoint": {"save_final": False},
     })
     trainer = Trainer(cfg, model=make_tiny_model(seed=0, tokenizer=tok), tokenizer=tok, train_rows=rows,
-                      eval_rows=[], reward_fns=[(REWARDS.get("code_tests"), 1.0)])
+                      eval_rows=[], reward_fns=[(REWARDS.spec("code_tests").fn, 1.0)])
     result = trainer.train()
     assert result.steps == 2
     for metrics in result.history:
