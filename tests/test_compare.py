@@ -15,7 +15,8 @@ from ticgrpo.cli import main
 from ticgrpo.compare import execute
 from ticgrpo.compare.plan import DONE_MARKER, MARKER, apply_algorithm, plan_comparison, resolve_algorithm
 from ticgrpo.compare.stats import paired_t_test, permutation_test, t_interval, t_ppf, t_sf, welch_t_test
-from ticgrpo.config import ConfigError, config_to_yaml
+from ticgrpo.config import ConfigError, config_to_yaml, load_config
+from ticgrpo.core.objectives import make_objective_config
 
 PNGS = ("reward.png", "accuracy.png", "clip_frac.png", "completion_length.png")
 
@@ -160,7 +161,7 @@ def test_parallel_subprocesses(tmp_path):
         (["--algorithms", "grpo", "--set", "optim.lrr=1"], "optim.lrr"),
         (["--algorithms", "grpo", "--seeds", "0,x"], "not an integer"),
         # valid for tic_grpo, invalid for the second algorithm: caught before the first run starts
-        (["--algorithms", "tic_grpo,no_is", "--set", "algorithm.objective_options.epsilon_high=0.3"], "no_is"),
+        (["--algorithms", "tic_grpo,no_is", "--set", "algorithm.objective.epsilon_high=0.3"], "no_is"),
         (["--algorithms", "mine"], "epsilon_hihg"),
         (["--algorithms", "grpo", "--set", "algorithm.objective=grpo"], "every run the same"),
         (["--algorithms", "grpo", "--set", "algorithm.preset=dapo"], "every run the same"),
@@ -173,7 +174,7 @@ def test_config_errors_exit_2_before_any_run(tmp_path, monkeypatch, capsys, extr
     monkeypatch.setattr(ticgrpo.train, "train", no_training)
     monkeypatch.setattr(execute, "run_subprocess", no_training)
     config = base_config()
-    config["compare"] = {"algorithms": {"mine": {"objective": "tic_grpo", "objective_options": {"epsilon_hihg": 1}}}}
+    config["compare"] = {"algorithms": {"mine": {"objective": {"name": "tic_grpo", "epsilon_hihg": 1}}}}
     path = tmp_path / "base.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "cmp"
@@ -185,38 +186,60 @@ def test_config_errors_exit_2_before_any_run(tmp_path, monkeypatch, capsys, extr
 
 def test_algorithm_resolution():
     only = resolve_algorithm("tic_ratio_only")
-    assert (only["objective"], only["advantage"], only["objective_options"]) == \
-        ("tic_grpo", "group_norm", {"epsilon_high": None})
+    assert (only["objective"], only["advantage"]) == ({"name": "tic_grpo", "epsilon_high": None}, "group_norm")
     assert resolve_algorithm("tic_ratio_lenadv")["advantage"] == "length_corrected"
-    assert resolve_algorithm("tic_ratio_clip")["objective_options"]["epsilon_high"] == 0.2
+    assert resolve_algorithm("tic_ratio_clip")["objective"]["epsilon_high"] == 0.2
     full = resolve_algorithm("tic_grpo")
-    assert (full["advantage"], full["objective_options"]["epsilon_high"]) == ("length_corrected", 0.2)
-    assert resolve_algorithm("dapo")["dynamic_sampling"] is True  # preset → trainer mechanisms
+    assert (full["advantage"], full["objective"]["epsilon_high"]) == ("length_corrected", 0.2)
+    assert resolve_algorithm("dapo")["dynamic_sampling"] is True  # the table's trainer mechanisms
     bnpo = resolve_algorithm("bnpo")
-    assert (bnpo["objective"], bnpo["advantage"], bnpo["objective_options"]["epsilon_high"]) == \
+    assert (bnpo["objective"]["name"], bnpo["advantage"], bnpo["objective"]["epsilon_high"]) == \
         ("grpo", "beta_norm", 0.28)
-    custom = {"tic_grpo": {"objective": "tic_grpo", "objective_options": {"epsilon_high": 0.5}}}
-    assert resolve_algorithm("tic_grpo", custom)["objective_options"] == {"epsilon_high": 0.5}  # config wins
+    assert resolve_algorithm("gtpo")["source"] == "table" and resolve_algorithm("grpo")["description"]
+    custom = {"tic_grpo": {"objective": {"name": "tic_grpo", "epsilon_high": 0.5}}}
+    assert resolve_algorithm("tic_grpo", custom)["objective"] == {"name": "tic_grpo", "epsilon_high": 0.5}
     with pytest.raises(ValueError, match="did you mean 'tic_ratio_clip'"):
         resolve_algorithm("tic_ratio_clp")
+    with pytest.raises(ConfigError, match=r"objective_options is gone: nest the options under the objective"):
+        resolve_algorithm("old", {"old": {"objective": "grpo", "objective_options": {"epsilon_high": 0.3}}})
 
-    base = base_config(algorithm={"objective": "tic_grpo", "objective_options": {"epsilon_high": 0.1},
-                                  "num_iterations": 3})
+    base = base_config(algorithm={"objective": {"name": "tic_grpo", "epsilon_high": 0.1},
+                                  "advantage": {"name": "group_norm", "delta": 0.5}, "num_iterations": 3})
     raw = apply_algorithm(base, resolve_algorithm("no_is"))
     algo = raw["algorithm"]
-    assert (algo["objective"], algo["objective_options"], algo["num_iterations"]) == ("no_is", {}, 3)
+    # the whole method nodes are replaced: tic_grpo's epsilon_high and the advantage options do not leak
+    assert (algo["objective"], algo["advantage"], algo["num_iterations"]) == ("no_is", None, 3)
+    config = load_config(raw)
+    assert config.algorithm.objective.options == make_objective_config("no_is")
+    assert (config.algorithm.advantage.name, config.algorithm.advantage.options) == ("group_norm", {})
     raw = apply_algorithm(base, {"objective": "grpo", "set": {"optim.lr": 0.5}})
     assert raw["optim"]["lr"] == 0.5 and base["optim"]["lr"] == 1e-2
 
 
 def test_plan_validates_and_classifies(tmp_path):
     plan = plan_comparison(base_config(), "tic_ratio_only,grpo", "3,4", tmp_path / "cmp",
-                           ["algorithm.objective_options.beta=0.0"])
+                           ["algorithm.objective.beta=0.0"])
     assert [(r.algorithm, r.seed, r.status) for r in plan.runs] == [
         ("tic_ratio_only", 3, "new"), ("grpo", 3, "new"), ("tic_ratio_only", 4, "new"), ("grpo", 4, "new")]
     first = plan.runs[0].config
-    assert first.seed == 3 and first.algorithm.objective_options == {"epsilon_high": None, "beta": 0.0}
+    assert first.seed == 3 and first.algorithm.objective.name == "tic_grpo"
+    assert first.algorithm.objective.options == make_objective_config("tic_grpo", {"epsilon_high": None, "beta": 0.0})
     assert first.output_dir == str(tmp_path / "cmp/runs/tic_ratio_only/seed-3")
+
+
+def test_a_run_saved_with_the_old_options_form_still_matches(tmp_path):
+    """Run folders written before the options nested under their method (objective_options) resume."""
+    plan = plan_comparison(base_config(), "tic_ratio_only", "0", tmp_path / "cmp")
+    run = plan.runs[0]
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / MARKER).write_text(json.dumps({"algorithm": "tic_ratio_only", "seed": 0}))
+    (run.run_dir / DONE_MARKER).write_text("{}")
+    saved = yaml.safe_load(config_to_yaml(run.config))
+    objective = saved["algorithm"]["objective"]
+    saved["algorithm"]["objective"] = objective.pop("name")
+    saved["algorithm"]["objective_options"] = objective
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert plan_comparison(base_config(), "tic_ratio_only", "0", tmp_path / "cmp").runs[0].status == "done"
 
 
 def test_run_saved_before_a_config_key_existed_still_matches(tmp_path):

@@ -2,7 +2,7 @@
 (`ticgrpo report`). See docs/compare.md."""
 
 from ticgrpo.compare.execute import run_plan
-from ticgrpo.compare.plan import BUILTIN_ALGORITHMS, plan_comparison, resolve_algorithm
+from ticgrpo.compare.plan import plan_comparison, resolve_algorithm
 from ticgrpo.compare.report import build_report, load_runs
 
-__all__ = ["BUILTIN_ALGORITHMS", "build_report", "load_runs", "plan_comparison", "resolve_algorithm", "run_plan"]
+__all__ = ["build_report", "load_runs", "plan_comparison", "resolve_algorithm", "run_plan"]

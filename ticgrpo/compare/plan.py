@@ -5,16 +5,17 @@
 
 An *algorithm* name resolves, first match wins, to:
 1. `compare.algorithms.<name>` in the base config,
-2. a built-in named ablation (`BUILTIN_ALGORITHMS`: the TIC-GRPO component ablation),
-3. a preset of `ticgrpo.presets` (objective + advantage + options + trainer mechanisms),
-4. an objective name of `ticgrpo.core.objectives` (its default advantage and options).
+2. an entry of `ticgrpo.config.algorithms.ALGORITHMS` (the presets, the TIC-GRPO component
+   ablation, the lab's variants), or a registered objective with its defaults.
 
-A resolved algorithm is a dict of `algorithm.*` config keys. `objective`, `advantage`,
-`objective_options` and `advantage_options` *replace* the base config's values (options left
-out take the objective's defaults); any other `algorithm.*` key given overrides the base; `set`
-holds dotted overrides of other sections (`{optim.lr: 1e-5}`); `add_rewards` appends reward
-specs. Every other setting comes from the base config. `--set` overrides are applied after the
-algorithm, to every run. Each run goes to `<out>/runs/<algorithm>/seed-<s>/` with its seed set.
+A resolved algorithm is a partial `algorithm:` section in the config's key names, the options
+nested under their method (`objective: {name: tic_grpo, epsilon_high: null}`). Its `objective`
+and `advantage` nodes *replace* the base config's whole nodes (options left out take the
+method's defaults; an absent advantage is the objective's default); any other `algorithm.*` key
+given overrides the base; `set` holds dotted overrides of other sections (`{optim.lr: 1e-5}`);
+`add_rewards` appends reward specs; `description` is for the report. Every other setting comes
+from the base config. `--set` overrides are applied after the algorithm, to every run. Each run
+goes to `<out>/runs/<algorithm>/seed-<s>/` with its seed set.
 
 Every combination's config is resolved and validated before anything runs. Resume: a run
 folder holding `compare_done.json` (written after training finished) is skipped; a folder with
@@ -43,42 +44,17 @@ from ticgrpo.config import (
     load_config,
     read_yaml_mapping,
 )
+from ticgrpo.config.algorithms import ALGORITHMS, algorithm_names, get_algorithm, plain_settings
 
 MARKER = "compare.json"  # identity of a run folder: algorithm, seed, resolved algorithm spec
 DONE_MARKER = "compare_done.json"  # written after the run finished
 COMPARISON_FILE = "comparison.json"  # at the top of the output folder: what was asked
 
-# The paper's component ablation (spec: trajectory ratio, upper-only clip, length-corrected
-# advantage). ε_high = 0.2 is ticgrpo's choice (the paper's value is not public).
-BUILTIN_ALGORITHMS: dict[str, dict[str, Any]] = {
-    "tic_ratio_only": {
-        "description": "trajectory ratio only: no clip, group_norm advantage",
-        "objective": "tic_grpo",
-        "advantage": "group_norm",
-        "objective_options": {"epsilon_high": None},
-    },
-    "tic_ratio_lenadv": {
-        "description": "trajectory ratio + length-corrected advantage, no clip",
-        "objective": "tic_grpo",
-        "advantage": "length_corrected",
-        "objective_options": {"epsilon_high": None},
-    },
-    "tic_ratio_clip": {
-        "description": "trajectory ratio + upper-only clip (ε_high 0.2), group_norm advantage",
-        "objective": "tic_grpo",
-        "advantage": "group_norm",
-        "objective_options": {"epsilon_high": 0.2},
-    },
-    "tic_grpo": {
-        "description": "full TIC-GRPO: trajectory ratio + upper-only clip (ε_high 0.2) + length-corrected advantage",
-        "objective": "tic_grpo",
-        "advantage": "length_corrected",
-        "objective_options": {"epsilon_high": 0.2},
-    },
-}
-
-_REPLACED = ("advantage", "objective_options", "advantage_options")
+# the algorithm's method nodes replace the base config's whole nodes (options never leak)
+_REPLACED = ("objective", "advantage")
 _SPEC_EXTRA = ("description", "set", "add_rewards")
+# keys of configs written before the options nested under their method (saved run folders, old specs)
+_LEGACY_OPTIONS = {"objective_options": "objective", "advantage_options": "advantage"}
 _COMPARE_KEYS = ("base", "algorithms", "run", "seeds")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # sections of the resolved config that do not change results (ignored when checking a run folder)
@@ -145,77 +121,45 @@ def parse_seeds(text: str | list | tuple) -> list[int]:
 
 
 def known_algorithms(custom: dict[str, Any] | None = None) -> list[str]:
-    from ticgrpo.core.objectives import OBJECTIVES
-    from ticgrpo.presets import PRESETS
-
-    names = list(custom or {}) + list(BUILTIN_ALGORITHMS) + list(PRESETS) + list(OBJECTIVES.names())
-    return list(dict.fromkeys(names))
+    return list(dict.fromkeys([*(custom or {}), *algorithm_names()]))
 
 
 def resolve_algorithm(name: str, custom: dict[str, Any] | None = None) -> dict[str, Any]:
     """The algorithm definition of `name` (see the module docstring for the lookup order)."""
-    from ticgrpo.core.objectives import OBJECTIVES
-    from ticgrpo.presets import PRESETS
-
     if not _NAME.match(name):
         raise ConfigError(f"algorithm name {name!r} must be letters, digits and _.+- (it names a folder)")
     custom = custom or {}
     if name in custom:
-        spec = custom[name]
-        if not isinstance(spec, dict):
-            raise ConfigError(f"compare.algorithms.{name} must be a mapping, got {type(spec).__name__}")
-        spec = copy.deepcopy(spec)
-        source = "config"
-    elif name in BUILTIN_ALGORITHMS:
-        spec, source = copy.deepcopy(BUILTIN_ALGORITHMS[name]), "builtin"
-    elif name in PRESETS:
-        spec, source = _preset_spec(name), "preset"
-    elif name in OBJECTIVES.names():
-        spec, source = {"objective": name}, "objective"
+        if not isinstance(custom[name], dict):
+            raise ConfigError(f"compare.algorithms.{name} must be a mapping, got {type(custom[name]).__name__}")
+        spec, source = copy.deepcopy(custom[name]), "config"
+    elif name in algorithm_names():
+        algorithm = get_algorithm(name)
+        spec = {"description": algorithm.description, **plain_settings(algorithm.settings)}
+        source = "table" if name in ALGORITHMS else "objective"
     else:
         choices = known_algorithms(custom)
         close = difflib.get_close_matches(name, choices, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"unknown algorithm {name!r}{hint}; choose one of: {', '.join(choices)}")
+    _check_keys(name, spec)
+    spec["source"] = source
+    return spec
+
+
+def _check_keys(name: str, spec: dict[str, Any]) -> None:
     allowed = {f.name for f in dataclasses.fields(AlgorithmConfig)} | set(_SPEC_EXTRA)
     for key in spec:
+        if key in _LEGACY_OPTIONS:
+            method = _LEGACY_OPTIONS[key]
+            raise ConfigError(f"compare.algorithms.{name}.{key} is gone: nest the options under the {method}, "
+                              f"e.g. {method}: {{name: ..., <option>: ...}}")
         if key not in allowed:
             close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"algorithm {name!r}: unknown key {key!r}{hint} (allowed: {', '.join(sorted(allowed))})")
     if "objective" not in spec and "preset" not in spec:
         raise ConfigError(f"algorithm {name!r} must name an objective (compare.algorithms.{name}.objective)")
-    spec["source"] = source
-    return spec
-
-
-def _preset_spec(name: str) -> dict[str, Any]:
-    from ticgrpo.presets import get_preset
-
-    preset = get_preset(name)
-    spec: dict[str, Any] = {
-        "description": f"preset {name!r}",
-        "objective": preset.objective,
-        "advantage": preset.advantage,
-        "objective_options": dict(preset.objective_options),
-        "advantage_options": dict(preset.advantage_options),
-    }
-    trainer = dict(preset.trainer)
-    fields = {f.name for f in dataclasses.fields(AlgorithmConfig)}
-    if trainer["dynamic_sampling"]:
-        spec["dynamic_sampling"] = True
-    if trainer["overlong_filter"]:
-        spec["mask_truncated"] = True
-    if trainer["overlong_reward"]:
-        if "overlong_reward" in fields:
-            spec["overlong_reward"] = True
-        else:
-            spec["add_rewards"] = [{"name": "overlong_soft", "weight": 1.0}]
-    if trainer["espo_delta"] is not None:
-        if "espo_delta" not in fields:
-            raise ConfigError(f"preset {name!r} needs espo_delta, which this trainer does not implement")
-        spec["espo_delta"] = trainer["espo_delta"]
-    return spec
 
 
 def apply_algorithm(raw: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
@@ -226,18 +170,11 @@ def apply_algorithm(raw: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]
         raise ConfigError(f"algorithm must be a mapping, got {type(section).__name__}")
     section = dict(section)
     section.pop("preset", None)  # the base config's preset must not leak into other algorithms
-    if "objective" in spec:
-        section["objective"] = spec["objective"]
-        section["advantage"] = spec.get("advantage")
-        section["objective_options"] = copy.deepcopy(spec.get("objective_options") or {})
-        section["advantage_options"] = copy.deepcopy(spec.get("advantage_options") or {})
-    else:  # {preset: name, ...}: the trainer's preset fills what the spec leaves out
-        for key in ("objective", *_REPLACED):
-            section.pop(key, None)
+    for key in _REPLACED:  # {preset: name, ...} without an objective: the preset fills them
+        section[key] = copy.deepcopy(spec.get(key)) if "objective" in spec else None
     for key, value in spec.items():
-        if key in _SPEC_EXTRA or key == "source" or ("objective" in spec and key in ("objective", *_REPLACED)):
-            continue
-        section[key] = copy.deepcopy(value)
+        if key not in (*_SPEC_EXTRA, *_REPLACED, "source"):
+            section[key] = copy.deepcopy(value)
     if spec.get("add_rewards"):
         rewards = list(section.get("rewards") or [{"name": "math_correctness", "weight": 1.0}])
         present = {r.get("name") for r in rewards if isinstance(r, dict)}
@@ -339,9 +276,24 @@ def _with_defaults(saved: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """A saved config with this version's defaults filled in, so that a key added to ticgrpo
     since that run (at its default) is not a difference. Unreadable configs stay as saved."""
     try:
-        return load_config(saved, [], str(run_dir)).to_dict()
+        return load_config(_nested_options(saved), [], str(run_dir)).to_dict()
     except ConfigError:
         return saved
+
+
+def _nested_options(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before the options nested under their method, in today's form
+    (`objective: x` + `objective_options: {...}` → `objective: {name: x, ...}`)."""
+    section = saved.get("algorithm")
+    if not isinstance(section, dict) or not any(key in section for key in _LEGACY_OPTIONS):
+        return saved
+    section = dict(section)
+    for key, method in _LEGACY_OPTIONS.items():
+        options = section.pop(key, None) or {}
+        node = section.get(method)
+        if options and (node is None or isinstance(node, str)):
+            section[method] = {"name": node, **options} if node is not None else dict(options)
+    return {**saved, "algorithm": section}
 
 
 def _fingerprint(config_dict: dict[str, Any]) -> dict[str, Any]:
