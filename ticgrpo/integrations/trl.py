@@ -62,30 +62,72 @@ build the reference model; KL estimator `kl_estimator` option, default k3 like T
 Rejected (ValueError), because they change the loss in ways a ticgrpo objective does not
 model: `top_entropy_quantile < 1`, `off_policy_mask_threshold`, `importance_sampling_level
 != "token"`, `delta`, entropy bonus (`entropy_coef`, `use_adaptive_entropy`), and vLLM's
-`vllm_importance_sampling_correction` (set it False when `use_vllm=True`). Not available
-through TRL: `gtpo` (needs whole groups per micro-batch; TRL shuffles completions across
-micro-batches) and `no_is` with `mode="frozen"` (needs the trainer to freeze one gradient;
-`mode="stale"` works).
+`vllm_importance_sampling_correction` (set it False when `use_vllm=True`).
+
+Not available through TRL, as the objective's spec says (`unsupported_reason`): objectives
+that couple a group (`couples_group`, e.g. `gtpo`: TRL shuffles a group's completions across
+micro-batches) and options with a frozen gradient (`frozen_gradient`, e.g. `no_is` with
+`mode="frozen"`: one gradient per rollout batch needs ticgrpo's trainer; the spec's
+`variants` name options that work, here `mode="stale"`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from ticgrpo.core.advantages import ADVANTAGES, compute_advantages
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
-from ticgrpo.core.objectives import OBJECTIVES, compute_loss, make_objective_config
+from ticgrpo.core.objectives import (
+    DEFAULT_OBJECTIVE,
+    OBJECTIVES,
+    ObjectiveSpec,
+    compute_loss,
+    make_objective_config,
+)
 
-# Objectives that cannot run as a per-micro-batch TRL loss, with the reason.
-UNSUPPORTED_OBJECTIVES = {
-    "gtpo": "needs every completion of a group in the same micro-batch (TRL shuffles them apart)",
-}
 ADVANTAGE_CHOICES = ("auto", "trl")
+
+
+def unsupported_reason(spec: ObjectiveSpec, options: Any) -> str | None:
+    """Why objective `spec` with `options` cannot run as a per-micro-batch TRL loss; None if it can."""
+    if spec.couples_group:
+        return "it needs every completion of a group in the same micro-batch (TRL shuffles them apart)"
+    if spec.frozen_gradient(options):
+        working = [dict(variant) for variant in spec.variants.values()
+                   if not spec.frozen_gradient(make_objective_config(spec.name, variant))]
+        hint = f"; in TRL use ticgrpo_objective_options={working[0]}" if working else ""
+        return ("these options take one gradient at θ_old and apply it at every inner step, which needs "
+                f"ticgrpo's trainer{hint}")
+    return None
+
+
+def trl_policy_loss(
+    objective: str,
+    options: Any,
+    inputs: dict[str, Any],
+    per_token_logps: torch.Tensor,
+    entropies: torch.Tensor | None,
+    norms: StepNormalizers,
+    beta: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one TRL micro-batch: TRL's `inputs` (completion ids and mask, tool mask,
+    advantages, old and reference log-probs) and the policy's per-token log-probs and entropies,
+    packed into a PolicyBatch for objective `objective`. A pure function: no trainer needed."""
+    batch = PolicyBatch(
+        logprobs=per_token_logps,
+        mask=_loss_mask(inputs),
+        advantages=inputs["advantages"],
+        old_logprobs=inputs.get("old_per_token_logps"),
+        ref_logprobs=inputs.get("ref_per_token_logps") if beta != 0.0 else None,
+        token_ids=inputs["completion_ids"],
+        entropies=entropies,
+    )
+    return compute_loss(objective, batch, options, norms)
 
 
 @dataclass
@@ -93,7 +135,7 @@ class TicGRPOConfig(GRPOConfig):
     """`GRPOConfig` plus the ticgrpo objective and advantage (see the module docstring)."""
 
     ticgrpo_objective: str = field(
-        default="tic_grpo", metadata={"help": "ticgrpo objective name (ticgrpo.core.objectives.OBJECTIVES)."}
+        default=DEFAULT_OBJECTIVE, metadata={"help": "ticgrpo objective name (ticgrpo.core.objectives.OBJECTIVES)."}
     )
     ticgrpo_objective_options: dict | None = field(
         default=None, metadata={"help": "Options of the objective's config (spec defaults otherwise)."}
@@ -125,7 +167,7 @@ class TicGRPOTrainer(GRPOTrainer):
         **kwargs: Any,
     ) -> None:
         grpo_args = kwargs.get("args", args[2] if len(args) > 2 else None)
-        objective = ticgrpo_objective or getattr(grpo_args, "ticgrpo_objective", None) or "tic_grpo"
+        objective = ticgrpo_objective or getattr(grpo_args, "ticgrpo_objective", None) or DEFAULT_OBJECTIVE
         options = dict(
             ticgrpo_objective_options
             if ticgrpo_objective_options is not None
@@ -140,15 +182,11 @@ class TicGRPOTrainer(GRPOTrainer):
         if grpo_args is not None:
             _check_trl_args(grpo_args)
         spec = OBJECTIVES.spec(objective)  # unknown names raise here, listing the choices
-        if objective in UNSUPPORTED_OBJECTIVES:
-            raise ValueError(f"objective {objective!r} is not supported in TRL: {UNSUPPORTED_OBJECTIVES[objective]}")
-        if objective == "no_is" and options.get("mode", "frozen") == "frozen":
-            raise ValueError(
-                "objective 'no_is' with mode='frozen' needs ticgrpo's trainer (one frozen gradient per rollout "
-                "batch); in TRL use ticgrpo_objective_options={'mode': 'stale'}"
-            )
         if "beta" in options:
             raise ValueError("set the KL coefficient with GRPOConfig.beta (TRL builds the reference model from it)")
+        reason = unsupported_reason(spec, make_objective_config(objective, options))
+        if reason is not None:
+            raise ValueError(f"objective {objective!r} is not supported in TRL: {reason}")
         if advantage == "auto":
             advantage = spec.default_advantage
         if advantage != "trl":
@@ -162,6 +200,10 @@ class TicGRPOTrainer(GRPOTrainer):
         self.ticgrpo_last_batch: dict[str, torch.Tensor] = {}
         self._ticgrpo_rewards_per_func: torch.Tensor | None = None
 
+    def _ticgrpo_mode(self) -> str:
+        """TRL's metrics key: "train" while the model trains, "eval" otherwise."""
+        return "train" if self.model is not None and self.model.training else "eval"
+
     # ----------------------------------------------------------------- advantages
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -170,7 +212,7 @@ class TicGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        mode = "train" if self.model.training else "eval"
+        mode = self._ticgrpo_mode()
         loss_mask = _loss_mask(output)
         local_nonempty = (loss_mask.sum(dim=1) > 0).sum().to(torch.float32)
         output["ticgrpo_num_sequences"] = self.accelerator.gather(local_nonempty.reshape(1)).sum()
@@ -213,7 +255,9 @@ class TicGRPOTrainer(GRPOTrainer):
         processes = self.accelerator.num_processes
         scale = 1.0 / processes
         if mode == "train":
-            scale *= self.current_gradient_accumulation_steps / self.args.steps_per_generation
+            # GRPOConfig sets steps_per_generation (default: GA) in __post_init__; typed optional
+            steps = cast(GRPOConfig, self.args).steps_per_generation or self.args.gradient_accumulation_steps
+            scale *= self.current_gradient_accumulation_steps / steps
         mask = _loss_mask(inputs)
         if "ticgrpo_num_sequences" in inputs:
             num_sequences = float(inputs["ticgrpo_num_sequences"]) * scale
@@ -261,18 +305,11 @@ class TicGRPOTrainer(GRPOTrainer):
             compute_aux_loss=self.aux_loss_enabled,
             **extra,
         )
-        mode = "train" if self.model.training else "eval"
-        batch = PolicyBatch(
-            logprobs=per_token_logps,
-            mask=mask,
-            advantages=inputs["advantages"],
-            old_logprobs=inputs.get("old_per_token_logps"),
-            ref_logprobs=inputs.get("ref_per_token_logps") if self.beta != 0.0 else None,
-            token_ids=completion_ids,
-            entropies=entropies,
-        )
+        mode = self._ticgrpo_mode()
         norms = self.step_normalizers(inputs, mode)
-        loss, metrics = compute_loss(self.ticgrpo_objective, batch, self.ticgrpo_config, norms)
+        loss, metrics = trl_policy_loss(
+            self.ticgrpo_objective, self.ticgrpo_config, inputs, per_token_logps, entropies, norms, self.beta
+        )
 
         if self.aux_loss_enabled:
             normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
@@ -313,4 +350,4 @@ def _check_trl_args(args: Any) -> None:
         raise ValueError("TicGRPOTrainer does not support these GRPOConfig settings: " + "; ".join(problems))
 
 
-__all__ = ["UNSUPPORTED_OBJECTIVES", "TicGRPOConfig", "TicGRPOTrainer"]
+__all__ = ["TicGRPOConfig", "TicGRPOTrainer", "trl_policy_loss", "unsupported_reason"]

@@ -7,6 +7,12 @@ per ticgrpo objective under the name ``ticgrpo_<objective>``:
     ticgrpo_tic_grpo, ticgrpo_grpo, ticgrpo_dr_grpo, ticgrpo_dapo, ticgrpo_gspo,
     ticgrpo_gmpo, ticgrpo_cispo, ticgrpo_dppo_tv, ticgrpo_dppo_kl, ticgrpo_no_is_stale
 
+— every objective whose spec verl can serve (`unsupported_reason`), plus one loss
+``ticgrpo_<objective>_<variant>`` per named option set in the spec's `variants` (`no_is`'s
+default mode freezes a gradient, which needs ticgrpo's trainer; its `stale` variant does not).
+Not served: objectives that couple a group or read token ids or entropies (`gtpo`), which
+verl's policy-loss call does not pass.
+
 Select one with ``actor_rollout_ref.actor.policy_loss.loss_mode=ticgrpo_tic_grpo`` and make
 verl import this module in its worker processes, either with
 ``actor_rollout_ref.model.external_lib=ticgrpo.integrations.verl`` (imported when the model
@@ -71,18 +77,28 @@ import torch
 from torch import Tensor
 
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
-from ticgrpo.core.objectives import OBJECTIVES, compute_loss, make_objective_config
+from ticgrpo.core.objectives import OBJECTIVES, ObjectiveSpec, compute_loss, make_objective_config
 
 PREFIX = "ticgrpo_"
 OPTIONS_ENV = "TICGRPO_VERL_OBJECTIVE_OPTIONS"
-# Objectives whose inputs verl's policy-loss call does not provide.
-UNSUPPORTED = {
-    "gtpo": "needs token ids, group ids and entropies, which verl's policy-loss call does not pass",
-    "no_is": "mode 'frozen' needs ticgrpo's trainer; registered as 'ticgrpo_no_is_stale' (mode 'stale')",
-}
 VERL_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 PolicyLossFn = Callable[..., tuple[Tensor, dict[str, float]]]
+
+
+def unsupported_reason(spec: ObjectiveSpec, options: Any) -> str | None:
+    """Why verl cannot run objective `spec` with `options` as a policy loss; None if it can."""
+    missing = [what for needed, what in ((spec.couples_group, "group ids"), (spec.needs_token_ids, "token ids"),
+                                         (spec.needs_entropies, "entropies")) if needed]
+    if missing:
+        return f"it needs {', '.join(missing)}, which verl's policy-loss call does not pass"
+    if spec.frozen_gradient(options):
+        variants = [f"{PREFIX}{spec.name}_{variant}" for variant, values in spec.variants.items()
+                    if not spec.frozen_gradient(make_objective_config(spec.name, values))]
+        hint = f"; registered as {', '.join(variants)}" if variants else ""
+        return ("these options take one gradient at θ_old for a whole rollout batch, which needs ticgrpo's "
+                f"trainer{hint}")
+    return None
 
 
 def _env_options(objective: str) -> dict[str, Any]:
@@ -143,16 +159,22 @@ def make_policy_loss(objective: str, options: Mapping[str, Any] | None = None) -
     `options` = None reads them from ``TICGRPO_VERL_OBJECTIVE_OPTIONS`` (now, at registration).
     Needs no verl: callable with plain tensors (config=None, a dict or verl's ActorConfig).
     """
-    if objective in UNSUPPORTED and not (objective == "no_is" and (options or {}).get("mode") == "stale"):
-        raise ValueError(f"objective {objective!r} is not available in verl: {UNSUPPORTED[objective]}")
+    spec = OBJECTIVES.spec(objective)
     # The registry says whether the loss reads one advantage per sequence ([B]) rather than [B, T].
-    needs_sequence_advantages = OBJECTIVES.spec(objective).sequence_advantages
+    needs_sequence_advantages = spec.sequence_advantages
     resolved = dict(options) if options is not None else _env_options(objective)
     if resolved.get("beta", 0.0) not in (0, 0.0):
         raise ValueError("keep beta = 0: verl adds the KL penalty itself (actor.use_kl_loss, kl_loss_coef)")
+    follows_verl = resolved.get("aggregation") == "verl"
+    # validates the options now (the aggregation verl will pass is checked at each call)
+    checked = make_objective_config(objective, {k: v for k, v in resolved.items() if not (
+        follows_verl and k == "aggregation")})
+    reason = unsupported_reason(spec, checked)
+    if reason is not None:
+        raise ValueError(f"objective {objective!r} is not available in verl: {reason}")
     cache: dict[str, Any] = {}
-    if resolved.get("aggregation") != "verl":
-        cache[""] = make_objective_config(objective, resolved)  # validates the options now
+    if not follows_verl:
+        cache[""] = checked
 
     def _config(loss_agg_mode: str) -> Any:
         if "" in cache:
@@ -201,8 +223,13 @@ def make_policy_loss(objective: str, options: Mapping[str, Any] | None = None) -
 
 def default_losses() -> dict[str, PolicyLossFn]:
     """verl loss name → function, for every objective verl can run."""
-    losses = {f"{PREFIX}{name}": make_policy_loss(name) for name in OBJECTIVES.names() if name not in UNSUPPORTED}
-    losses[f"{PREFIX}no_is_stale"] = make_policy_loss("no_is", {"mode": "stale"})
+    losses = {}
+    for spec in OBJECTIVES.specs():
+        if unsupported_reason(spec, make_objective_config(spec.name)) is None:
+            losses[f"{PREFIX}{spec.name}"] = make_policy_loss(spec.name)  # options from the environment
+        for variant, values in spec.variants.items():
+            if unsupported_reason(spec, make_objective_config(spec.name, values)) is None:
+                losses[f"{PREFIX}{spec.name}_{variant}"] = make_policy_loss(spec.name, values)
     for name, fn in losses.items():
         fn.__name__ = name
     return losses
@@ -243,4 +270,5 @@ __all__ = [
     "register_all",
     "register_objective",
     "step_normalizers",
+    "unsupported_reason",
 ]

@@ -7,8 +7,9 @@ objective's name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from torch import Tensor
@@ -17,6 +18,8 @@ from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.registry import Registry
 
 ObjectiveFn = Callable[[PolicyBatch, Any, StepNormalizers], tuple[Tensor, dict[str, Tensor]]]
+# (batch, options, norms) -> [B, T] weights w with ∂loss/∂ℓ = −w at ℓ = ℓ^old (β's KL term aside)
+OnPolicyWeightsFn = Callable[[PolicyBatch, Any, StepNormalizers], Tensor]
 
 
 def _never(options: Any) -> bool:
@@ -36,6 +39,12 @@ class ObjectiveSpec:
     needs_entropies: bool = False  # reads batch.entropies
     # given the options: the gradient is taken once at θ_old and applied at every inner step
     frozen_gradient: Callable[[Any], bool] = _never
+    # the on-policy gradient the loss claims: at ℓ = ℓ^old, ∂loss/∂ℓ_{i,t} = −w_{i,t}, i.e. the
+    # loss's gradient is Σ w ∇ℓ (REINFORCE with these weights); the contract test checks it
+    on_policy_weights: OnPolicyWeightsFn | None = None
+    # named option sets that hosts without ticgrpo's trainer register as losses of their own
+    # (verl: `ticgrpo_<name>_<variant>`), e.g. a schedule without a frozen gradient
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 OBJECTIVES: Registry[ObjectiveSpec] = Registry("objective")
@@ -52,13 +61,18 @@ def register_objective(
     needs_token_ids: bool = False,
     needs_entropies: bool = False,
     frozen_gradient: Callable[[Any], bool] = _never,
+    on_policy_weights: OnPolicyWeightsFn | None = None,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Callable[[ObjectiveFn], ObjectiveFn]:
     """Decorator registering a loss function as objective `name` (see ObjectiveSpec)."""
 
     def decorator(loss: ObjectiveFn) -> ObjectiveFn:
         OBJECTIVES.add(ObjectiveSpec(
-            name, loss, options, default_advantage, uses_old_logprobs, sequence_advantages, couples_group,
-            needs_token_ids, needs_entropies, frozen_gradient,
+            name=name, loss=loss, options=options, default_advantage=default_advantage,
+            uses_old_logprobs=uses_old_logprobs, sequence_advantages=sequence_advantages,
+            couples_group=couples_group, needs_token_ids=needs_token_ids, needs_entropies=needs_entropies,
+            frozen_gradient=frozen_gradient, on_policy_weights=on_policy_weights,
+            variants=MappingProxyType({key: MappingProxyType(dict(value)) for key, value in (variants or {}).items()}),
         ))
         return loss
 
