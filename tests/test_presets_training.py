@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from ticgrpo.config import ConfigError, load_config
-from ticgrpo.core.objectives import make_objective_config
-from ticgrpo.presets import PRESETS
+from ticgrpo.config.algorithms import ALGORITHMS, split_node
+from ticgrpo.core.objectives import OBJECTIVES, make_objective_config
 from ticgrpo.rollout.base import RolloutBatch
 from ticgrpo.testing import make_tiny_model, make_tiny_tokenizer
 from ticgrpo.train import Trainer
@@ -63,7 +63,7 @@ def make_trainer(cfg: dict, reward=distinct_chars) -> Trainer:
 # ---------------------------------------------------------------- every preset trains
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_each_preset_trains_three_steps(tmp_path, name):
     cfg = config(tmp_path, {"preset": name, "dynamic_sampling_max_rounds": 2})
     trainer = make_trainer(cfg)
@@ -75,15 +75,45 @@ def test_each_preset_trains_three_steps(tmp_path, name):
     assert [m["step"] for m in metrics] == [1, 2, 3]
     for m in metrics:
         assert all(v == v for v in m.values() if isinstance(v, float)), m  # no NaN
-    preset = PRESETS[name]
-    assert trainer.config.algorithm.objective.name == preset.objective
-    assert trainer.advantage == preset.advantage
-    if preset.trainer["dynamic_sampling"]:
+    settings = ALGORITHMS[name].settings
+    objective, _ = split_node(settings["objective"], "objective")
+    advantage, _ = split_node(settings.get("advantage"), "advantage")
+    assert trainer.config.algorithm.objective.name == objective
+    assert trainer.advantage == (advantage or OBJECTIVES.spec(str(objective)).default_advantage)
+    if settings.get("dynamic_sampling"):
         assert "sampling_rounds" in metrics[0]
-    if preset.trainer["overlong_reward"]:
+    if settings.get("overlong_reward"):
         assert "reward/overlong_soft_mean" in metrics[0]
     moved = any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
     assert moved or name == "gtpo" or all(m["advantage_std"] == 0 for m in metrics), name
+
+
+def test_presets_compare_and_the_lab_read_every_name_alike(tmp_path):
+    """A name is one method everywhere: `algorithm.preset`, `ticgrpo compare` and `ticgrpo lab`
+    give it the same objective, validated options and advantage (and the same trainer mechanisms)."""
+    import dataclasses
+
+    from ticgrpo.compare.plan import plan_comparison
+    from ticgrpo.config.algorithms import algorithm_names
+    from ticgrpo.core.advantages import make_advantage_options
+    from ticgrpo.lab.variants import get_variant, lab_algorithms
+
+    runnable = set(lab_algorithms())
+    assert {"grpo", "no_is", "tic_grpo", "tic_ratio_only", "bnpo", "rloo"} <= runnable
+    for name in algorithm_names():
+        preset = load_config({"algorithm": {"preset": name}}).algorithm
+        method = (preset.objective.name, preset.objective.options, preset.advantage.name, preset.advantage.options)
+        compared = plan_comparison({}, name, "0", tmp_path / name).runs[0].config.algorithm
+        assert (compared.objective.name, compared.objective.options, compared.advantage.name,
+                compared.advantage.options) == method, name
+        assert dataclasses.replace(compared, preset=None) == dataclasses.replace(preset, preset=None), name
+        if name in runnable:
+            variant = get_variant(name)
+            lab = (variant.objective, variant.config(), variant.advantage_name,
+                   make_advantage_options(variant.advantage_name, variant.advantage_options))
+            assert lab == method, name
+        else:
+            assert ALGORITHMS[name].trainer_mechanisms() or OBJECTIVES.spec(preset.objective.name).couples_group
 
 
 # ---------------------------------------------------------------- preset precedence
@@ -147,7 +177,7 @@ def test_unknown_preset_is_one_line_listing_names(tmp_path):
         load_config({"algorithm": {"preset": "dappo"}})
     message = str(info.value)
     assert "\n" not in message and "algorithm.preset" in message and "'dapo'" in message
-    assert all(name in message for name in PRESETS)
+    assert all(name in message for name in ALGORITHMS)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("algorithm: {preset: nope}\n")
     proc = subprocess.run([sys.executable, "-m", "ticgrpo.cli", "train", "--config", str(cfg), "--dry-run"],
@@ -260,7 +290,6 @@ def test_igrpo_config_is_checked():
 
 
 def test_lab_all_objectives_covers_every_registered_objective_but_gtpo():
-    from ticgrpo.core.objectives import OBJECTIVES
     from ticgrpo.lab.variants import all_objectives, expand_objectives, get_variant
 
     names = all_objectives()
