@@ -1,8 +1,3 @@
-"""Comparisons: several algorithms × seeds on one task (`ticgrpo compare`), and their report
-(`ticgrpo report`). See docs/compare.md."""
-
-from ticgrpo.compare.execute import run_plan
-from ticgrpo.compare.plan import plan_comparison, resolve_algorithm
-from ticgrpo.compare.report import build_report, load_runs
-
-__all__ = ["build_report", "load_runs", "plan_comparison", "resolve_algorithm", "run_plan"]
+"""Comparisons: several algorithms × seeds on one task (`ticgrpo compare`): `plan` resolves and
+validates every run, `execute` runs them. Their report (`ticgrpo report`) is `ticgrpo.reports`.
+See docs/compare.md."""

@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     outcomes = run_plan(plan, parallel=args.parallel)
     failed = [o for o in outcomes if not o.ok]
     if not args.no_report:
-        from ticgrpo.compare.report import build_report, load_runs
+        from ticgrpo.reports.report import build_report
+        from ticgrpo.reports.runs import load_runs
 
         runs = [r for r in load_runs([out / "runs"]) if r.algorithm in plan.algorithms and r.seed in plan.seeds]
         if runs:

@@ -62,7 +62,7 @@ def _prepare(run: RunSpec) -> bool:
 
 
 def _finish(run: RunSpec, wall_s: float) -> None:
-    from ticgrpo.reports.plots import read_jsonl
+    from ticgrpo.reports.io import read_jsonl
 
     steps = [m["step"] for m in read_jsonl(run.run_dir / "metrics.jsonl")]
     done = {"algorithm": run.algorithm, "seed": run.seed, "steps": max(steps, default=0),

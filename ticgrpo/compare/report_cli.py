@@ -38,7 +38,8 @@ def default_out(paths: list[Path]) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ticgrpo.compare.report import build_report, load_runs
+    from ticgrpo.reports.report import build_report
+    from ticgrpo.reports.runs import load_runs
 
     paths = [Path(p) for p in args.run_dirs]
     runs = load_runs(paths)

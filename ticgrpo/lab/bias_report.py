@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ticgrpo.lab.report import markdown_table, pyplot, write_json
+from ticgrpo.reports.io import write_json
+from ticgrpo.reports.markdown import markdown_table
+from ticgrpo.reports.plots import pyplot
 
 
 def write_bias_outputs(results: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -27,9 +27,12 @@ from ticgrpo.lab.enumerate import enumerate_trajectories
 from ticgrpo.lab.estimators import Problem, exact_objective, group_advantages, kl_divergence, sample_groups
 from ticgrpo.lab.options import ProblemConfig, check_options, option
 from ticgrpo.lab.policies import make_policy
-from ticgrpo.lab.report import markdown_table, pyplot, t_interval, write_json
 from ticgrpo.lab.rewards import make_rewards
 from ticgrpo.lab.variants import Variant, get_variant
+from ticgrpo.reports.io import write_json
+from ticgrpo.reports.markdown import markdown_table
+from ticgrpo.reports.plots import pyplot
+from ticgrpo.reports.stats import t_half_width
 
 DEFAULT_ALGORITHMS = ("grpo", "no_is", "tic_ratio_only", "tic_ratio_lenadv", "tic_grpo")
 OPTIMIZERS = ("adam", "sgd")
@@ -182,12 +185,12 @@ def summarise(runs: dict[str, dict[str, Any]], cfg: ConvergeConfig) -> dict[str,
     ref = np.array([runs[first]["seeds"][str(s)]["J"] for s in cfg.seeds])
     for name, run in runs.items():
         curves = np.array([run["seeds"][str(s)]["J"] for s in cfg.seeds])  # [S, I+1]
-        mean, half = t_interval(curves)
-        final_m, final_h = t_interval(curves[:, -1])
-        auc_m, auc_h = t_interval(curves[:, 1:].mean(axis=1))
-        diff_m, diff_h = t_interval(curves[:, -1] - ref[:, -1])
-        auc_diff_m, auc_diff_h = t_interval(curves[:, 1:].mean(axis=1) - ref[:, 1:].mean(axis=1))
-        kl_m, _ = t_interval(np.array([run["seeds"][str(s)]["kl_per_iteration"] for s in cfg.seeds]))
+        mean, half = t_half_width(curves)
+        final_m, final_h = t_half_width(curves[:, -1])
+        auc_m, auc_h = t_half_width(curves[:, 1:].mean(axis=1))
+        diff_m, diff_h = t_half_width(curves[:, -1] - ref[:, -1])
+        auc_diff_m, auc_diff_h = t_half_width(curves[:, 1:].mean(axis=1) - ref[:, 1:].mean(axis=1))
+        kl_m, _ = t_half_width(np.array([run["seeds"][str(s)]["kl_per_iteration"] for s in cfg.seeds]))
         out[name] = {
             "J_mean": mean.tolist(),
             "J_half_width": half.tolist(),

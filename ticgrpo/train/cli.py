@@ -84,7 +84,7 @@ def check_rewards_and_data(config: TrainConfig, config_dir: Path | None) -> str:
 
 def accuracy_summary(eval_log: Path) -> str | None:
     """'held-out accuracy A (step s) → B (step t), ±N points' from a run's eval.jsonl."""
-    from ticgrpo.reports.plots import read_jsonl
+    from ticgrpo.reports.io import read_jsonl
 
     records = [r for r in read_jsonl(eval_log) if "accuracy" in r]
     if len(records) < 2:
