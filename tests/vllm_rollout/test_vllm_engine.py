@@ -279,13 +279,13 @@ def test_server_round_trip(tmp_path: Any, tiny_tok: Any, tiny_factory: Any) -> N
         assert not [f for f in os.listdir("/dev/shm") if f.startswith("ticgrpo-weights-")]
 
         with pytest.raises(RuntimeError, match=r"400.*prompts"):
-            engine.backend._call("/generate", {"prompts": "nope", "n": 1, "max_tokens": 1, "greedy": True,
+            engine.backend.call("/generate", {"prompts": "nope", "n": 1, "max_tokens": 1, "greedy": True,
                                               "temperature": 1.0, "top_p": 1.0, "top_k": 0, "stop_token_ids": []})
         with pytest.raises(RuntimeError, match=r"400.*missing fields"):
-            engine.backend._call("/generate", {"prompts": [[1]]})
+            engine.backend.call("/generate", {"prompts": [[1]]})
         with pytest.raises(RuntimeError, match=r"400.*no such weights file"):
-            engine.backend._call("/update_weights", {"path": str(tmp_path / "missing.safetensors")})
-        engine.backend._call("/shutdown", {})
+            engine.backend.call("/update_weights", {"path": str(tmp_path / "missing.safetensors")})
+        engine.backend.call("/shutdown", {})
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:

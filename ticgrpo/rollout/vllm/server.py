@@ -30,6 +30,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ticgrpo.rollout.vllm.weights import read_weights_file
+
+SERVER_MODULE = "ticgrpo.rollout.vllm.server"  # how it starts: `python -m ticgrpo.rollout.vllm.server`
 REQUIRED = ("prompts", "n", "max_tokens", "greedy", "temperature", "top_p", "top_k", "stop_token_ids")
 
 
@@ -76,14 +79,12 @@ class Server:
         if method == "POST" and path == "/update_weights":
             if not isinstance(payload, dict) or not isinstance(payload.get("path"), str):
                 raise BadRequest("update_weights needs {'path': '<file>.safetensors'}")
-            from safetensors.torch import load_file
-
             try:
-                tensors = load_file(payload["path"])
+                tensors = read_weights_file(payload["path"])
             except FileNotFoundError:
                 raise BadRequest(f"no such weights file: {payload['path']}") from None
             with self.lock:
-                self.backend.load_weights(list(tensors.items()))
+                self.backend.load_weights(tensors)
                 self.weight_version += 1
             return 200, {"status": "ok", "tensors": len(tensors), "weight_version": self.weight_version}
         raise LookupError(f"no endpoint {method} {path}")
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --engine-kwargs must be a JSON object ({exc})", file=sys.stderr)
         return 2
     from ticgrpo.models import resolve_model_path
-    from ticgrpo.rollout.vllm import LocalBackend
+    from ticgrpo.rollout.vllm.colocate import LocalBackend
 
     try:
         model_path = resolve_model_path(args.model)
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     thread.start()
-    print(f"[vllm_server] serving {model_path} on http://{args.host}:{httpd.server_address[1]}", flush=True)
+    print(f"[{SERVER_MODULE}] serving {model_path} on http://{args.host}:{httpd.server_address[1]}", flush=True)
     try:
         while not stop.wait(0.5):
             pass
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     httpd.shutdown()
     httpd.server_close()
     backend.close()
-    print("[vllm_server] stopped", flush=True)
+    print(f"[{SERVER_MODULE}] stopped", flush=True)
     return 0
 
 

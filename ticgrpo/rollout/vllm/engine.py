@@ -1,0 +1,193 @@
+"""`VLLMEngine`: the `RolloutEngine` that samples with vLLM, with the sampler's own log-probs of
+each token; its backend is in-process (`colocate`) or a server process (`client`).
+
+Prompts are tokenised here with the trainer's tokenizer (``add_special_tokens=False``, as
+`HFGenerateEngine` does) and handed to vLLM as token ids, so both sides see the same tokens.
+The rows follow the layout of `ticgrpo.rollout.base` exactly, plus ``behavior_logprobs``:
+vLLM's log-prob of each sampled token after temperature (``logprobs_mode="processed_logprobs"``),
+i.e. log-softmax(logits / T) — restricted and renormalised to the top-k / top-p set when those
+are on. Greedy rows (``params.greedy``) carry the temperature-1 log-probs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import torch
+
+from ticgrpo.rollout.base import RolloutBatch, RolloutEngine, SamplingParams, stop_and_pad_ids, trim_and_decode
+from ticgrpo.rollout.vllm.backend import Backend, Completion, request_options
+from ticgrpo.rollout.vllm.client import HTTPBackend
+from ticgrpo.rollout.vllm.colocate import LocalBackend, import_vllm
+from ticgrpo.rollout.vllm.weights import save_model_folder, trainer_weights
+
+MODES = ("colocate", "server")
+
+
+class VLLMEngine(RolloutEngine):
+    """Sampling with vLLM; see the module docstring.
+
+    model, tokenizer: the trainer's HF model (for EOS ids and `update_weights`) and tokenizer.
+    mode: "colocate" (in-process ``vllm.LLM``) or "server" (HTTP client of a running
+        ``python -m ticgrpo.rollout.vllm.server``).
+    model_path: folder vLLM loads (colocate); None = save ``model`` + ``tokenizer`` to a
+        temporary folder first (removed by `close`).
+    server_url: e.g. "http://127.0.0.1:8011" (server mode).
+    max_prompt_length: prompts longer than this keep their last tokens, as in `HFGenerateEngine`.
+    dtype, gpu_memory_utilization, max_model_len, seed, enforce_eager, **engine_kwargs:
+        passed to ``vllm.LLM`` (colocate; the server takes them as command-line options).
+    """
+
+    provides_behavior_logprobs = True
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        mode: str = "colocate",
+        model_path: str | None = None,
+        server_url: str | None = None,
+        max_prompt_length: int | None = None,
+        dtype: str = "bfloat16",
+        gpu_memory_utilization: float = 0.3,
+        max_model_len: int | None = None,
+        seed: int = 0,
+        enforce_eager: bool = True,
+        **engine_kwargs: Any,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"vllm mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if max_prompt_length is not None and max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.mode = mode
+        self.max_prompt_length = max_prompt_length
+        self.eos_token_ids, self.pad_token_id = stop_and_pad_ids(model, tokenizer)
+        self._tmpdir: str | None = None
+        self.backend: Backend
+        if mode == "server":
+            if not server_url:
+                raise ValueError("vllm mode 'server' needs server_url (e.g. http://127.0.0.1:8011)")
+            self.backend = HTTPBackend(server_url, **engine_kwargs)
+            return
+        import_vllm()  # fail fast, before saving a checkpoint
+        if model_path is None:
+            if model is None:
+                raise ValueError("vllm mode 'colocate' needs model_path or a model to save")
+            self._tmpdir = tempfile.mkdtemp(prefix="ticgrpo-vllm-")
+            model_path = self._tmpdir
+            save_model_folder(model, tokenizer, model_path)  # PEFT: merged weights
+        elif not os.path.isdir(os.path.expanduser(model_path)):
+            raise ValueError(f"model_path {model_path!r} is not a folder")
+        self.model_path = model_path
+        try:
+            self.backend = LocalBackend(
+                model_path,
+                dtype=dtype,
+                gpu_memory_utilization=gpu_memory_utilization,
+                max_model_len=max_model_len,
+                seed=seed,
+                enforce_eager=enforce_eager,
+                **engine_kwargs,
+            )
+        except BaseException:
+            self._remove_tmpdir()
+            raise
+
+    # ------------------------------------------------------------------ interface
+
+    def generate(self, prompts: list[str], num_samples: int, params: SamplingParams) -> RolloutBatch:
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompts must be a list of strings")
+        options = request_options(params, self.eos_token_ids)
+        prompt_tokens = self._tokenize(prompts)
+        if any(len(p) == 0 for p in prompt_tokens):
+            raise ValueError("a prompt tokenises to no tokens; vLLM needs at least one")
+        outputs = self.backend.generate(prompt_tokens, num_samples, options) if prompts else []
+        rows = [c for comps in outputs for c in comps]
+        if len(rows) != len(prompts) * num_samples:
+            raise RuntimeError(f"vLLM returned {len(rows)} completions, expected {len(prompts) * num_samples}")
+        return self._assemble(prompts, prompt_tokens, num_samples, rows)
+
+    def update_weights(self, model: Any) -> None:
+        """Push ``model``'s current parameters into vLLM (and drop its prefix cache)."""
+        with torch.no_grad():
+            self.backend.load_weights(trainer_weights(model))
+
+    def close(self) -> None:
+        backend = getattr(self, "backend", None)
+        if backend is not None:
+            backend.close()
+        self._remove_tmpdir()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._remove_tmpdir()
+
+    # ------------------------------------------------------------------ pieces
+
+    def _remove_tmpdir(self) -> None:
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def _tokenize(self, prompts: list[str]) -> list[list[int]]:
+        if not prompts:
+            return []
+        enc = self.tokenizer(
+            prompts,
+            add_special_tokens=False,
+        )
+        ids = [list(x) for x in enc["input_ids"]]
+        if self.max_prompt_length is not None:
+            ids = [x[-self.max_prompt_length :] for x in ids]
+        return ids
+
+    def _assemble(
+        self, prompts: list[str], prompt_tokens: list[list[int]], g: int, rows: list[Completion]
+    ) -> RolloutBatch:
+        b = len(rows)
+        pad = self.pad_token_id
+        p = max((len(x) for x in prompt_tokens), default=1)
+        t = max((len(ids) for ids, _ in rows), default=1)
+        t = max(t, 1)
+        prompt_ids = torch.full((b, p), pad, dtype=torch.long)
+        prompt_mask = torch.zeros((b, p), dtype=torch.long)
+        completion_ids = torch.full((b, t), pad, dtype=torch.long)
+        logprobs = torch.zeros((b, t), dtype=torch.float32)
+        for r, (ids, lps) in enumerate(rows):
+            toks = prompt_tokens[r // g]
+            if toks:
+                prompt_ids[r, p - len(toks) :] = torch.tensor(toks, dtype=torch.long)
+                prompt_mask[r, p - len(toks) :] = 1
+            if ids:
+                completion_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                logprobs[r, : len(lps)] = torch.tensor(lps, dtype=torch.float32)
+        lengths, truncated = [], []
+        eos = set(self.eos_token_ids)
+        for ids, _ in rows:
+            first = next((i for i, tok in enumerate(ids) if tok in eos), None)
+            lengths.append(len(ids) if first is None else first + 1)  # up to and including EOS
+            truncated.append(first is None)
+        mask = (torch.arange(t)[None, :] < torch.tensor(lengths, dtype=torch.long)[:, None]).long()
+        completion_ids, mask, decoded = trim_and_decode(completion_ids, mask, pad, self.tokenizer)
+        logprobs = logprobs[:, : mask.shape[1]] * mask
+        return RolloutBatch(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            completion_ids=completion_ids,
+            completion_mask=mask,
+            truncated=torch.tensor(truncated, dtype=torch.bool),
+            group_ids=torch.arange(len(prompts)).repeat_interleave(g),
+            prompts=[x for x in prompts for _ in range(g)],
+            completions=decoded,
+            behavior_logprobs=logprobs,
+        )
