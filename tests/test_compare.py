@@ -78,9 +78,9 @@ def test_compare_report_resume_and_rebuild(tmp_path, train_calls, capsys):
             assert (marker["algorithm"], marker["seed"]) == (algorithm, seed)
             assert (run / DONE_MARKER).is_file() and (run / "eval.jsonl").is_file()
             cfg = yaml.safe_load((run / "config.yaml").read_text())
-            assert cfg["seed"] == seed and cfg["algorithm"]["objective"] == algorithm
-    assert yaml.safe_load((out / "runs/tic_grpo/seed-0/config.yaml").read_text())["algorithm"]["advantage"] == \
-        "length_corrected"
+            assert cfg["seed"] == seed and cfg["algorithm"]["objective"]["name"] == algorithm
+    saved = yaml.safe_load((out / "runs/tic_grpo/seed-0/config.yaml").read_text())["algorithm"]
+    assert saved["advantage"]["name"] == "length_corrected"
     report = out / "report.md"
     table = results_table(report)
     assert [line.split("|")[1].strip() for line in table[2:]] == ["tic_grpo", "grpo"]
