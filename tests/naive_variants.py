@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
-from naive import naive_aggregate, naive_kl
+from naive import naive_aggregate, naive_grpo, naive_kl, naive_tic_grpo
 from torch import Tensor
 
 
@@ -144,3 +144,68 @@ def naive_gtpo(logp, ref, mask, adv, token_ids, entropies, group_ids, *, thresho
             terms.append(term)
         rows.append(terms)
     return naive_aggregate(rows, aggregation, n_seq, n_tok, l_max)
+
+
+# ---------------------------------------------------------------- one oracle per registered objective
+# ORACLES[name](d, options, counts) -> loss, from the loops above: `d` holds the batch (logp: the
+# leaf, old, ref, mask, adv [B], tokens, entropies, groups), `options` the objective's options
+# instance, `counts` n_seq, n_tok, l_max. tests/test_objective_contract.py checks every registered
+# objective against its entry here: registering an objective without adding one fails there.
+def _grpo_oracle(d, o, counts):
+    return naive_grpo(d["logp"], d["old"], d["ref"], d["mask"], d["adv"], eps_low=o.epsilon_low,
+                      eps_high=o.epsilon_high, beta=o.beta, kl=o.kl_estimator, aggregation=o.aggregation, **counts)
+
+
+def _no_is_oracle(d, o, counts):
+    return naive_grpo(d["logp"], d["old"], d["ref"], d["mask"], d["adv"], eps_low=None, eps_high=None,
+                      beta=o.beta, kl=o.kl_estimator, aggregation=o.aggregation, no_ratio=True, **counts)
+
+
+def _tic_grpo_oracle(d, o, counts):
+    return naive_tic_grpo(d["logp"], d["old"], d["ref"], d["mask"], d["adv"], eps_low=o.epsilon_low,
+                          eps_high=o.epsilon_high, ratio_cap=o.ratio_cap, length_normalize=o.length_normalize,
+                          beta=o.beta, kl=o.kl_estimator, n_seq=counts["n_seq"])
+
+
+def _gspo_oracle(d, o, counts):
+    return naive_gspo(d["logp"], d["old"], d["ref"], d["mask"], d["adv"], eps_low=o.epsilon_low,
+                      eps_high=o.epsilon_high, beta=o.beta, kl=o.kl_estimator, n_seq=counts["n_seq"])
+
+
+def _gmpo_oracle(d, o, counts):
+    return naive_gmpo(d["logp"], d["old"], d["ref"], d["mask"], d["adv"], eps=o.epsilon, beta=o.beta,
+                      kl=o.kl_estimator, n_seq=counts["n_seq"])
+
+
+def _cispo_oracle(d, o, counts):
+    return naive_cispo(d["logp"], d["old"], d["ref"], d["mask"], d["adv"], eps_low=o.epsilon_low,
+                       eps_high=o.epsilon_high, beta=o.beta, kl=o.kl_estimator, aggregation=o.aggregation, **counts)
+
+
+def _dppo_oracle(divergence):
+    def oracle(d, o, counts):
+        return naive_dppo(d["logp"], d["old"], d["ref"], d["mask"], d["adv"], divergence=divergence, delta=o.delta,
+                          cap=o.is_cap, beta=o.beta, kl=o.kl_estimator, aggregation=o.aggregation, **counts)
+    return oracle
+
+
+def _gtpo_oracle(d, o, counts):
+    return naive_gtpo(d["logp"], d["ref"], d["mask"], d["adv"], d["tokens"], d["entropies"], d["groups"],
+                      threshold=o.entropy_threshold, penalty=o.entropy_penalty, w_pos=o.conflict_weight_positive,
+                      w_neg=o.conflict_weight_negative, normalize=o.normalize_by_conflicts, beta=o.beta,
+                      kl=o.kl_estimator, aggregation=o.aggregation, **counts)
+
+
+ORACLES = {
+    "grpo": _grpo_oracle,
+    "dr_grpo": _grpo_oracle,
+    "dapo": _grpo_oracle,
+    "no_is": _no_is_oracle,
+    "tic_grpo": _tic_grpo_oracle,
+    "gspo": _gspo_oracle,
+    "gmpo": _gmpo_oracle,
+    "cispo": _cispo_oracle,
+    "dppo_tv": _dppo_oracle("tv"),
+    "dppo_kl": _dppo_oracle("kl"),
+    "gtpo": _gtpo_oracle,
+}

@@ -1,6 +1,8 @@
 """The §4.4 variants (gspo, gmpo, dr_grpo, dapo, cispo, dppo_tv/kl, gtpo), the `beta_norm`
-advantage and the presets: against naive loops, padding and micro-batch invariance, and
-the reductions stated in the literature."""
+advantage and the presets: against naive loops over option grids, padding and micro-batch
+invariance under non-default options, and the reductions stated in the literature. What every
+objective must satisfy under its defaults (non-finite padding never read, ...) is in
+test_objective_contract.py."""
 
 from __future__ import annotations
 
@@ -236,59 +238,10 @@ def test_padding_invariance(name, options):
     torch.testing.assert_close(dp_loss, d_loss, rtol=1e-13, atol=1e-13)
 
 
-def _padded(d, fill):
-    """`d` with 3 padded columns and 2 fully padded rows whose float values come from fill(rows, cols)."""
-    def pad(x):
-        x = torch.cat([x, fill(B, 3).to(x.dtype)], dim=1)
-        return torch.cat([x, fill(2, T + 3).to(x.dtype)], dim=0)
-    p = {k: pad(d[k]) for k in ("logp", "old", "ref", "entropies")}
-    p["tokens"] = torch.cat([torch.cat([d["tokens"], torch.zeros(B, 3, dtype=torch.long)], 1),
-                             torch.zeros(2, T + 3, dtype=torch.long)], 0)
-    p["mask"] = torch.cat([torch.cat([d["mask"], torch.zeros(B, 3, dtype=torch.float64)], 1),
-                           torch.zeros(2, T + 3, dtype=torch.float64)], 0)
-    per_token_advantages = d["adv"].dim() == 2
-    p["adv"] = pad(d["adv"]) if per_token_advantages else torch.cat([d["adv"], fill(2, 1)[:, 0]])
-    p["groups"] = torch.cat([d["groups"], torch.tensor([0, 1])])
-    return p
-
-
-def _non_finite(rows, cols):
-    """nan, inf and −inf in turn."""
-    pattern = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=torch.float64)
-    return pattern[torch.arange(rows * cols) % 3].reshape(rows, cols)
-
-
-# every registered objective with [B] advantages, and with [B, T] ones where it accepts them
-PADDING_CASES = [(name, "sequence") for name in OBJECTIVES.names()] + [
-    (name, "token") for name in OBJECTIVES.names()
-    if not OBJECTIVES.spec(name).sequence_advantages
-]
-
-
-@pytest.mark.parametrize(("name", "advantage_shape"), PADDING_CASES)
-def test_non_finite_values_in_padding_are_never_read(name, advantage_shape):
-    """nan/±inf in the padded positions of every input give the loss, gradient and metrics of zeros there."""
-    d = random_batch(5)
-    if advantage_shape == "token":
-        g = torch.Generator().manual_seed(3)
-        d["adv"] = d["adv"][:, None] + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)
-    config = make_objective_config(name, {"beta": 0.05})
-    zeros, garbage = _padded(d, lambda r, c: torch.zeros(r, c, dtype=torch.float64)), _padded(d, _non_finite)
-    norms = step_norms(d)
-    loss, grad, metrics = loss_and_grad(name, zeros, config, norms)
-    g_loss, g_grad, g_metrics = loss_and_grad(name, garbage, config, norms)
-    assert torch.isfinite(loss) and torch.isfinite(grad).all()
-    torch.testing.assert_close(g_loss, loss, rtol=0, atol=0)
-    torch.testing.assert_close(g_grad, grad, rtol=0, atol=0)  # padded positions: exactly 0 in both
-    assert g_metrics.keys() == metrics.keys()
-    for key in metrics:
-        torch.testing.assert_close(g_metrics[key], metrics[key], rtol=0, atol=0, msg=key)
-
-
 # GTPO finds conflicts within a group, so its micro-batches must hold whole groups
 SPLITS = [[1, 5], [3, 3], [2, 1, 3], [1] * B]
 MICRO_CASES = [(name, options, split) for name, options in ALL_CONFIGS
-               for split in (SPLITS if name != "gtpo" else [[3, 3], [6]])]
+               for split in (SPLITS if not OBJECTIVES.spec(name).couples_group else [[3, 3], [6]])]
 
 
 @pytest.mark.parametrize(("name", "options", "split"), MICRO_CASES)

@@ -53,6 +53,22 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: str, norms: StepNormalizers
     return masked.sum() / (norms.num_sequences * norms.max_new_tokens)
 
 
+def aggregation_weights(mask: Tensor, mode: str, norms: StepNormalizers, dtype: torch.dtype = torch.float32) -> Tensor:
+    """[B, T] weight of each token in `aggregate`: aggregate(x, mask, mode, norms) = Σ w·x
+    (0 on padding). What an objective's declared on-policy gradient is built from."""
+    check_aggregation(mode)
+    m = mask.to(dtype)
+    if mode == "token-mean":
+        return m / norms.num_tokens
+    if mode == "seq-mean-token-mean":
+        return m / _lengths(mask, dtype)[:, None] / norms.num_sequences
+    if mode == "seq-mean-token-sum":
+        return m / norms.num_sequences
+    if norms.max_new_tokens is None:
+        raise ValueError("aggregation 'seq-mean-token-sum-norm' needs max_new_tokens in StepNormalizers")
+    return m / (norms.num_sequences * norms.max_new_tokens)
+
+
 def only_real(values: Tensor, mask: Tensor) -> Tensor:
     """`values` with exactly 0 at padded positions, whatever they held there.
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from pydantic import AfterValidator, Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor
 
-from ticgrpo.core.aggregation import only_real
-from ticgrpo.core.batch import PolicyBatch
+from ticgrpo.core.aggregation import aggregation_weights, only_real
+from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.kl import KL_ESTIMATORS, token_kl
 from ticgrpo.core.options import OPTIONS_CONFIG
 
@@ -109,6 +109,24 @@ def without_padded_values(batch: PolicyBatch) -> PolicyBatch:
                  for name in ("logprobs", "old_logprobs", "ref_logprobs", "entropies")
                  if (value := getattr(batch, name)) is not None}
     return dataclasses.replace(batch, advantages=advantages, **per_token)
+
+
+def token_reinforce_weights(batch: PolicyBatch, options: Any, norms: StepNormalizers) -> Tensor:
+    """A_{i,t} × the token's weight in `options.aggregation`: the on-policy gradient weights of
+    a token-level objective whose ratio is 1 and whose clips do not bind at θ = θ_old."""
+    logprobs = batch.current_logprobs()
+    return batch.token_advantages() * aggregation_weights(batch.mask, options.aggregation, norms, logprobs.dtype)
+
+
+def sequence_reinforce_weights(batch: PolicyBatch, norms: StepNormalizers, token_mean: bool) -> Tensor:
+    """A_i / N_seq on every real token of sequence i (divided by |o_i| when `token_mean`): the
+    on-policy gradient weights of a sequence-level objective, (1/N_seq) Σ_i A_i Σ_t ∇ℓ_{i,t}
+    (tic_grpo) or its per-token mean (gspo, gmpo)."""
+    mask = batch.mask.to(batch.current_logprobs().dtype)
+    per_sequence = batch.sequence_advantages() / norms.num_sequences
+    if token_mean:
+        per_sequence = per_sequence / mask.sum(dim=1).clamp(min=1.0)
+    return per_sequence[:, None] * mask
 
 
 def kl_per_token(batch: PolicyBatch, config: PenaltyConfig) -> Tensor | None:

@@ -30,6 +30,7 @@ from ticgrpo.core.objectives._common import (
     kl_per_token,
     masked_fraction,
     masked_stats,
+    token_reinforce_weights,
 )
 from ticgrpo.core.objectives.registry import register_objective
 from ticgrpo.core.options import OPTIONS_CONFIG
@@ -42,7 +43,10 @@ class CISPOConfig(PenaltyConfig):
     aggregation: Aggregation = "token-mean"
 
 
-@register_objective("cispo", options=CISPOConfig, default_advantage="group_norm", uses_old_logprobs=True)
+@register_objective(
+    "cispo", options=CISPOConfig, default_advantage="group_norm", uses_old_logprobs=True,
+    on_policy_weights=token_reinforce_weights,
+)
 def cispo_loss(
     batch: PolicyBatch, config: CISPOConfig, norms: StepNormalizers
 ) -> tuple[Tensor, dict[str, Tensor]]:

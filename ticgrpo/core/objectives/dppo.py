@@ -36,6 +36,7 @@ from ticgrpo.core.objectives._common import (
     kl_per_token,
     masked_fraction,
     masked_stats,
+    token_reinforce_weights,
 )
 from ticgrpo.core.objectives.registry import register_objective
 from ticgrpo.core.options import OPTIONS_CONFIG
@@ -102,14 +103,20 @@ def dppo_loss(
     return loss, metrics
 
 
-@register_objective("dppo_tv", options=DPPOTVConfig, default_advantage="group_norm", uses_old_logprobs=True)
+@register_objective(
+    "dppo_tv", options=DPPOTVConfig, default_advantage="group_norm", uses_old_logprobs=True,
+    on_policy_weights=token_reinforce_weights,
+)
 def dppo_tv_loss(
     batch: PolicyBatch, config: DPPOTVConfig, norms: StepNormalizers
 ) -> tuple[Tensor, dict[str, Tensor]]:
     return dppo_loss(batch, config, norms, "tv")
 
 
-@register_objective("dppo_kl", options=DPPOKLConfig, default_advantage="group_norm", uses_old_logprobs=True)
+@register_objective(
+    "dppo_kl", options=DPPOKLConfig, default_advantage="group_norm", uses_old_logprobs=True,
+    on_policy_weights=token_reinforce_weights,
+)
 def dppo_kl_loss(
     batch: PolicyBatch, config: DPPOKLConfig, norms: StepNormalizers
 ) -> tuple[Tensor, dict[str, Tensor]]:

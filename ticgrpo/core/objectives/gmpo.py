@@ -22,7 +22,13 @@ from torch import Tensor
 
 from ticgrpo.core.aggregation import masked_sum, sequence_mean
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
-from ticgrpo.core.objectives._common import NonNegative, PenaltyConfig, kl_per_token, masked_fraction
+from ticgrpo.core.objectives._common import (
+    NonNegative,
+    PenaltyConfig,
+    kl_per_token,
+    masked_fraction,
+    sequence_reinforce_weights,
+)
 from ticgrpo.core.objectives.gspo import sequence_level_loss, sequence_stats
 from ticgrpo.core.objectives.registry import register_objective
 from ticgrpo.core.options import OPTIONS_CONFIG
@@ -34,7 +40,8 @@ class GMPOConfig(PenaltyConfig):
 
 
 @register_objective(
-    "gmpo", options=GMPOConfig, default_advantage="group_norm", uses_old_logprobs=True, sequence_advantages=True
+    "gmpo", options=GMPOConfig, default_advantage="group_norm", uses_old_logprobs=True, sequence_advantages=True,
+    on_policy_weights=lambda batch, options, norms: sequence_reinforce_weights(batch, norms, token_mean=True),
 )
 def gmpo_loss(
     batch: PolicyBatch, config: GMPOConfig, norms: StepNormalizers

@@ -25,6 +25,7 @@ from ticgrpo.core.objectives._common import (
     kl_per_token,
     masked_fraction,
     masked_stats,
+    token_reinforce_weights,
 )
 from ticgrpo.core.objectives.registry import register_objective
 from ticgrpo.core.options import OPTIONS_CONFIG
@@ -38,7 +39,10 @@ class GRPOConfig(PenaltyConfig):
     aggregation: Aggregation = "seq-mean-token-mean"
 
 
-@register_objective("grpo", options=GRPOConfig, default_advantage="group_norm", uses_old_logprobs=True)
+@register_objective(
+    "grpo", options=GRPOConfig, default_advantage="group_norm", uses_old_logprobs=True,
+    on_policy_weights=token_reinforce_weights,
+)
 def grpo_loss(
     batch: PolicyBatch, config: GRPOConfig, norms: StepNormalizers
 ) -> tuple[Tensor, dict[str, Tensor]]:

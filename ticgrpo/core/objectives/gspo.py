@@ -26,6 +26,7 @@ from ticgrpo.core.objectives._common import (
     PenaltyConfig,
     clipped_surrogate,
     kl_per_token,
+    sequence_reinforce_weights,
 )
 from ticgrpo.core.objectives.registry import register_objective
 from ticgrpo.core.options import OPTIONS_CONFIG
@@ -38,7 +39,8 @@ class GSPOConfig(PenaltyConfig):
 
 
 @register_objective(
-    "gspo", options=GSPOConfig, default_advantage="group_norm", uses_old_logprobs=True, sequence_advantages=True
+    "gspo", options=GSPOConfig, default_advantage="group_norm", uses_old_logprobs=True, sequence_advantages=True,
+    on_policy_weights=lambda batch, options, norms: sequence_reinforce_weights(batch, norms, token_mean=True),
 )
 def gspo_loss(
     batch: PolicyBatch, config: GSPOConfig, norms: StepNormalizers

@@ -28,11 +28,13 @@ Language Models" (arXiv 2508.03772).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor
 
-from ticgrpo.core.aggregation import Aggregation, aggregate, sequence_mean
+from ticgrpo.core.aggregation import Aggregation, aggregate, aggregation_weights, sequence_mean
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives._common import (
     NonNegative,
@@ -96,31 +98,54 @@ def conflict_tokens(token_ids: Tensor, mask: Tensor, advantages: Tensor, group_i
     return flags & valid
 
 
-@register_objective(
-    "gtpo", options=GTPOConfig, default_advantage="group_norm", uses_old_logprobs=False, sequence_advantages=True,
-    couples_group=True, needs_token_ids=True, needs_entropies=True,
-)
-def gtpo_loss(
-    batch: PolicyBatch, config: GTPOConfig, norms: StepNormalizers
-) -> tuple[Tensor, dict[str, Tensor]]:
+@dataclass(frozen=True)
+class _TokenCoefficients:
+    coefficients: Tensor  # [B, T] c with per-token loss −c·ℓ: A'_i λ_{i,t} / max(1, c_i)
+    filtered: Tensor  # [B] bool: entropy above τ
+    conflict: Tensor  # [B, T] bool conflict tokens
+    entropies: Tensor  # [B, T] the batch's (checked present)
+
+
+def _token_coefficients(batch: PolicyBatch, config: GTPOConfig) -> _TokenCoefficients:
     if batch.entropies is None or batch.token_ids is None:
         raise ValueError("gtpo needs token_ids and entropies in the batch (conflict tokens, entropy filter)")
-    logprobs = batch.current_logprobs()
-    mask = batch.float_mask.to(logprobs.dtype)
+    dtype = batch.current_logprobs().dtype
+    mask = batch.float_mask.to(dtype)
     advantages = batch.sequence_advantages()
-    entropy = sequence_mean(batch.entropies.detach().to(logprobs.dtype), mask)
+    entropy = sequence_mean(batch.entropies.detach().to(dtype), mask)
     if config.entropy_threshold is None:
         filtered = torch.zeros_like(entropy, dtype=torch.bool)
     else:
         filtered = entropy > config.entropy_threshold
     adjusted = torch.where(filtered, torch.zeros_like(advantages), advantages - config.entropy_penalty * entropy)
     conflict = conflict_tokens(batch.token_ids, batch.mask, advantages, batch.group_ids)
-    weights = torch.ones_like(logprobs)
+    weights = torch.ones_like(mask)
     weights = torch.where(conflict & (advantages > 0)[:, None], config.conflict_weight_positive, weights)
     weights = torch.where(conflict & (advantages < 0)[:, None], config.conflict_weight_negative, weights)
-    per_token = -adjusted[:, None] * weights * logprobs
+    coefficients = adjusted[:, None] * weights
     if config.normalize_by_conflicts:
-        per_token = per_token / conflict.sum(dim=1).clamp(min=1).to(per_token.dtype)[:, None]
+        coefficients = coefficients / conflict.sum(dim=1).clamp(min=1).to(dtype)[:, None]
+    return _TokenCoefficients(coefficients, filtered, conflict, batch.entropies)
+
+
+def _on_policy_weights(batch: PolicyBatch, config: GTPOConfig, norms: StepNormalizers) -> Tensor:
+    """The loss is linear in ℓ: its gradient is the coefficients times the aggregation weights, everywhere."""
+    coefficients = _token_coefficients(batch, config).coefficients
+    return coefficients * aggregation_weights(batch.mask, config.aggregation, norms, coefficients.dtype)
+
+
+@register_objective(
+    "gtpo", options=GTPOConfig, default_advantage="group_norm", uses_old_logprobs=False, sequence_advantages=True,
+    couples_group=True, needs_token_ids=True, needs_entropies=True, on_policy_weights=_on_policy_weights,
+)
+def gtpo_loss(
+    batch: PolicyBatch, config: GTPOConfig, norms: StepNormalizers
+) -> tuple[Tensor, dict[str, Tensor]]:
+    logprobs = batch.current_logprobs()
+    mask = batch.float_mask.to(logprobs.dtype)
+    terms = _token_coefficients(batch, config)
+    filtered, conflict = terms.filtered, terms.conflict
+    per_token = -terms.coefficients * logprobs
     kl = kl_per_token(batch, config)
     if kl is not None:
         per_token = per_token + config.beta * kl
@@ -128,7 +153,7 @@ def gtpo_loss(
     metrics = {
         **sequence_fractions(mask, entropy_filtered_frac=filtered),
         "conflict_frac": masked_fraction(conflict, mask),
-        "entropy_mean": masked_stats(batch.entropies, mask, "entropy")["entropy_mean"],
+        "entropy_mean": masked_stats(terms.entropies, mask, "entropy")["entropy_mean"],
     }
     if kl is not None:
         metrics["kl"] = masked_stats(kl, mask, "kl")["kl_mean"]

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ticgrpo.core.aggregation import Aggregation, aggregate
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
-from ticgrpo.core.objectives._common import PenaltyConfig, kl_per_token, masked_stats
+from ticgrpo.core.objectives._common import PenaltyConfig, kl_per_token, masked_stats, token_reinforce_weights
 from ticgrpo.core.objectives.registry import register_objective
 from ticgrpo.core.options import OPTIONS_CONFIG
 
@@ -37,6 +37,7 @@ class NoISConfig(PenaltyConfig):
 @register_objective(
     "no_is", options=NoISConfig, default_advantage="group_norm", uses_old_logprobs=False,
     frozen_gradient=lambda options: options.mode == "frozen", variants={"stale": {"mode": "stale"}},
+    on_policy_weights=token_reinforce_weights,
 )
 def no_is_loss(
     batch: PolicyBatch, config: NoISConfig, norms: StepNormalizers

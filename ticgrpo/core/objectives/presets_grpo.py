@@ -19,7 +19,7 @@ from __future__ import annotations
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from ticgrpo.core.aggregation import Aggregation
-from ticgrpo.core.objectives._common import EpsilonLow, NonNegative
+from ticgrpo.core.objectives._common import EpsilonLow, NonNegative, token_reinforce_weights
 from ticgrpo.core.objectives.grpo import GRPOConfig, grpo_loss
 from ticgrpo.core.objectives.registry import register_objective
 from ticgrpo.core.options import OPTIONS_CONFIG
@@ -38,5 +38,11 @@ class DAPOConfig(GRPOConfig):
     beta: NonNegative = 0.0
 
 
-register_objective("dr_grpo", options=DrGRPOConfig, default_advantage="mean_only", uses_old_logprobs=True)(grpo_loss)
-register_objective("dapo", options=DAPOConfig, default_advantage="group_norm", uses_old_logprobs=True)(grpo_loss)
+register_objective(
+    "dr_grpo", options=DrGRPOConfig, default_advantage="mean_only", uses_old_logprobs=True,
+    on_policy_weights=token_reinforce_weights,
+)(grpo_loss)
+register_objective(
+    "dapo", options=DAPOConfig, default_advantage="group_norm", uses_old_logprobs=True,
+    on_policy_weights=token_reinforce_weights,
+)(grpo_loss)

@@ -37,6 +37,7 @@ from ticgrpo.core.objectives._common import (
     RatioCap,
     clipped_surrogate,
     kl_per_token,
+    sequence_reinforce_weights,
 )
 from ticgrpo.core.objectives.registry import register_objective
 from ticgrpo.core.options import OPTIONS_CONFIG
@@ -52,7 +53,8 @@ class TICGRPOConfig(PenaltyConfig):
 
 @register_objective(
     "tic_grpo", options=TICGRPOConfig, default_advantage="length_corrected", uses_old_logprobs=True,
-    sequence_advantages=True,
+    sequence_advantages=True, on_policy_weights=lambda batch, options, norms: sequence_reinforce_weights(
+        batch, norms, token_mean=options.length_normalize),
 )
 def tic_grpo_loss(
     batch: PolicyBatch, config: TICGRPOConfig, norms: StepNormalizers
