@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,6 @@ def test_each_preset_trains_three_steps(tmp_path, name):
 def test_presets_compare_and_the_lab_read_every_name_alike(tmp_path):
     """A name is one method everywhere: `algorithm.preset`, `ticgrpo compare` and `ticgrpo lab`
     give it the same objective, validated options and advantage (and the same trainer mechanisms)."""
-    import dataclasses
 
     from ticgrpo.compare.plan import plan_comparison
     from ticgrpo.config.algorithms import algorithm_names
@@ -106,7 +106,7 @@ def test_presets_compare_and_the_lab_read_every_name_alike(tmp_path):
         compared = plan_comparison({}, name, "0", tmp_path / name).runs[0].config.algorithm
         assert (compared.objective.name, compared.objective.options, compared.advantage.name,
                 compared.advantage.options) == method, name
-        assert dataclasses.replace(compared, preset=None) == dataclasses.replace(preset, preset=None), name
+        assert compared.model_copy(update={"preset": None}) == preset.model_copy(update={"preset": None}), name
         if name in runnable:
             variant = get_variant(name)
             lab = (variant.objective, variant.config(), variant.advantage_name,
@@ -114,6 +114,70 @@ def test_presets_compare_and_the_lab_read_every_name_alike(tmp_path):
             assert lab == method, name
         else:
             assert ALGORITHMS[name].trainer_mechanisms() or OBJECTIVES.spec(preset.objective.name).couples_group
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_each_entry_gives_a_finite_loss_and_is_read_only(name):
+    from ticgrpo.core.advantages import compute_advantages
+    from ticgrpo.core.batch import PolicyBatch
+    from ticgrpo.core.objectives import compute_loss
+
+    settings = ALGORITHMS[name].settings
+    objective, options = split_node(settings["objective"], "objective")
+    advantage, advantage_options = split_node(settings.get("advantage"), "advantage")
+    objective = str(objective)
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
+    mask = torch.ones(6, 5)
+    mask[1, 3:] = 0
+    lengths = mask.sum(1).reshape(2, 3)
+    adv = compute_advantages(advantage or OBJECTIVES.spec(objective).default_advantage, rewards, lengths,
+                             **advantage_options).advantages.flatten().float()
+    logprobs = (-torch.rand(6, 5, generator=g)).requires_grad_(True)
+    batch = PolicyBatch(logprobs, mask, adv, old_logprobs=logprobs.detach() - 0.1 * torch.rand(6, 5, generator=g),
+                        token_ids=torch.randint(0, 7, (6, 5), generator=g), group_ids=torch.tensor([0, 0, 0, 1, 1, 1]),
+                        entropies=torch.rand(6, 5, generator=g))
+    loss, metrics = compute_loss(objective, batch, make_objective_config(objective, options))
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in metrics.values())
+    assert logprobs.grad is not None and torch.isfinite(logprobs.grad).all()
+    with pytest.raises(TypeError):
+        settings["objective"] = "grpo"  # type: ignore[index]
+    if isinstance(settings["objective"], Mapping):
+        with pytest.raises(TypeError):
+            settings["objective"]["name"] = "grpo"  # nested mappings are read-only too
+
+
+def test_algorithms_table_contents_and_errors():
+    from ticgrpo.config.algorithms import Algorithm, algorithm_settings, get_algorithm
+    from ticgrpo.registry import UnknownNameError
+
+    presets = {"grpo", "no_is", "tic_grpo", "gspo", "gmpo", "dr_grpo", "dapo", "bnpo", "gtpo", "dppo_tv", "dppo_kl",
+               "cispo", "rloo"}
+    ablations = {"tic_ratio_only", "tic_ratio_lenadv", "tic_ratio_clip", "grpo_noclip", "grpo_tokensum",
+                 "no_is_tokensum", "no_is_stale", "dapo_loss"}
+    assert set(ALGORITHMS) == presets | ablations
+    assert set(OBJECTIVES.names()) <= set(ALGORITHMS)  # every objective has an entry of its own today
+    assert algorithm_settings("bnpo") == {"objective": {"name": "grpo", "epsilon_low": 0.2, "epsilon_high": 0.28,
+                                                        "aggregation": "seq-mean-token-sum"}, "advantage": "beta_norm"}
+    assert ALGORITHMS["dapo"].trainer_mechanisms() == ["dynamic_sampling", "overlong_reward"]
+    assert not ALGORITHMS["grpo"].trainer_mechanisms()
+    assert algorithm_settings("rloo") == {"objective": "grpo", "advantage": "rloo"}
+    mine = algorithm_settings("tic_ratio_only")
+    mine["objective"]["epsilon_high"] = 0.5  # a caller's copy: the table is untouched
+    assert ALGORITHMS["tic_ratio_only"].settings["objective"]["epsilon_high"] is None
+    for name, entry in ALGORITHMS.items():
+        assert entry.name == name and entry.description, name
+        objective, _ = split_node(entry.settings["objective"], "objective")
+        advantage, _ = split_node(entry.settings.get("advantage"), "advantage")
+        if name not in ("bnpo", "rloo", "tic_ratio_only", "tic_ratio_clip"):  # those change the advantage
+            assert advantage in (None, OBJECTIVES.spec(str(objective)).default_advantage), name
+    with pytest.raises(UnknownNameError, match=r"unknown algorithm 'reinforce'; choose one of: .*tic_ratio_only"):
+        get_algorithm("reinforce")
+    with pytest.raises(UnknownNameError, match=r"did you mean 'tic_ratio_clip'"):
+        algorithm_settings("tic_ratio_clp")
+    with pytest.raises(ValueError, match="must name an objective"):
+        Algorithm("x", "no objective", {"advantage": "rloo"})
 
 
 # ---------------------------------------------------------------- preset precedence
