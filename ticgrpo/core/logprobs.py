@@ -95,7 +95,7 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
                 tgt = z.gather(1, targets[s:e, None]).squeeze(1)
                 m = z.amax(dim=1, keepdim=True)
                 z.sub_(m)  # z - max, in place
-                if with_entropy:
+                if ent is not None:
                     # H = log Σe^{z'} − Σ e^{z'} z' / Σ e^{z'} with z' = z − max; the exp temporary
                     # is only _ENTROPY_SUBBLOCK-th of the chunk.
                     sumexp = torch.empty(e - s, dtype=acc, device=device)
@@ -145,33 +145,22 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
                 h = hidden[s:e].to(cdt)
                 z = _chunk_logits(h, w, b, temperature, cdt)
                 z.sub_(lse[s:e, None])  # log p
-                if g_ent is not None:
-                    ge = g_ent[s:e, None].to(acc)
-                    gl = g_logp[s:e, None].to(acc) if g_logp is not None else None
-                    for r in _subblocks(e - s):  # in place on z, small exp temporary
-                        zr = z[r]
-                        p = torch.exp(zr)
-                        zr.add_(ent[s:e][r, None]).mul_(ge[r])  # g_H · (log p + H)
-                        if gl is not None:
-                            zr.add_(gl[r])
-                        zr.mul_(p).neg_()  # −p ⊙ (g_ℓ + g_H (log p + H))
-                        del p, zr  # a view keeps the whole chunk alive
-                    grad = z
-                    del z  # `grad` is the only reference, so `del grad` below frees it
-                else:
-                    grad = z.exp_().mul_(-g_logp[s:e, None].to(acc))  # −g_ℓ p, in place
-                    del z  # `grad` is the only reference, so `del grad` below frees it
-                if g_logp is not None:
-                    grad.scatter_add_(1, targets[s:e, None], g_logp[s:e, None].to(acc))  # + g_ℓ onehot
-                if temperature != 1.0:
-                    grad.div_(temperature)
-                if need_b:
+                grad = _logits_grad(
+                    z,
+                    g_logp[s:e] if g_logp is not None else None,
+                    g_ent[s:e] if g_ent is not None else None,
+                    ent[s:e] if g_ent is not None else None,
+                    targets[s:e],
+                    temperature,
+                )
+                del z  # `grad` is the only reference, so `del grad` below frees it
+                if grad_b is not None:
                     grad_b += grad.sum(0)
                 dy = grad.to(cdt)
                 del grad
-                if need_h:
+                if grad_h is not None:
                     grad_h[s:e] = dy @ w
-                if need_w:
+                if grad_w is not None:
                     grad_w.addmm_(dy.t(), h)
                 del dy
         if grad_w is not None:
@@ -179,6 +168,37 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
         if grad_b is not None:
             grad_b = grad_b.to(bias.dtype)
         return grad_h, grad_w, grad_b, None, None, None, None, None
+
+
+def _logits_grad(
+    log_p: Tensor,
+    g_logp: Tensor | None,
+    g_ent: Tensor | None,
+    ent: Tensor | None,
+    targets: Tensor,
+    temperature: float,
+) -> Tensor:
+    """The gradient w.r.t. one chunk's logits of Σ g_ℓ ℓ + g_H H, written in place over
+    `log_p` (the chunk's log-softmax, [rows, V]) and returned: no second [rows, V] buffer."""
+    acc = log_p.dtype
+    if g_ent is not None and ent is not None:
+        ge = g_ent[:, None].to(acc)
+        gl = g_logp[:, None].to(acc) if g_logp is not None else None
+        for r in _subblocks(log_p.shape[0]):  # small exp temporary
+            zr = log_p[r]
+            p = torch.exp(zr)
+            zr.add_(ent[r, None]).mul_(ge[r])  # g_H · (log p + H)
+            if gl is not None:
+                zr.add_(gl[r])
+            zr.mul_(p).neg_()  # −p ⊙ (g_ℓ + g_H (log p + H))
+            del p, zr  # a view keeps the whole chunk alive
+    elif g_logp is not None:
+        log_p.exp_().mul_(-g_logp[:, None].to(acc))  # −g_ℓ p
+    if g_logp is not None:
+        log_p.scatter_add_(1, targets[:, None], g_logp[:, None].to(acc))  # + g_ℓ onehot
+    if temperature != 1.0:
+        log_p.div_(temperature)
+    return log_p
 
 
 def token_logprobs_from_hidden(
@@ -430,4 +450,4 @@ def completion_logprobs(
         logp, ent = token_logprobs_from_hidden(
             hidden, head.weight, head.bias, targets, temperature, chunk_size, with_entropy
         )
-    return _scatter_rows(logp, mask), (_scatter_rows(ent, mask) if with_entropy else None)
+    return _scatter_rows(logp, mask), (_scatter_rows(ent, mask) if with_entropy and ent is not None else None)
