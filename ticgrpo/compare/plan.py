@@ -26,7 +26,6 @@ restarts when it has none. A folder made from a different config is an error, ne
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import json
 import re
@@ -148,7 +147,7 @@ def resolve_algorithm(name: str, custom: dict[str, Any] | None = None) -> dict[s
 
 
 def _check_keys(name: str, spec: dict[str, Any]) -> None:
-    allowed = {f.name for f in dataclasses.fields(AlgorithmConfig)} | set(_SPEC_EXTRA)
+    allowed = set(AlgorithmConfig.model_fields) | set(_SPEC_EXTRA)
     for key in spec:
         if key in _LEGACY_OPTIONS:
             method = _LEGACY_OPTIONS[key]

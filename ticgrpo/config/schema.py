@@ -1,0 +1,666 @@
+"""The training config as pydantic models: every key's type, default, range or choices and
+description lives on its field, and the cross-field rules are model validators.
+
+A new config key is written in one place: a field here (its description is the docs' text,
+`python -m ticgrpo.config.docs` writes docs/config.md from it). Registry names (objectives,
+advantages, rewards) are checked against the registries, so that a piece registered later is
+a valid choice too. The loader (`ticgrpo.config.loading`) turns pydantic's first error into
+one line naming the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line naming the key."""
+
+
+SECTION = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=False)
+
+
+def describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def unknown_value(value: Any, allowed: Iterable[str]) -> str:
+    """`unknown value 'x' (did you mean 'y'?); choose one of: ...` (without the key)."""
+    allowed = list(allowed)
+    close = difflib.get_close_matches(str(value), allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown value {value!r}{hint}; choose one of: {', '.join(allowed)}"
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got {describe(value)}")
+    return value
+
+
+def _integer_input(value: Any) -> Any:
+    if isinstance(value, (bool, str)):
+        raise ValueError(f"must be an integer, got {describe(value)}")
+    return value
+
+
+# YAML typed the values already; bools are not numbers, strings are not integers. Floats take
+# strings because YAML 1.1 reads `1e-5` (no dot) as one.
+Number = Annotated[float, BeforeValidator(_no_bool)]
+Integer = Annotated[int, BeforeValidator(_integer_input)]
+Flag = Annotated[bool, Strict()]
+Text = Annotated[str, Strict()]
+
+
+# --------------------------------------------------------------------------- option mappings
+# Sub-configs passed on as keyword arguments (peft, vLLM, a data source): the config keeps the
+# mapping the user wrote, validated by the model of its keys.
+
+
+@dataclass(frozen=True)
+class KeysOf:
+    """Field metadata: the mapping is validated by `model` (a union: `models`, chosen by `choose`)."""
+
+    models: tuple[type[BaseModel], ...]
+    choose: Callable[[dict], str | None] | None = None
+
+
+class NestedMappingError(ValueError):
+    """A mapping field's own validation error, reported by the loader under the field's key."""
+
+    def __init__(self, error: ValidationError, models: tuple[type[BaseModel], ...]) -> None:
+        super().__init__(str(error))
+        self.error, self.models = error, models
+
+
+def _validated_mapping(value: Any, adapter: TypeAdapter, models: tuple[type[BaseModel], ...], nullable: bool) -> Any:
+    if value is None and nullable:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a mapping, got {describe(value)}")
+    try:
+        parsed = adapter.validate_python(value)
+    except ValidationError as exc:
+        raise NestedMappingError(exc, models) from None
+    return parsed.model_dump(exclude_unset=True)
+
+
+def mapping_of(*models: type[BaseModel], choose: Callable[[dict], str | None] | None = None,
+               nullable: bool = False) -> Any:
+    """The type of a mapping field whose keys are those of `models` (one of them, by `choose`)."""
+    if choose is None:
+        adapter: TypeAdapter = TypeAdapter(models[0])
+    else:
+        members = tuple(Annotated[m, Tag(m.__name__)] for m in models)
+        union: Any = Annotated[Union[members], Discriminator(lambda v: _tag(choose, models, v))]  # noqa: UP007
+        adapter = TypeAdapter(union)
+    kind = dict[str, Any] | None if nullable else dict[str, Any]
+    check = BeforeValidator(lambda v: _validated_mapping(v, adapter, models, nullable))
+    return Annotated[kind, check, KeysOf(models, choose)]
+
+
+def _tag(choose: Callable[[dict], str | None], models: tuple[type[BaseModel], ...], value: Any) -> str | None:
+    kind = choose(value) if isinstance(value, dict) else None
+    return next((m.__name__ for m in models if getattr(m, "KIND", None) == kind), None)
+
+
+class LoraOptions(BaseModel):
+    """`model.lora`: peft.LoraConfig arguments (ticgrpo adds target_modules all-linear, task_type CAUSAL_LM)."""
+
+    model_config = SECTION
+    r: Integer = Field(default=8, ge=1, description="adapter rank")
+    lora_alpha: Annotated[int | float, BeforeValidator(_no_bool)] = Field(
+        default=8, gt=0, description="scaling numerator (scale = lora_alpha / r)")
+    lora_dropout: Number = Field(default=0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: str | list[str] = Field(default="all-linear", description="module names, or all-linear")
+    bias: Literal["none", "all", "lora_only"] = Field(default="none", description="which biases are trained")
+    task_type: Text = Field(default="CAUSAL_LM", description="peft task type")
+    use_rslora: Flag = Field(default=False, description="rank-stabilised scaling lora_alpha / sqrt(r)")
+    use_dora: Flag = Field(default=False, description="weight-decomposed LoRA")
+    modules_to_save: list[str] | None = Field(default=None, description="modules trained in full beside the adapter")
+    layers_to_transform: list[int] | None = Field(default=None, description="only these layer indices")
+    init_lora_weights: Flag | Text = Field(default=True, description="initialisation (true, gaussian, pissa, ...)")
+    fan_in_fan_out: Flag = Field(default=False, description="weights stored (fan_in, fan_out), e.g. GPT-2 Conv1D")
+
+
+class VLLMOptions(BaseModel):
+    """`rollout.vllm`: VLLMEngine keyword options (docs/vllm.md); other keys go to vllm.LLM."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    mode: Literal["colocate", "server"] = Field(default="colocate",
+        description="vLLM in this process, or an HTTP server")
+    model_path: str | None = Field(default=None,
+        description="weights folder vLLM loads first; null = saved from the model")
+    server_url: str | None = Field(default=None,
+        description="mode server: http://HOST:PORT of ticgrpo.rollout.vllm.server")
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
+        default="bfloat16", description="vLLM weights dtype")
+    gpu_memory_utilization: Number = Field(default=0.3, gt=0, le=1, description="fraction of the GPU vLLM may take")
+    max_model_len: Integer | None = Field(default=None, ge=1, description="vLLM context length; null = the model's")
+    seed: Integer = Field(default=0, description="sampling seed; left out: the run's seed (+ an offset per rank)")
+    enforce_eager: Flag = Field(default=True, description="no CUDA graphs (faster start, less memory)")
+
+
+class IGRPOOptions(BaseModel):
+    """`algorithm.igrpo`: two-stage drafts (iGRPO)."""
+
+    model_config = SECTION
+    num_drafts: Integer = Field(default=1, ge=1,
+        description="drafts sampled per prompt; the best one enters the prompt")
+    template: Text = Field(default="{prompt}\n\nHere is a draft answer:\n{draft}\n\nImprove it.",
+                           description="the second-stage prompt; holds {prompt} and {draft}")
+
+    @field_validator("template")
+    @classmethod
+    def _formats(cls, template: str) -> str:
+        if "{prompt}" not in template or "{draft}" not in template:
+            raise ValueError(f"must contain {{prompt}} and {{draft}}, got {template!r}")
+        try:
+            template.format(prompt="", draft="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"{template!r} does not format with prompt and draft only ({exc})") from None
+        return template
+
+
+SOURCE_KEYS = ("task", "jsonl", "hf")
+
+
+class TaskSource(BaseModel):
+    """A built-in task (ticgrpo.data.tasks); its eval split is the fixed held-out set."""
+
+    KIND: ClassVar[str] = "task"
+    model_config = SECTION
+    task: Text = Field(description="task name, e.g. arithmetic")
+    level: Integer = Field(default=1, ge=1, description="difficulty level")
+    split: Literal["train", "eval"] = Field(default="train", description="train or the fixed held-out eval split")
+    num_train: Integer = Field(default=10_000, ge=1, description="training problems generated")
+    num_eval: Integer = Field(default=100, ge=1, description="held-out problems")
+    seed: Integer = Field(default=0, description="seed of the training problems")
+    eval_seed: Integer = Field(default=9_176_263, description="seed of the held-out problems (fixed: the same eval set "
+                               "in every run)")
+    prompt_style: Literal["chat", "text"] = Field(default="chat",
+        description="one-shot chat messages, or a plain string")
+
+
+class JsonlSource(BaseModel):
+    """One JSON object per line."""
+
+    KIND: ClassVar[str] = "jsonl"
+    model_config = SECTION
+    jsonl: Text = Field(description="path of the .jsonl file (relative to the working folder)")
+    prompt_column: Text = Field(default="prompt", description="the column holding the prompt")
+    answer_column: Text | None = Field(default=None, description="the column holding the reference answer")
+
+
+class HFSource(BaseModel):
+    """A Hugging Face dataset: a save_to_disk folder, a local dataset folder or a hub name."""
+
+    KIND: ClassVar[str] = "hf"
+    model_config = SECTION
+    hf: Text = Field(description="folder or hub name")
+    split: Text = Field(default="train", description="split to read")
+    config: Text | None = Field(default=None, description="dataset configuration name")
+    prompt_column: Text = Field(default="prompt", description="the column holding the prompt")
+    answer_column: Text | None = Field(default=None, description="the column holding the reference answer")
+
+
+def source_kind(spec: dict) -> str | None:
+    kinds = [key for key in SOURCE_KEYS if key in spec]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+def _one_source(key: str) -> Callable[[Any], Any]:
+    def check(spec: Any) -> Any:
+        if isinstance(spec, dict) and source_kind(spec) is None:
+            raise ConfigError(f"data.{key} must name exactly one source: task, jsonl or hf; got keys {sorted(spec)}")
+        return spec
+
+    return check
+
+
+DataSource = mapping_of(TaskSource, JsonlSource, HFSource, choose=source_kind)
+OptionalDataSource = mapping_of(TaskSource, JsonlSource, HFSource, choose=source_kind, nullable=True)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _known_reward(name: str) -> str:
+    if ":" in name:
+        return name  # "module:function" paths are imported when the trainer starts
+    from ticgrpo.rewards import REWARDS
+
+    if name not in REWARDS:
+        raise ValueError(unknown_value(name, REWARDS.names()))
+    return name
+
+
+class ModelConfig(BaseModel):
+    model_config = SECTION
+    name: Text = Field(default="smollm2-135m-instruct", min_length=1,
+                       description="local folder, hub id or alias (ticgrpo.models)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="weights dtype")
+    autocast_bf16: Flag = Field(default=False,
+        description="bf16 autocast for forward passes and generation (CPU speed)")
+    gradient_checkpointing: Flag = Field(default=False, description="recompute activations in backward (less memory)")
+    lora: mapping_of(LoraOptions, nullable=True) = Field(  # type: ignore[valid-type]
+        default=None, description="peft.LoraConfig arguments (model.lora.* below); null = full fine-tuning")
+    trust_remote_code: Flag = Field(default=False, description="run the model repository's own code")
+    system_prompt: Text | None = Field(default=None, description="system message prepended to every prompt")
+    chat_template: Flag = Field(default=True, description="wrap prompts with the tokenizer's chat template")
+
+
+class DataConfig(BaseModel):
+    model_config = SECTION
+    train: Annotated[DataSource, BeforeValidator(_one_source("train"))] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: {"task": "arithmetic", "level": 2, "split": "train"},
+        description="training prompts: one source, {task: ...} | {jsonl: ...} | {hf: ...}")
+    eval: Annotated[OptionalDataSource, BeforeValidator(_one_source("eval"))] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: {"task": "arithmetic", "level": 2, "split": "eval"},
+        description="held-out prompts, same forms; null = no evaluation")
+    shuffle: Flag = Field(default=True, description="reshuffle the training prompts every epoch (seeded)")
+
+
+class RolloutConfig(BaseModel):
+    model_config = SECTION
+    engine: Literal["hf", "vllm"] = Field(default="hf", description="generation engine")
+    prompts_per_step: Integer = Field(default=4, ge=1, description="P: prompts per training step")
+    num_generations: Integer = Field(default=8, ge=2,
+        description="G: completions per prompt (>= 2 for group advantages)",
+                                     json_schema_extra={"symbol": "G"})
+    max_new_tokens: Integer = Field(default=96, ge=1, description="completion length limit")
+    max_prompt_length: Integer | None = Field(default=None, ge=1,
+        description="left-truncate longer prompts; null = never")
+    temperature: Number = Field(default=1.0, gt=0, description="sampling temperature")
+    top_p: Number = Field(default=1.0, gt=0, le=1, description="nucleus sampling")
+    top_k: Integer = Field(default=0, ge=0, description="top-k sampling; 0 = off")
+    generation_batch_size: Integer | None = Field(default=None, ge=1,
+        description="sequences per generate() call; null = all")
+    vllm: mapping_of(VLLMOptions) = Field(  # type: ignore[valid-type]
+        default_factory=dict,
+           description="engine vllm: VLLMEngine options (rollout.vllm.* below, docs/vllm.md)")
+
+
+class WeightedReward(BaseModel):
+    model_config = SECTION
+    name: Annotated[Text, BeforeValidator(lambda v: _known_reward(v) if isinstance(v, str) else v)] = Field(
+        default="math_correctness", description="reward registry name or package.module:function")
+    weight: Number = Field(default=1.0, description="its weight in the summed reward")
+
+
+def _objective_options(name: str, overrides: dict | None = None) -> Any:
+    from ticgrpo.core.objectives import make_objective_config
+
+    return make_objective_config(name, overrides)
+
+
+class ObjectiveChoice(BaseModel):
+    """`algorithm.objective`: a registered objective and its validated options (defaults filled).
+
+    In YAML a name (`cispo`) or a mapping naming it with its options (`{name: cispo, epsilon_high: 0.3}`).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    name: str = "tic_grpo"
+    options: Any = Field(default_factory=lambda: _objective_options("tic_grpo"))
+
+    @model_serializer
+    def _yaml_form(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {"name": self.name, **dataclasses.asdict(self.options)}
+
+
+class AdvantageChoice(BaseModel):
+    """`algorithm.advantage`: the estimator in use and its options.
+
+    In YAML null (the objective's default), a name, or `{name: beta_norm, reward_min: 0}`.
+    `from_objective` records a null, so that a written config keeps following the objective.
+    """
+
+    name: str = "length_corrected"
+    options: dict[str, float | bool | None] = Field(default_factory=dict)
+    from_objective: bool = True
+
+    @model_serializer
+    def _yaml_form(self) -> dict[str, Any] | None:
+        if self.from_objective and not self.options:
+            return None
+        return {"name": self.name, **self.options}
+
+
+def method_node(key: str, node: Any) -> tuple[str | None, dict[str, Any]]:
+    """(name, options) of an `algorithm.objective` / `algorithm.advantage` node: null, a name, or
+    a mapping with `name` (optional: the default method) and the method's options."""
+    if node is None or isinstance(node, str):
+        return node, {}
+    if not isinstance(node, dict):
+        raise ConfigError(f"{key} must be a name or a mapping {{name: ..., <option>: ...}}, got {describe(node)}")
+    options = dict(node)
+    name = options.pop("name", None)
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"{key}.name must be a string, got {describe(name)}")
+    for option, value in options.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}.{option} must be a finite number, got {value}")
+    return name, options
+
+
+def method_name(node: Any) -> Any:
+    return node.get("name") if isinstance(node, dict) else node
+
+
+# removed keys → the key their options now nest under
+REMOVED_OPTION_KEYS = {"objective_options": "objective", "advantage_options": "advantage"}
+
+
+def _removed_options_error(algo: dict, removed: str, key: str) -> ConfigError:
+    """The one-line error for `objective_options` / `advantage_options`, spelling out the new form."""
+    import yaml
+
+    from ticgrpo.core.objectives import OBJECTIVES
+
+    objective = method_name(algo.get("objective")) or ObjectiveChoice().name
+    name = method_name(algo.get(key))
+    if name is None:
+        name = objective if key == "objective" else (
+            OBJECTIVES.spec(objective).default_advantage if objective in OBJECTIVES else "...")
+    node = {"name": name, **(algo[removed] if isinstance(algo[removed], dict) else {})}
+    spelling = yaml.safe_dump(node, default_flow_style=True, sort_keys=False).strip()
+    return ConfigError(f"algorithm.{removed} was removed: the options nest under the method, "
+                       f"algorithm.{key}: {spelling} (--set algorithm.{key}.<option>=...)")
+
+
+def resolve_methods(algo: dict) -> dict:
+    """A copy of a raw `algorithm` section with its objective and advantage nodes validated into
+    ObjectiveChoice / AdvantageChoice (null advantage: the objective's default)."""
+    from ticgrpo.core.advantages import ADVANTAGES, make_advantage_options
+    from ticgrpo.core.objectives import OBJECTIVES
+
+    for removed, key in REMOVED_OPTION_KEYS.items():
+        if removed in algo:
+            raise _removed_options_error(algo, removed, key)
+    algo = dict(algo)
+    name, overrides = method_node("algorithm.objective", algo.get("objective"))
+    name = name or ObjectiveChoice.model_fields["name"].default
+    if name not in OBJECTIVES:
+        raise ConfigError(f"algorithm.objective: {unknown_value(name, OBJECTIVES.names())}")
+    try:
+        options = _objective_options(name, overrides)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"algorithm.objective: {exc}") from None
+    algo["objective"] = ObjectiveChoice(name=name, options=options)
+    advantage, advantage_options = method_node("algorithm.advantage", algo.get("advantage"))
+    if advantage is not None and advantage not in ADVANTAGES:
+        raise ConfigError(f"algorithm.advantage: {unknown_value(advantage, ADVANTAGES.names())}")
+    resolved = advantage or OBJECTIVES.spec(name).default_advantage
+    try:
+        advantage_options = make_advantage_options(resolved, advantage_options)
+    except ValueError as exc:
+        raise ConfigError(f"algorithm.advantage: {exc}") from None
+    algo["advantage"] = AdvantageChoice(name=resolved, options=advantage_options, from_objective=advantage is None)
+    return algo
+
+
+class AlgorithmConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
+    preset: Text | None = Field(default=None, description="an ALGORITHMS name (ticgrpo.config.algorithms); fills the "
+                                "algorithm keys the config leaves out")
+    objective: ObjectiveChoice = Field(
+        default_factory=ObjectiveChoice,
+        description="objective name, or {name: ..., <option>: ...} with its options (docs/objectives.md); "
+        "default tic_grpo")
+    advantage: AdvantageChoice = Field(
+        default_factory=AdvantageChoice,
+        description="null (the objective's default), a name, or {name: ..., <option>: ...} (ticgrpo.core.advantages)")
+    rewards: list[WeightedReward] = Field(default_factory=lambda: [WeightedReward()], min_length=1,
+                                          description="rewards summed with their weights: [{name, weight}, ...]")
+    reward_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                          description="extra keyword arguments for reward functions")
+    num_iterations: Integer = Field(default=1, ge=1, description="μ: inner epochs over each rollout batch",
+                                    json_schema_extra={"symbol": "μ"})
+    num_minibatches: Integer = Field(default=1, ge=1, description="M: optimizer steps per inner epoch")
+    micro_batch_size: Integer | None = Field(default=None, ge=1,
+                                             description="sequences per forward/backward; null = whole minibatch")
+    dynamic_sampling: Flag = Field(default=False, description="DAPO: drop groups whose rewards are all equal, resample")
+    dynamic_sampling_max_rounds: Integer = Field(default=3, ge=1, description="resampling rounds per step at most")
+    mask_truncated: Flag = Field(default=False,
+        description="DAPO overlong filtering: truncated completions get no loss")
+    overlong_reward: Flag = Field(default=False, description="DAPO soft overlong punishment: add reward overlong_soft "
+                                  "(weight 1)")
+    espo_delta: Number | None = Field(default=None, gt=0, description="ESPO: stop the inner epochs once mean |ρ−1| > δ "
+                                      "(paper: 0.25); null = off")
+    igrpo: mapping_of(IGRPOOptions, nullable=True) = Field(  # type: ignore[valid-type]
+        default=None, description="iGRPO two-stage drafts (algorithm.igrpo.* below); null = off")
+    logprob_chunk_size: Integer = Field(default=1024, ge=1, description="tokens per chunk of the log-prob computation")
+    log_entropy: Flag = Field(default=True, description="log the policy's token entropy")
+    on_reward_error: Literal["raise", "zero", "skip"] = Field(
+        default="raise",
+            description="a reward raising / returning NaN or too few values: stop, score 0, or drop the group")
+    reward_timeout_s: Number | None = Field(default=300.0, gt=0,
+        description="a reward call slower than this counts as a "
+                                            "reward error; null = no limit")
+    behavior_correction: Text | None = Field(
+        default=None,
+            description="engine (vLLM) vs trainer log-probs: null | token | sequence TIS (ticgrpo.core.mismatch)")
+    behavior_correction_cap: Number = Field(default=2.0, ge=1, description="C: importance weights are truncated at C")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _methods(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or isinstance(data.get("objective"), ObjectiveChoice):
+            return data
+        return resolve_methods(data)
+
+    @field_validator("behavior_correction")
+    @classmethod
+    def _known_correction(cls, mode: str | None) -> str | None:
+        from ticgrpo.core.mismatch import MODES
+
+        if mode is not None and mode not in MODES:
+            raise ValueError(unknown_value(mode, MODES))
+        return mode
+
+    @model_validator(mode="after")
+    def _rules(self) -> AlgorithmConfig:
+        names = [spec.name for spec in self.rewards]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"algorithm.rewards lists a reward twice: {names}")
+        for name in names:
+            _check_reward_options(name, self.reward_kwargs)
+        if float(getattr(self.objective.options, "beta", 0.0)) < 0:
+            raise ConfigError("algorithm.objective.beta must be >= 0")
+        return self
+
+
+def _check_reward_options(name: str, reward_kwargs: dict) -> None:
+    """A reward's own check of its options (RewardSpec.check_options), e.g. that the sandbox
+    level code_tests requires runs on this machine: fail before training starts."""
+    if ":" in name:
+        return
+    from ticgrpo.rewards import REWARDS
+
+    check = REWARDS.spec(name).check_options
+    if check is not None:
+        try:
+            check(reward_kwargs)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+class OptimConfig(BaseModel):
+    model_config = SECTION
+    lr: Number = Field(default=1e-5, gt=0, description="AdamW learning rate")
+    weight_decay: Number = Field(default=0.0, ge=0, description="AdamW weight decay")
+    beta1: Number = Field(default=0.9, ge=0, lt=1, description="AdamW β1")
+    beta2: Number = Field(default=0.999, ge=0, lt=1, description="AdamW β2")
+    eps: Number = Field(default=1e-8, gt=0, description="AdamW ε")
+    max_grad_norm: Number | None = Field(default=1.0, gt=0, description="gradient clipping norm; null = no clipping")
+    warmup_steps: Integer = Field(default=0, ge=0, description="training steps (rollout batches) of linear warm-up")
+    schedule: Literal["constant", "cosine", "linear"] = Field(default="constant", description="after warm-up")
+    min_lr_ratio: Number = Field(default=0.0, ge=0, le=1,
+        description="floor of cosine/linear decay, as a fraction of lr")
+    max_consecutive_nonfinite: Integer = Field(
+        default=3, ge=1, description="stop (exit 3) after this many steps in a row with a NaN/inf loss or gradient")
+
+
+class EvalConfig(BaseModel):
+    model_config = SECTION
+    every_steps: Integer = Field(default=25, ge=0,
+        description="evaluate every N steps; 0 = only before and after training")
+    at_start: Flag = Field(default=True, description="evaluate before the first step")
+    at_end: Flag = Field(default=True, description="evaluate after the last step")
+    num_examples: Integer | None = Field(default=64, ge=1, description="the first N eval rows; null = the whole split")
+    batch_size: Integer = Field(default=32, ge=1, description="prompts per generate() call")
+    max_new_tokens: Integer | None = Field(default=None, ge=1, description="null = rollout.max_new_tokens")
+    reward: Annotated[Text, BeforeValidator(lambda v: _known_reward(v) if isinstance(v, str) else v)] = Field(
+        default="math_correctness", description="reward that scores the held-out completions")
+    correct_threshold: Number = Field(default=1.0, description="reward >= this counts as correct")
+    mean_at_k: Integer = Field(default=0, ge=0,
+        description="k sampled completions per prompt for mean@k; 0 = greedy only")
+    temperature: Number | None = Field(default=None, gt=0, description="for mean@k; null = rollout.temperature")
+
+
+class LoggingConfig(BaseModel):
+    model_config = SECTION
+    samples_per_step: Integer = Field(default=2, ge=0, description="rows written to samples.jsonl per step")
+    progress_bar: Flag = Field(default=True, description="a progress bar on stderr")
+    tensorboard: Flag = Field(default=False, description="also write TensorBoard event files")
+    wandb: Flag = Field(default=False, description="also log to Weights & Biases")
+    wandb_project: Text = Field(default="ticgrpo", description="the W&B project")
+    plot: Flag = Field(default=True, description="curves.png at the end")
+
+
+class CheckpointConfig(BaseModel):
+    model_config = SECTION
+    every_steps: Integer = Field(default=0, ge=0, description="intermediate checkpoints every N steps; 0 = none")
+    keep_last: Integer = Field(default=2, ge=0, description="checkpoints kept; 0 = all")
+    save_final: Flag = Field(default=True, description="final/ (save_pretrained + tokenizer)")
+
+
+def check_output_dir(key: str, folder: str | Path) -> None:
+    """`folder` can be created or used: it is not a file and no folder above it is a file."""
+    path = Path(folder)
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "is a file" if candidate == path else f"is inside {str(candidate)!r}, which is a file"
+                raise ConfigError(f"{key} {str(folder)!r} {where}; choose a folder path (it is created if missing)")
+            return
+
+
+def _threads(value: Any) -> Any:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ConfigError(f"threads must be a positive integer or 'auto', got {value!r}")
+
+
+class TrainConfig(BaseModel):
+    model_config = SECTION
+    output_dir: Text = Field(default="runs/default", description="the run folder (created if missing)")
+    seed: Integer = Field(default=0, description="seed of sampling, shuffling and initialisation")
+    max_steps: Integer = Field(default=100, ge=0, description="training steps (rollout batches)")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = cuda where there is a GPU")
+    threads: Annotated[int | Literal["auto"], BeforeValidator(_threads)] = Field(
+        default="auto", description="CPU threads for torch: a count, or auto (the cores this process may use)")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @property
+    def rollout_batch_size(self) -> int:
+        return self.rollout.prompts_per_step * self.rollout.num_generations
+
+    def to_dict(self) -> dict:
+        """The config in its YAML form (methods as nested mappings), ready for load_config."""
+        return self.model_dump()
+
+    @model_validator(mode="after")
+    def _rules(self) -> TrainConfig:
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("device: cuda, but torch sees no CUDA GPU on this machine (torch.cuda.is_available() "
+                                  "is False); set device: cpu, or auto to use a GPU only where there is one")
+        check_output_dir("output_dir", self.output_dir)
+        self._check_batch_sizes()
+        self._check_behavior_correction()
+        return self
+
+    def _check_batch_sizes(self) -> None:
+        a, batch = self.algorithm, self.rollout_batch_size
+        if batch % a.num_minibatches:
+            raise ConfigError(f"algorithm.num_minibatches={a.num_minibatches} must divide "
+                              f"prompts_per_step*num_generations={batch}")
+        minibatch = batch // a.num_minibatches
+        if a.micro_batch_size is not None and minibatch % a.micro_batch_size:
+            raise ConfigError(f"algorithm.micro_batch_size={a.micro_batch_size} must divide the minibatch size "
+                              f"{minibatch} (prompts_per_step*num_generations/num_minibatches)")
+
+    def _check_behavior_correction(self) -> None:
+        from ticgrpo.core.mismatch import CORRECTIONS
+        from ticgrpo.core.objectives import OBJECTIVES
+
+        a = self.algorithm
+        if a.behavior_correction is None:
+            return
+        if self.rollout.engine == "hf":
+            raise ConfigError("algorithm.behavior_correction corrects an inference engine's sampling; the hf engine "
+                              "samples from the training model itself: set rollout.engine: vllm or drop the correction")
+        if not CORRECTIONS.spec(a.behavior_correction).sequence_level and \
+                OBJECTIVES.spec(a.objective.name).sequence_advantages:
+            raise ConfigError(f"algorithm.behavior_correction: token weights need a token-level objective; "
+                              f"{a.objective.name} uses one advantage per sequence: use sequence")
+
+
+__all__ = [
+    "AdvantageChoice",
+    "AlgorithmConfig",
+    "CheckpointConfig",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "HFSource",
+    "IGRPOOptions",
+    "JsonlSource",
+    "KeysOf",
+    "LoggingConfig",
+    "LoraOptions",
+    "ModelConfig",
+    "ObjectiveChoice",
+    "OptimConfig",
+    "RolloutConfig",
+    "TaskSource",
+    "TrainConfig",
+    "VLLMOptions",
+    "ValidationError",
+    "WeightedReward",
+    "check_output_dir",
+    "resolve_methods",
+]
