@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,7 +21,7 @@ PNGS = ("reward.png", "accuracy.png", "clip_frac.png", "completion_length.png")
 
 
 def base_config(**sections) -> dict:
-    cfg = {
+    cfg: dict[str, Any] = {
         "max_steps": 2,
         "model": {"name": "tiny-test", "chat_template": False},
         "data": {"train": {"task": "arithmetic", "level": 2, "split": "train", "num_train": 40, "num_eval": 4},
