@@ -1,5 +1,5 @@
-"""The §4.4 variants (gspo, gmpo, dr_grpo, dapo, cispo, dppo_tv/kl, gtpo), the `beta_norm`
-advantage and the presets: against naive loops over option grids, padding and micro-batch
+"""The §4.4 variants (gspo, gmpo, dr_grpo, dapo, cispo, dppo_tv/kl, gtpo) and the `beta_norm`
+advantage: against naive loops over option grids, padding and micro-batch
 invariance under non-default options, and the reductions stated in the literature. What every
 objective must satisfy under its defaults (non-finite padding never read, ...) is in
 test_objective_contract.py."""
@@ -21,7 +21,6 @@ from ticgrpo.core.aggregation import AGGREGATIONS
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives import OBJECTIVES, compute_loss, make_objective_config
 from ticgrpo.core.objectives.gtpo import conflict_tokens
-from ticgrpo.presets import PRESETS, TRAINER_DEFAULTS, get_preset
 
 B, T, L_MAX, VOCAB = 6, 7, 9, 3
 GROUPS = torch.tensor([0, 0, 0, 1, 1, 1])
@@ -524,7 +523,7 @@ def test_no_nan_or_inf_for_extreme_ratios(name, log_ratio):
                     assert torch.isfinite(value), key
 
 
-# ---------------------------------------------------------------- registry and presets
+# ---------------------------------------------------------------- registry
 def test_registry_entries_and_meta():
     expected = {"gspo": "group_norm", "gmpo": "group_norm", "dr_grpo": "mean_only", "dapo": "group_norm",
                 "cispo": "group_norm", "dppo_tv": "group_norm", "dppo_kl": "group_norm", "gtpo": "group_norm"}
@@ -554,44 +553,6 @@ def test_registry_entries_and_meta():
         make_objective_config("dppo_kl", {"delta": -1})
     with pytest.raises(ValueError, match=r"cispo\.aggregation must be one of: "):
         make_objective_config("cispo", {"aggregation": "mean"})
-
-
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_presets_build_and_run(name):
-    preset = get_preset(name)
-    config = make_objective_config(preset.objective, dict(preset.objective_options))
-    g = torch.Generator().manual_seed(0)
-    rewards = (torch.rand(2, 3, generator=g) > 0.5).double()
-    rewards[0] = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
-    d = random_batch(1)
-    result = compute_advantages(preset.advantage, rewards, d["mask"].sum(1).reshape(2, 3),
-                                **preset.advantage_options)
-    d["adv"] = result.advantages.flatten()
-    loss, _, metrics = loss_and_grad(preset.objective, d, config, None)
-    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in metrics.values())
-    assert set(preset.trainer) == set(TRAINER_DEFAULTS)
-    with pytest.raises(TypeError):
-        preset.trainer["dynamic_sampling"] = True  # read-only
-
-
-def test_preset_contents_and_errors():
-    assert set(PRESETS) == {"grpo", "no_is", "tic_grpo", "gspo", "gmpo", "dr_grpo", "dapo", "bnpo", "gtpo",
-                            "dppo_tv", "dppo_kl", "cispo", "rloo"}
-    bnpo = get_preset("bnpo")
-    assert (bnpo.objective, bnpo.advantage) == ("grpo", "beta_norm")
-    assert dict(bnpo.objective_options) == {"epsilon_low": 0.2, "epsilon_high": 0.28,
-                                            "aggregation": "seq-mean-token-sum"}
-    assert get_preset("dapo").trainer["dynamic_sampling"] and get_preset("dapo").trainer["overlong_reward"]
-    assert not get_preset("grpo").trainer["dynamic_sampling"]
-    assert (get_preset("rloo").objective, get_preset("rloo").advantage) == ("grpo", "rloo")
-    for name, preset in PRESETS.items():
-        if name not in ("bnpo", "rloo"):
-            assert preset.advantage == OBJECTIVES.spec(preset.objective).default_advantage, name
-    with pytest.raises(KeyError, match=r"unknown preset 'ppo'; choose one of: .*tic_grpo"):
-        get_preset("ppo")
-    from ticgrpo.presets import Preset
-    with pytest.raises(ValueError, match="unknown trainer option"):
-        Preset("grpo", "group_norm", trainer={"dynamic": True})
 
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
