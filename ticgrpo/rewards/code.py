@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ticgrpo.rewards.registry import register_reward
+
+if TYPE_CHECKING:  # imported when a code reward runs: the trainer records sandbox.json only then
+    from ticgrpo.rewards.sandbox import Sandbox
 
 OPTIONS = ("sandbox_timeout_s", "sandbox_memory_mb", "sandbox_disk_mb", "sandbox_workers", "sandbox_require")
 
 
-def code_tests_sandbox(**kwargs: Any) -> Any:
+def code_tests_sandbox(**kwargs: Any) -> Sandbox:
     """The shared Sandbox for these reward_kwargs; ValueError (one line) for a bad option or
     an unavailable required level."""
     from ticgrpo.rewards.sandbox import ISOLATION_LEVELS, default_sandbox
@@ -56,7 +59,7 @@ def code_tests_sandbox(**kwargs: Any) -> Any:
     return default_sandbox(require=require, **limits)
 
 
-def check_code_tests_options(reward_kwargs: dict) -> None:
+def check_code_tests_options(reward_kwargs: dict[str, Any]) -> None:
     """Run before training: the sandbox options are valid and the required level runs here."""
     code_tests_sandbox(**{k: v for k, v in reward_kwargs.items() if k in OPTIONS})
 
