@@ -208,7 +208,19 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from ticgrpo.rewards import RewardError, guard_reward  # noqa: E402
+import torch  # noqa: E402
+
+from ticgrpo.rewards import RewardError  # noqa: E402
+from ticgrpo.rewards.scoring import Scorer, guard_reward  # noqa: E402
+from ticgrpo.rollout import RolloutBatch  # noqa: E402
+
+
+def rollout_of(completions: list[str]) -> RolloutBatch:
+    """A rollout holding `completions` as texts (one token each), for scoring."""
+    n = len(completions)
+    ones = torch.ones(n, 1, dtype=torch.long)
+    return RolloutBatch(ones, ones, ones, ones, torch.zeros(n, dtype=torch.bool), torch.arange(n), ["p"] * n,
+                        completions)
 
 REPO = Path(__file__).resolve().parents[1]
 TICGRPO = Path(sys.executable).parent / "ticgrpo"  # the console script: no cwd on sys.path, as for a user
@@ -247,8 +259,32 @@ def test_reward_needing_an_absent_column_is_a_one_line_error() -> None:
         combine_rewards([(trl_style, 1.0)], ["p"], ["x"], {"solution": ["1"]})
     message = str(info.value)
     assert "reward function 'trl_style' needs the keyword argument 'answer'" in message and "solution" in message
-    with pytest.raises(ValueError, match="needs the keyword argument 'answer'"):
-        guard_reward(trl_style, "zero", [])(prompts=["p"], completions=["x"], solution=["1"])  # not zeroed away
+    with pytest.raises(ValueError, match="needs the keyword argument 'answer'"):  # not zeroed away
+        Scorer([(trl_style, 1.0)], max_new_tokens=4, on_error="zero").score(rollout_of(["x"]), [
+            {"prompt": "p", "solution": "1"}], 1)
+
+
+def nan_for_bad(prompts, completions, **kwargs):
+    return [math.nan if c == "bad" else 1.0 for c in completions]
+
+
+def test_scorer_returns_failures_as_a_value_and_applies_the_policy() -> None:
+    rows = [{"prompt": "p"}, {"prompt": "q"}]
+    rollout = rollout_of(["ok", "bad", "ok", "ok"])  # two groups of two; the first holds the failure
+    zero = Scorer([(nan_for_bad, 1.0)], max_new_tokens=4, on_error="zero").score(rollout, rows, 2)
+    assert zero.batch.rewards.tolist() == [1.0, 0.0, 1.0, 1.0] and zero.dropped_groups == 0
+    assert [(e.sample, e.message) for e in zero.errors] == [
+        (1, "reward function 'nan_for_bad' returned nan at sample 1")]
+    assert zero.action == "zeroed those rewards"
+    skip = Scorer([(nan_for_bad, 1.0)], max_new_tokens=4, on_error="skip").score(rollout, rows, 2)
+    assert skip.batch.rows == [rows[1]] and skip.batch.rewards.tolist() == [1.0, 1.0]
+    assert skip.batch.rollout.completions == ["ok", "ok"] and skip.batch.rollout.group_ids.tolist() == [0, 0]
+    assert skip.errors == zero.errors and skip.action == "dropped 1 group(s)"
+    everywhere = rollout_of(["bad", "ok", "ok", "bad"])  # every group fails: the zeroed batch is kept
+    kept = Scorer([(nan_for_bad, 1.0)], max_new_tokens=4, on_error="skip").score(everywhere, rows, 2)
+    assert kept.batch.rewards.tolist() == [0.0, 1.0, 1.0, 0.0] and kept.dropped_groups == 0 and len(kept.errors) == 2
+    with pytest.raises(RewardError, match=r"'nan_for_bad' returned nan at sample 1 \(completion 'bad'\)"):
+        Scorer([(nan_for_bad, 1.0)], max_new_tokens=4).score(rollout, rows, 2)
 
 
 MODULE = """\
@@ -290,16 +326,18 @@ def sleeps_3s(prompts, completions, **kwargs):
 def test_a_hanging_reward_times_out() -> None:
     start = time.monotonic()
     with pytest.raises(RewardError) as info:
-        guard_reward(sleeps_3s, "raise", timeout_s=1)(prompts=["p", "q"], completions=["a", "b"])
+        guard_reward(sleeps_3s, timeout_s=1)(prompts=["p", "q"], completions=["a", "b"])
     assert time.monotonic() - start < 2.5
     message = str(info.value)
     assert "reward function 'sleeps_3s' did not return within 1 s (algorithm.reward_timeout_s)" in message
     assert "\n" not in message
-    errors: list = []
     start = time.monotonic()
-    assert guard_reward(sleeps_3s, "zero", errors, timeout_s=1)(prompts=["p", "q"], completions=["a", "b"]) == [0, 0]
-    assert time.monotonic() - start < 2.5 and [i for i, _ in errors] == [0, 1]
-    assert guard_reward(sleeps_3s, "raise", timeout_s=5)(prompts=["p"], completions=["a"]) == [1.0]
+    rows = [{"prompt": "p"}, {"prompt": "q"}]
+    scored = Scorer([(sleeps_3s, 1.0)], max_new_tokens=4, on_error="zero", timeout_s=1).score(
+        rollout_of(["a", "b"]), rows, 1)
+    assert time.monotonic() - start < 2.5 and [e.sample for e in scored.errors] == [0, 1]
+    assert scored.batch.rewards.tolist() == [0.0, 0.0] and "did not return within 1 s" in scored.errors[0].message
+    assert guard_reward(sleeps_3s, timeout_s=5)(prompts=["p"], completions=["a"]) == [1.0]
 
 
 def test_reward_timeout_reaches_the_trainer(tmp_path) -> None:

@@ -16,7 +16,8 @@ from ticgrpo.core.objectives import compute_loss
 from ticgrpo.rollout import HFGenerateEngine, SamplingParams
 from ticgrpo.testing import make_tiny_model, make_tiny_tokenizer
 from ticgrpo.train import Trainer, train
-from ticgrpo.train.step import StepSettings, TrainingBatch, accumulate_gradients, fixed_logprobs, optimize
+from ticgrpo.train.inner_loop import optimize
+from ticgrpo.train.step import StepSettings, TrainingBatch, accumulate_gradients, fixed_logprobs
 
 TOKENIZER = make_tiny_tokenizer()
 EOS = TOKENIZER.eos_token_id
@@ -193,7 +194,8 @@ def test_dynamic_sampling_keeps_only_mixed_groups(tmp_path):
                            rollout={"prompts_per_step": 3},
                            algorithm={"dynamic_sampling": True, "dynamic_sampling_max_rounds": 6},
                            data={"shuffle": False})
-    scored, _, info = trainer.collect()
+    collected = trainer.sampling.collect(trainer.stream, trainer.step)
+    scored, info = collected.batch, collected.metrics
     rewards = scored.group_rewards()
     assert rewards.shape == (3, 4)  # the batch is filled with P groups
     assert info["groups_kept"] == 3 and info["sampling_rounds"] >= 2
@@ -307,3 +309,59 @@ def test_tensorboard_logs_the_step_metrics(tmp_path):
     assert any("reward_mean" in tag for tag in tags), tags
     reward_tag = next(tag for tag in tags if tag.endswith("reward_mean"))
     assert [e.step for e in events.Scalars(reward_tag)] == [1, 2]
+
+
+# ---------------------------------------------------------------- declared metrics
+
+
+def objective_metric_names(name: str) -> set[str]:
+    """The metric names objective `name` emits: run once with its defaults, and with β > 0 where it has β."""
+    import dataclasses
+
+    from ticgrpo.core.objectives import OBJECTIVES, make_objective_config
+
+    spec = OBJECTIVES.spec(name)
+    variants = [{}, {"beta": 0.1}] if "beta" in {f.name for f in dataclasses.fields(spec.options)} else [{}]
+    gen = torch.Generator().manual_seed(0)
+    logp = -torch.rand(4, 5, generator=gen) - 0.1
+    names: set[str] = set()
+    for options in variants:
+        batch = PolicyBatch(logp.clone().requires_grad_(), torch.ones(4, 5), torch.randn(4, generator=gen),
+                            old_logprobs=logp + 0.1 * torch.randn(4, 5, generator=gen), ref_logprobs=logp - 0.05,
+                            token_ids=torch.randint(0, 9, (4, 5), generator=gen), group_ids=torch.tensor([0, 0, 1, 1]),
+                            entropies=torch.rand(4, 5, generator=gen))
+        _, values = compute_loss(name, batch, make_objective_config(name, options))
+        names |= set(values)
+    return names
+
+
+def test_every_objectives_metrics_are_declared():
+    from ticgrpo.core.objectives import OBJECTIVES
+    from ticgrpo.train.metrics import is_declared
+
+    undeclared = {name: sorted(m for m in objective_metric_names(name) if not is_declared(m))
+                  for name in OBJECTIVES.names()}
+    assert not any(undeclared.values()), undeclared
+
+
+def test_every_trainer_metric_is_declared_and_reduced_as_declared(tmp_path):
+    """Drafts, dynamic sampling and ESPO together: every key of the step and of the evaluation is declared."""
+    from ticgrpo.train.metrics import EVAL_METRICS, Reduction, is_declared, metric_spec
+    from ticgrpo.train.step import reduce_metrics
+
+    trainer = make_trainer(tmp_path, max_steps=1, eval={"mean_at_k": 2},
+                           algorithm={"dynamic_sampling": True, "igrpo": {"num_drafts": 2}, "espo_delta": 0.5,
+                                      "num_iterations": 2, "num_minibatches": 2, "overlong_reward": True})
+    metrics = trainer.train_step()
+    for key in ("draft_reward_mean", "sampling_rounds", "groups_kept", "espo_stopped_at", "espo_deviation_max",
+                "reward/overlong_soft_mean", "time_drafts", "entropy"):
+        assert key in metrics, key
+    assert [k for k in metrics if not is_declared(k)] == []
+    evals = trainer.run_eval()
+    assert "mean_at_2" in evals and [k for k in evals if not is_declared(k, EVAL_METRICS)] == []
+    assert metric_spec("reward/x_fraction_std").name == "reward/{reward}_std"
+    assert metric_spec("ratio_min").reduction is Reduction.MIN
+    assert reduce_metrics({"ratio_min": [0.9, 0.8], "ratio_max": [1.1, 1.2], "kl": [1.0, 2.0]}) == {
+        "ratio_min": 0.8, "ratio_max": 1.2, "kl": 1.5}
+    with pytest.raises(KeyError, match="metric 'made_up' is not declared"):
+        reduce_metrics({"made_up": [1.0]})

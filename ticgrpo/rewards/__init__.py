@@ -18,10 +18,7 @@ import importlib.util
 import inspect
 import math as _math
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -192,29 +189,40 @@ def combine_rewards(
 
     Returns (total per completion, {name: raw values}) where None values count as 0.
     Raises ValueError naming the function when one raises, returns the wrong number of
-    values, or returns NaN/inf/non-numbers.
+    values, or returns NaN/inf/non-numbers. (`ticgrpo.rewards.scoring.Scorer` scores a
+    rollout with a policy for such failures.)
     """
     if not specs:
         raise ValueError("no reward functions given; list at least one (name, weight)")
     if len(prompts) != len(completions):
         raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions; they must align")
     columns = dict(columns or {})
-    total = [0.0] * len(completions)
-    per_function: dict[str, list[float]] = {}
+    named: list[tuple[str, Any, float]] = []
     for spec in specs:
         try:
             fn_spec, weight = spec
         except (TypeError, ValueError):
             raise ValueError(f"reward spec {spec!r} must be a (name_or_function, weight) pair") from None
         name = reward_name(fn_spec)
-        fn = resolve_reward(fn_spec)
         try:
-            values = call_reward(fn, prompts, completions, columns)
+            values = call_reward(resolve_reward(fn_spec), prompts, completions, columns)
         except RewardError:
-            raise  # from `guard_reward`: already names the function and the sample
+            raise  # already names the function and the sample
         except Exception as exc:
             raise ValueError(f"reward function {name!r} raised {type(exc).__name__}: {exc}") from exc
-        values = _check_values(name, values, len(completions))
+        named.append((name, values, weight))
+    return weighted_total(named, len(completions))
+
+
+def weighted_total(
+    named: Sequence[tuple[str, Any, float]], n: int
+) -> tuple[list[float], dict[str, list[float]]]:
+    """(Σ weight · value per completion, {name: values}) of (name, raw values, weight) triples;
+    None counts as 0. Raises ValueError naming the function for a bad list or a repeated name."""
+    total = [0.0] * n
+    per_function: dict[str, list[float]] = {}
+    for name, raw, weight in named:
+        values = _check_values(name, raw, n)
         if name in per_function:
             raise ValueError(f"reward function {name!r} is listed twice; combine its weights instead")
         per_function[name] = values
@@ -247,131 +255,19 @@ def _check_values(name: str, values: Any, n: int) -> list[float]:
     return out
 
 
-def guard_reward(
-    fn: RewardFn, on_error: str = "raise", errors: list | None = None, timeout_s: float | None = None
-) -> RewardFn:
-    """Wrap reward `fn` so that a failure (it raises, returns the wrong number of values, a
-    NaN/inf/non-number, or does not return within `timeout_s` seconds) names the function and
-    the sample index. `on_error`: "raise" raises RewardError; "zero" and "skip" return 0 for
-    the failing samples and append (sample index, message) to `errors` (the trainer drops
-    whole groups under "skip"). When the batched call raises, the samples are retried one at
-    a time to find the culprits; a timed-out call is not retried (every sample failed).
-
-    A timed-out call cannot be stopped (it is Python code in a thread): it is abandoned and
-    runs on in a daemon thread, which dies with the process. Registered rewards with
-    ``own_time_limit`` (they bound their own run time) are called directly, in this thread."""
-    name = reward_name(fn)
-    sink = errors if errors is not None else []
-    limit = None if timeout_s is None or _has_own_time_limit(fn) else float(timeout_s)
-
-    def problems(values: Any, n: int) -> dict[int, str] | str | None:
-        try:
-            values = list(values)
-        except TypeError:
-            return f"returned {type(values).__name__}, expected a list of floats"
-        if len(values) != n:
-            return f"returned {len(values)} values for {n} completions"
-        bad = {}
-        for i, v in enumerate(values):
-            try:
-                ok = v is None or _math.isfinite(float(v))
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                bad[i] = f"returned {v!r}"
-        return bad or None
-
-    def call(prompts: list, completions: list, columns: dict[str, Any]) -> Any:
-        if limit is None:
-            return call_reward(fn, prompts, completions, columns)
-        return _call_with_timeout(name, limit, call_reward, fn, prompts, completions, columns)
-
-    def guarded(*, prompts: list, completions: list, **columns: Any) -> list:
-        n = len(completions)
-        try:
-            values = call(prompts, completions, columns)
-            found = problems(values, n)
-        except RewardSignatureError:
-            raise  # the function cannot be called as written: no sample is to blame
-        except RewardTimeout as exc:
-            values, found = [None] * n, str(exc)
-        except Exception as exc:  # locate the failing samples one by one
-            values, found = [None] * n, {}
-            for i in range(n):
-                cols = {k: [v[i]] if isinstance(v, list) and len(v) == n else v for k, v in columns.items()}
-                try:
-                    one = call(prompts[i : i + 1], completions[i : i + 1], cols)
-                    issue = problems(one, 1)
-                    values[i] = next(iter(one)) if issue is None else None
-                    if issue is not None:
-                        found[i] = issue if isinstance(issue, str) else issue[0]
-                except RewardTimeout as timeout:  # the rest would time out too, one limit each
-                    found.update({j: str(timeout) for j in range(i, n)})
-                    break
-                except Exception as inner:
-                    found[i] = f"raised {type(inner).__name__}: {inner}"
-            if not found:
-                found = {i: f"raised {type(exc).__name__}: {exc}" for i in range(n)}
-        if found is None:
-            return list(values)
-        if isinstance(found, str):  # the whole call is unusable
-            if on_error == "raise":
-                raise RewardError(f"reward function {name!r} {found}")
-            found = {i: found for i in range(n)}
-        if on_error == "raise":
-            i, message = next(iter(found.items()))
-            raise RewardError(f"reward function {name!r} {message} at sample {i} (completion {completions[i][:60]!r})")
-        sink.extend((i, f"reward function {name!r} {message} at sample {i}") for i, message in found.items())
-        return [0.0 if i in found else values[i] for i in range(n)]
-
-    # The name and docstring of `fn`, but not its signature: the guard takes every keyword
-    # and passes on what `fn` accepts.
-    guarded.__name__, guarded.__qualname__, guarded.__doc__ = name, name, fn.__doc__
-    return guarded
-
-
-class RewardTimeout(Exception):
-    """A reward call did not return within the reward timeout."""
-
-
-def _call_with_timeout(name: str, timeout_s: float, call: Callable[..., Any], *args: Any) -> Any:
-    """``call(*args)`` in a daemon thread; RewardTimeout when it has not returned after `timeout_s`."""
-    future: Future = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(call(*args))
-        except BaseException as exc:  # handed to the waiting caller, never lost in the thread
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name=f"reward {name}", daemon=True).start()
-    try:
-        return future.result(timeout=timeout_s)
-    except FutureTimeout:
-        raise RewardTimeout(
-            f"did not return within {timeout_s:g} s (algorithm.reward_timeout_s); the call was abandoned and runs "
-            f"on in a background thread: fix the function or raise the timeout"
-        ) from None
-
-
-def _has_own_time_limit(fn: RewardFn) -> bool:
-    return any(spec.fn is fn and spec.own_time_limit for spec in REWARDS.specs())
-
-
 __all__ = [
     "REWARDS",
     "RewardError",
     "RewardSignatureError",
     "RewardSpec",
-    "RewardTimeout",
     "answer_format",
     "call_reward",
     "combine_rewards",
     "extract_final_answer",
-    "guard_reward",
     "math_correctness",
     "overlong_soft",
     "resolve_reward",
     "reward_arguments",
     "reward_name",
+    "weighted_total",
 ]

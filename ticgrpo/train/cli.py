@@ -68,7 +68,7 @@ def check_rewards_and_data(config: TrainConfig, config_dir: Path | None) -> str:
     (train and eval) loads, and every reward (training and eval) imports and can be called
     with the columns of its data. Returns a one-line summary; raises ValueError (one line)."""
     from ticgrpo.rewards import resolve_reward, reward_arguments
-    from ticgrpo.train.evaluate import TRAINER_REWARD_ARGUMENTS, dataset_columns
+    from ticgrpo.rewards.scoring import TRAINER_REWARD_ARGUMENTS, dataset_columns
     from ticgrpo.train.prompts import load_rows
 
     a = config.algorithm

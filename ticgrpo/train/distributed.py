@@ -32,13 +32,7 @@ from typing import Any
 import torch
 
 from ticgrpo.core.batch import StepNormalizers
-
-# metrics summed across processes (counts and throughputs); `*_min`/`*_max` take the min/max;
-# everything else is averaged (local means over equal shares)
-SUMMED_METRICS = frozenset({
-    "num_sequences", "groups_kept", "groups_generated", "reward_errors", "rollout_tokens_per_s",
-    "train_tokens_per_s",
-})
+from ticgrpo.train.metrics import reduce_values
 
 
 @dataclass
@@ -177,23 +171,12 @@ class Distributed:
         return StepNormalizers(max(sequences, 1.0), max(tokens, 1.0), max(longest, 1))
 
     def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        """One dict for the whole job: sums for SUMMED_METRICS, min/max for `*_min`/`*_max`,
-        means otherwise. Keys missing on some process are reduced over those that have them."""
+        """One dict for the whole job, each metric reduced over the processes as
+        ticgrpo.train.metrics declares it. Keys missing on some process are reduced over those that have them."""
         if not self.enabled:
             return dict(metrics)
         everyone = self.all_gather(metrics)
-        out: dict[str, float] = {}
-        for key in metrics:
-            values = [m[key] for m in everyone if key in m]
-            if key in SUMMED_METRICS:
-                out[key] = float(sum(values))
-            elif key.endswith("_min"):
-                out[key] = float(min(values))
-            elif key.endswith("_max"):
-                out[key] = float(max(values))
-            else:
-                out[key] = float(sum(values) / len(values))
-        return out
+        return {key: float(reduce_values(key, [m[key] for m in everyone if key in m])) for key in metrics}
 
     def combine_evals(self, result: dict[str, float]) -> dict[str, float]:
         """Evaluation results of every process's share, weighted by `num_examples`."""

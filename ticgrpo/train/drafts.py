@@ -1,12 +1,13 @@
 """iGRPO two-stage drafts (spec §5): the group update runs on refinements of the best draft.
 
-    refiner = DraftRefiner(num_drafts=4, engine=..., prompt_text=..., sampling=..., score=...)
-    rows, metrics = refiner.refine(rows)        # rows whose prompt now carries the best draft
+    refiner = DraftRefiner(num_drafts=4, engine=..., format_prompt=..., sampling=..., scorer=...)
+    refined = refiner.refine(rows)      # refined.rows: prompts now carry the best draft
 
 For each prompt: sample `num_drafts` completions with the current policy (no gradient: the
 engine generates under no_grad and they never enter the loss), score them with the
-training rewards, and rewrite the prompt with the highest-reward draft (first one on ties)
-through `template` — by default
+training rewards (a failing reward scores its draft 0: drafts are only ranked), and
+rewrite the prompt with the highest-reward draft (first one on ties) through `template` —
+by default
 
     {prompt}
 
@@ -27,9 +28,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from ticgrpo.rewards.scoring import RewardFailure, Scorer
 from ticgrpo.rollout import RolloutEngine, SamplingParams
 
 DEFAULT_TEMPLATE = "{prompt}\n\nHere is a draft answer:\n{draft}\n\nImprove it."
@@ -64,28 +66,39 @@ def with_draft(prompt: Any, draft: str, template: str = DEFAULT_TEMPLATE) -> Any
     return template.format(prompt=prompt, draft=draft)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Refined:
+    rows: list[dict]  # the rows, their prompts rewritten to carry the best draft
+    metrics: dict[str, float]  # draft_reward_mean, draft_best_reward_mean, time_drafts
+    errors: tuple[RewardFailure, ...]  # reward failures met scoring the drafts (scored 0)
+
+
+@dataclass(frozen=True)
 class DraftRefiner:
-    """Stage one of iGRPO. `score(rollout, rows, num_samples)` returns a ScoredRollout."""
+    """Stage one of iGRPO: drafts from `engine`, ranked by `scorer`."""
 
     num_drafts: int
     engine: RolloutEngine
-    prompt_text: Callable[[dict], str]
-    sampling: Callable[[], SamplingParams]
-    score: Callable[..., Any]
+    format_prompt: Callable[[dict], str]
+    sampling: SamplingParams
+    scorer: Scorer
     template: str = DEFAULT_TEMPLATE
 
     @classmethod
-    def from_options(cls, options: dict, **kwargs: Any) -> DraftRefiner:
+    def from_options(cls, options: dict, *, engine: RolloutEngine, format_prompt: Callable[[dict], str],
+                     sampling: SamplingParams, scorer: Scorer) -> DraftRefiner:
         check_igrpo_options(options)
-        return cls(int(options.get("num_drafts", 1)), template=options.get("template", DEFAULT_TEMPLATE), **kwargs)
+        # every prompt needs its best draft: a failure scores 0 here instead of dropping the group
+        ranking = replace(scorer, on_error="zero") if scorer.on_error == "skip" else scorer
+        return cls(int(options.get("num_drafts", 1)), engine, format_prompt, sampling, ranking,
+                   options.get("template", DEFAULT_TEMPLATE))
 
-    def refine(self, rows: list[dict]) -> tuple[list[dict], dict[str, float]]:
-        """(rows with the best draft in their prompt, metrics `draft_*` and `time_drafts`)."""
+    def refine(self, rows: list[dict]) -> Refined:
         start = time.perf_counter()
         n = self.num_drafts
-        drafts = self.engine.generate([self.prompt_text(r) for r in rows], n, self.sampling())
-        rewards = self.score(drafts, rows, n).group_rewards()  # [P, N]
+        drafts = self.engine.generate([self.format_prompt(r) for r in rows], n, self.sampling)
+        scored = self.scorer.score(drafts, rows, n)
+        rewards = scored.batch.group_rewards()  # [P, N]
         best = rewards.argmax(dim=1)  # first maximum on ties
         out = []
         for k, row in enumerate(rows):
@@ -96,7 +109,7 @@ class DraftRefiner:
             "draft_best_reward_mean": float(rewards.max(dim=1).values.mean()),
             "time_drafts": time.perf_counter() - start,
         }
-        return out, metrics
+        return Refined(out, metrics, scored.errors)
 
 
-__all__ = ["DEFAULT_TEMPLATE", "DraftRefiner", "check_igrpo_options", "with_draft"]
+__all__ = ["DEFAULT_TEMPLATE", "DraftRefiner", "Refined", "check_igrpo_options", "with_draft"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ticgrpo.train.evaluate import ScoredRollout
+from ticgrpo.rewards.scoring import ScoredRollout
 
 LOG_FILES = ("metrics.jsonl", "eval.jsonl", "samples.jsonl")
 PROGRESS_KEYS = (("reward_mean", "reward"), ("completion_length_mean", "len"), ("loss", "loss"))

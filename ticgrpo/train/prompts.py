@@ -1,9 +1,12 @@
-"""The prompts stage: training rows, their seeded endless order, and the seeds of sampling."""
+"""The prompts stage: training rows, their seeded endless order, the text the policy sees, and the
+seeds of sampling."""
 
 from __future__ import annotations
 
 import hashlib
 import random
+from dataclasses import dataclass
+from typing import Any
 
 
 class PromptStream:
@@ -38,6 +41,26 @@ class PromptStream:
     def load_state(self, state: dict) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = self._make_order()
+
+
+@dataclass(frozen=True)
+class PromptFormatter:
+    """A dataset row's prompt as the text the policy continues: the tokenizer's chat template
+    (with the system prompt) when `chat_template`, else the plain prompt (chat messages joined)."""
+
+    tokenizer: Any
+    chat_template: bool = False
+    system_prompt: str | None = None
+
+    def __call__(self, row: dict) -> str:
+        prompt = row["prompt"]
+        if self.chat_template:
+            from ticgrpo.models import chat_prompt
+
+            return chat_prompt(self.tokenizer, prompt, self.system_prompt)
+        if isinstance(prompt, list):
+            return "\n\n".join(str(m["content"]) for m in prompt)
+        return prompt if self.system_prompt is None else f"{self.system_prompt}\n\n{prompt}"
 
 
 def sampling_seed(seed: int, step: int, round_index: int, group: int) -> int:

@@ -1,23 +1,20 @@
-"""The optimisation step on one rollout batch.
+"""The pieces of the optimisation step on one rollout batch.
 
     batch   = TrainingBatch.from_rollout(rollout, advantages)
     batch.old_logprobs = fixed_logprobs(model, batch, settings)       # only when needed
-    stats   = optimize(model, optimizer, batch, settings)
+    stats   = optimize(model, optimizer, batch, settings)             # ticgrpo.train.inner_loop
 
-Structure of `optimize` (μ = num_iterations, M = num_minibatches):
+`accumulate_gradients` forwards/backwards one minibatch in micro-batches:
 
-    for epoch in 1..μ:                        # inner epochs over the same samples
-        for minibatch in split(batch, M):     # one optimizer step each
-            norms = StepNormalizers(minibatch)          # counts of the WHOLE optimizer step
-            for micro in split(minibatch, micro_batch_size):
-                loss = compute_loss(objective, PolicyBatch(micro), norms); loss.backward()
-            clip_grad_norm; optimizer.step(); zero_grad
+    norms = StepNormalizers(minibatch)          # counts of the WHOLE optimizer step
+    for micro in split(minibatch, micro_batch_size):
+        loss = compute_loss(objective, PolicyBatch(micro), norms); loss.backward()
 
 Because every micro-batch divides by the step's counts, splitting a minibatch into
-micro-batches never changes its gradient. The `no_is` `frozen` schedule instead computes
-ĝ(θ_old) of the whole batch once and applies that same gradient at all μ·M optimizer steps.
-No formulas live here: losses come from `ticgrpo.core.objectives`, log-probs from
-`ticgrpo.core.logprobs`.
+micro-batches never changes its gradient. How the optimizer steps of a batch are taken
+(μ epochs × M minibatches, the frozen schedule, ESPO's early stop) is
+`ticgrpo.train.inner_loop`. No formulas live here: losses come from
+`ticgrpo.core.objectives`, log-probs from `ticgrpo.core.logprobs`.
 """
 
 from __future__ import annotations
@@ -38,7 +35,7 @@ from ticgrpo.core.logprobs import completion_logprobs
 from ticgrpo.core.objectives import OBJECTIVES, compute_loss
 from ticgrpo.rollout.base import RolloutBatch
 from ticgrpo.train.checkpoint import crash_point
-from ticgrpo.train.distributed import SINGLE_PROCESS, Distributed
+from ticgrpo.train.metrics import reduce_values
 
 
 @dataclass
@@ -114,10 +111,50 @@ class TrainingBatch:
 
 @dataclass
 class StepStats:
+    """What the optimizer steps on one batch record; `metrics` is filled once they are done."""
+
     metrics: dict[str, float] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     losses: list[float] = field(default_factory=list)  # one per optimizer step
+    grad_norms: list[float] = field(default_factory=list)  # one per optimizer step, before clipping
     skipped_nonfinite: int = 0  # optimizer steps skipped for a non-finite loss or gradient
+
+    def apply_step(self, optimizer: torch.optim.Optimizer, params: list[Tensor], max_grad_norm: float | None,
+                   loss: float) -> None:
+        """Clip and step. A non-finite loss or gradient norm skips the step instead (its gradient
+        is dropped) and is counted in `skipped_nonfinite`; the trainer decides when to stop."""
+        start = time.perf_counter()
+        norm = _clip(params, max_grad_norm)
+        self.grad_norms.append(norm)
+        if math.isfinite(loss) and math.isfinite(norm):
+            optimizer.step()
+        else:
+            self.skipped_nonfinite += 1
+        optimizer.zero_grad(set_to_none=True)
+        self.times["optimizer"] += time.perf_counter() - start
+        self.losses.append(loss)
+
+    def finish(self, micro_metrics: dict[str, list[float]], schedule_metrics: dict[str, float]) -> None:
+        """`metrics`: the objective's (reduced over micro-batches), the inner loop's, then the step's own."""
+        self.metrics = {
+            **reduce_metrics(micro_metrics),
+            **schedule_metrics,
+            "loss": sum(self.losses) / len(self.losses),
+            "grad_norm": sum(self.grad_norms) / len(self.grad_norms),
+            "grad_norm_max": max(self.grad_norms),
+            "optimizer_steps": float(len(self.losses)),
+            "skipped_nonfinite": float(self.skipped_nonfinite),
+        }
+
+
+@dataclass
+class GradientPass:
+    """One forward/backward pass over a batch: its loss, the objective's metrics per micro-batch,
+    and (when asked for and ℓ^old is known) the sums Σ m|ρ−1| and Σ m over its tokens."""
+
+    loss: float
+    metrics: dict[str, list[float]]
+    ratio_deviation: tuple[float, float] | None = None
 
 
 def autocast_context(model: Any, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -161,17 +198,20 @@ def fixed_logprobs(
 
 
 def accumulate_gradients(
-    model: Any, batch: TrainingBatch, settings: StepSettings, norms: StepNormalizers | None = None
-) -> tuple[float, dict[str, list[float]]]:
+    model: Any, batch: TrainingBatch, settings: StepSettings, norms: StepNormalizers | None = None,
+    track_ratio_deviation: bool = False,
+) -> GradientPass:
     """Forward/backward the batch in micro-batches, adding into `.grad` (no optimizer step).
 
     Every micro-batch uses `norms` (default: counts of the whole `batch`), so the summed
-    gradient equals that of one pass over the whole batch. Returns (loss, metrics per micro-batch).
+    gradient equals that of one pass over the whole batch. `track_ratio_deviation` (ESPO)
+    also sums |ρ−1| over the tokens when the batch carries ℓ^old.
     """
     if norms is None:
         norms = StepNormalizers.from_mask(batch.completion_mask, settings.max_new_tokens)
     total = 0.0
     metrics: dict[str, list[float]] = defaultdict(list)
+    deviation: tuple[float, float] | None = None
     for idx in _chunks(torch.arange(len(batch)), settings.micro_batch_size):
         micro = batch.rows(idx)
         logp, entropies = policy_logprobs(model, micro, settings, with_entropy=settings.log_entropy)
@@ -186,11 +226,9 @@ def accumulate_gradients(
             entropies=entropies,
         )
         loss, values = compute_loss(settings.objective, policy_batch, settings.objective_config, norms)
-        if settings.espo_delta is not None and micro.old_logprobs is not None:  # ESPO: Σ m|ρ−1|, Σ m
-            m = micro.completion_mask.to(torch.float32)
-            dev = (logp.detach().float() - micro.old_logprobs.float()).clamp(max=20.0).exp().sub(1.0).abs()
-            metrics[_ESPO_SUM].append(float((dev * m).sum()))
-            metrics[_ESPO_TOKENS].append(float(m.sum()))
+        if track_ratio_deviation and micro.old_logprobs is not None:
+            summed, tokens = _ratio_deviation(logp, micro.old_logprobs, micro.completion_mask)
+            deviation = (summed, tokens) if deviation is None else (deviation[0] + summed, deviation[1] + tokens)
         loss.backward()
         crash_point("mid_backward")  # test hook (ticgrpo.train.checkpoint); a no-op normally
         total += float(loss.detach())
@@ -199,142 +237,28 @@ def accumulate_gradients(
         if entropies is not None:
             m = micro.completion_mask.to(torch.float32)
             metrics["entropy"].append(float((entropies.detach() * m).sum() / m.sum().clamp(min=1.0)))
-    return total, metrics
+    return GradientPass(total, metrics, deviation)
 
 
-def optimize(
-    model: Any,
-    optimizer: torch.optim.Optimizer,
-    batch: TrainingBatch,
-    settings: StepSettings,
-    dist: Distributed = SINGLE_PROCESS,
-) -> StepStats:
-    """μ inner epochs × M minibatches of optimizer steps on `batch` (see the module docstring).
-
-    With several processes (`dist`), `batch` is this process's share: normalisers count the
-    whole job's minibatch and gradients and losses are summed across processes before each
-    step, so every replica takes the one-process step of the whole batch."""
-    stats = StepStats()
-    params = [p for p in model.parameters() if p.requires_grad]
-    micro_metrics: dict[str, list[float]] = defaultdict(list)
-    grad_norms: list[float] = []
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    if settings.frozen:
-        start = time.perf_counter()
-        loss, values = accumulate_gradients(
-            model, batch, settings, dist.normalizers(batch.completion_mask, settings.max_new_tokens)
-        )
-        dist.sum_gradients(params)
-        loss = dist.sum_floats([loss])[0]
-        _merge(micro_metrics, values)
-        frozen = [None if p.grad is None else p.grad.detach().clone() for p in params]
-        stats.times["forward_backward"] += time.perf_counter() - start
-        for _ in range(settings.optimizer_steps):
-            for p, g in zip(params, frozen, strict=True):
-                p.grad = None if g is None else g.clone()
-            start = time.perf_counter()
-            _apply_step(optimizer, params, settings.max_grad_norm, loss, grad_norms, stats)
-            stats.times["optimizer"] += time.perf_counter() - start
-            stats.losses.append(loss)
-    else:
-        espo_stopped, deviations = False, []
-        for _ in range(settings.num_iterations):
-            if espo_stopped:
-                break
-            for rows in _minibatches(len(batch), settings.num_minibatches):
-                minibatch = batch.rows(rows)
-                norms = dist.normalizers(minibatch.completion_mask, settings.max_new_tokens)
-                start = time.perf_counter()
-                loss, values = accumulate_gradients(model, minibatch, settings, norms)
-                dist.sum_gradients(params)
-                loss = dist.sum_floats([loss])[0]
-                stats.times["forward_backward"] += time.perf_counter() - start
-                deviation = _espo_deviation(values, dist)  # pops the ESPO sums out of `values`
-                if deviation is not None:
-                    deviations.append(deviation)
-                    if stats.losses and deviation > settings.espo_delta:
-                        # ESPO: θ moved too far from θ_old: drop this gradient, end the inner epochs
-                        optimizer.zero_grad(set_to_none=True)
-                        espo_stopped = True
-                        break
-                _merge(micro_metrics, values)
-                start = time.perf_counter()
-                _apply_step(optimizer, params, settings.max_grad_norm, loss, grad_norms, stats)
-                stats.times["optimizer"] += time.perf_counter() - start
-                stats.losses.append(loss)
-    stats.metrics = reduce_metrics(micro_metrics)
-    if settings.espo_delta is not None and not settings.frozen:
-        # optimizer steps taken before ESPO stopped the inner epochs (μ·M: it never did)
-        stats.metrics["espo_stopped_at"] = float(len(stats.losses))
-        stats.metrics["espo_deviation_max"] = max(deviations, default=0.0)
-    stats.metrics["loss"] = sum(stats.losses) / len(stats.losses)
-    stats.metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
-    stats.metrics["grad_norm_max"] = max(grad_norms)
-    stats.metrics["optimizer_steps"] = float(len(stats.losses))
-    stats.metrics["skipped_nonfinite"] = float(stats.skipped_nonfinite)
-    return stats
-
-
-_ESPO_SUM, _ESPO_TOKENS = "_espo_dev_sum", "_espo_dev_tokens"
-
-
-def _espo_deviation(values: dict[str, list[float]], dist: Distributed = SINGLE_PROCESS) -> float | None:
-    """Mean |ρ−1| over the minibatch's tokens of every process (None without ESPO or ℓ^old);
-    removes its sums from `values`."""
-    total, tokens = values.pop(_ESPO_SUM, None), values.pop(_ESPO_TOKENS, None)
-    if not total or not tokens:  # the same on every process: ESPO and ℓ^old are global settings
-        return None
-    total_sum, token_sum = dist.sum_floats([sum(total), sum(tokens)])
-    return total_sum / max(token_sum, 1.0)
+def _ratio_deviation(logp: Tensor, old_logprobs: Tensor, mask: Tensor) -> tuple[float, float]:
+    """(Σ m|ρ−1|, Σ m) of one micro-batch; ρ is clamped at e^20 so that a diverged token stays finite."""
+    m = mask.to(torch.float32)
+    dev = (logp.detach().float() - old_logprobs.float()).clamp(max=20.0).exp().sub(1.0).abs()
+    return float((dev * m).sum()), float(m.sum())
 
 
 def reduce_metrics(values: dict[str, list[float]]) -> dict[str, float]:
-    """Average over micro-batches, except min for `*_min` and max for `*_max` keys."""
-    out = {}
-    for key, seq in values.items():
-        if not seq:
-            continue
-        if key.endswith("_min"):
-            out[key] = min(seq)
-        elif key.endswith("_max"):
-            out[key] = max(seq)
-        else:
-            out[key] = sum(seq) / len(seq)
-    return out
+    """Each metric's values over the micro-batches, reduced as ticgrpo.train.metrics declares it."""
+    return {key: reduce_values(key, seq) for key, seq in values.items() if seq}
 
 
 def with_old_logprobs(batch: TrainingBatch, old: Tensor | None, ref: Tensor | None) -> TrainingBatch:
     return replace(batch, old_logprobs=old, ref_logprobs=ref)
 
 
-def _apply_step(optimizer: torch.optim.Optimizer, params: list[Tensor], max_grad_norm: float | None, loss: float,
-                grad_norms: list[float], stats: StepStats) -> None:
-    """Clip and step. A non-finite loss or gradient norm skips the step instead (its gradient
-    is dropped) and is counted in `stats.skipped_nonfinite`; the trainer decides when to stop."""
-    norm = _clip(params, max_grad_norm)
-    grad_norms.append(norm)
-    if math.isfinite(loss) and math.isfinite(norm):
-        optimizer.step()
-    else:
-        stats.skipped_nonfinite += 1
-    optimizer.zero_grad(set_to_none=True)
-
-
 def _clip(params: list[Tensor], max_norm: float | None) -> float:
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
     return float(norm)
-
-
-def _merge(into: dict[str, list[float]], values: dict[str, list[float]]) -> None:
-    for key, seq in values.items():
-        into[key].extend(seq)
-
-
-def _minibatches(n: int, m: int) -> Iterator[Tensor]:
-    """M index sets of (nearly) equal size; shuffled (global torch RNG) when M > 1."""
-    order = torch.randperm(n) if m > 1 else torch.arange(n)
-    yield from (part for part in order.tensor_split(m) if len(part))
 
 
 def _chunks(idx: Tensor, size: int | None) -> Iterator[Tensor]:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -20,14 +21,18 @@ import torch
 
 from ticgrpo.config import ConfigError, TrainConfig, config_to_yaml, load_config
 from ticgrpo.core.advantages import AdvantageResult, compute_advantages
-from ticgrpo.rewards import guard_reward, resolve_reward
-from ticgrpo.rollout import HFGenerateEngine, RolloutBatch, SamplingParams, concat_rollouts
+from ticgrpo.rewards import resolve_reward
+from ticgrpo.rewards.registry import RewardFn
+from ticgrpo.rewards.scoring import ScoredRollout, Scorer
+from ticgrpo.rollout import HFGenerateEngine, RolloutBatch
 from ticgrpo.train import checkpoint as ckpt
 from ticgrpo.train import run_folder
 from ticgrpo.train.distributed import Distributed
-from ticgrpo.train.evaluate import ScoredRollout, concat_scored, evaluate, score_rollout
+from ticgrpo.train.evaluate import evaluate
+from ticgrpo.train.inner_loop import optimize
 from ticgrpo.train.logging import NullLogger, RunLogger, samples, step_metrics
-from ticgrpo.train.prompts import PromptStream, load_rows, sampling_seed
+from ticgrpo.train.prompts import PromptFormatter, PromptStream, load_rows
+from ticgrpo.train.sampling import Collected, NonFiniteProbabilities, sampling_strategy
 from ticgrpo.train.setup import (
     TINY_ALIAS,
     configure_cpu_threads,
@@ -36,7 +41,9 @@ from ticgrpo.train.setup import (
     lr_lambda,
     seed_everything,
 )
-from ticgrpo.train.step import StepSettings, TrainingBatch, fixed_logprobs, optimize
+from ticgrpo.train.step import StepSettings, TrainingBatch, fixed_logprobs
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingHalted(RuntimeError):
@@ -97,17 +104,13 @@ class Trainer:
             if self.device.type == "cuda":
                 self.device = torch.device("cuda", self.dist.local_rank)
         self.autocast_dtype = torch.bfloat16 if cfg.model.autocast_bf16 else None
-        self.reward_specs = reward_fns or [(resolve_reward(s.name, config_dir), s.weight)
-                                           for s in cfg.algorithm.rewards]
-        self.reward_specs = [(resolve_reward(fn), w) for fn, w in self.reward_specs]
-        overlong = resolve_reward("overlong_soft")  # DAPO soft overlong punishment, weight 1, unless listed
-        if cfg.algorithm.overlong_reward and overlong not in [fn for fn, _ in self.reward_specs]:
-            self.reward_specs.append((overlong, 1.0))
-        self.reward_errors: list[tuple[int, str]] = []  # filled by the guards during one scoring call
-        self.reward_specs = [(guard_reward(fn, cfg.algorithm.on_reward_error, self.reward_errors,
-                                           cfg.algorithm.reward_timeout_s), w) for fn, w in self.reward_specs]
-        self.eval_reward = guard_reward(resolve_reward(cfg.eval.reward, config_dir),
-                                        timeout_s=cfg.algorithm.reward_timeout_s)
+        self.reward_specs = training_rewards(cfg, reward_fns, config_dir)
+        a = cfg.algorithm
+        self.scorer = Scorer(tuple(self.reward_specs), cfg.rollout.max_new_tokens, a.reward_kwargs,
+                             a.on_reward_error, a.reward_timeout_s)
+        self.eval_scorer = Scorer(((resolve_reward(cfg.eval.reward, config_dir), 1.0),),
+                                  cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, a.reward_kwargs,
+                                  "raise", a.reward_timeout_s)
         self.objective_config = cfg.algorithm.objective.options
         self.advantage = cfg.algorithm.advantage.name
         self.train_rows = train_rows if train_rows is not None else load_rows(cfg.data.train)
@@ -121,6 +124,8 @@ class Trainer:
         disable_dropout(self.model)
         self.ref_model, self.ref_context = self._reference_model()
         self.engine = self._rollout_engine()
+        self.format_prompt = PromptFormatter(self.tokenizer, cfg.model.chat_template, cfg.model.system_prompt)
+        self.sampling = sampling_strategy(cfg, self.engine, self.scorer, self.format_prompt, self.dist)
         self.settings = StepSettings(
             objective=cfg.algorithm.objective.name,
             objective_config=self.objective_config,
@@ -135,14 +140,6 @@ class Trainer:
             autocast_dtype=self.autocast_dtype,
             espo_delta=cfg.algorithm.espo_delta,
         )
-        self.drafts = None  # iGRPO stage one (ticgrpo.train.drafts), when algorithm.igrpo is set
-        if cfg.algorithm.igrpo is not None:
-            from ticgrpo.train.drafts import DraftRefiner
-
-            self.drafts = DraftRefiner.from_options(
-                cfg.algorithm.igrpo, engine=self.engine, prompt_text=self.prompt_text,
-                sampling=self.sampling_params, score=self._score,
-            )
         o = cfg.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
@@ -150,7 +147,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.step = 0
         self.nonfinite_streak = 0  # consecutive training steps with a skipped non-finite optimizer step
-        self.step_reward_errors = 0
         self.history: list[dict] = []
         self.evals: list[dict] = []
         self.last_samples: list[dict] = []
@@ -216,13 +212,12 @@ class Trainer:
         """One rollout batch → μ·M optimizer steps. Returns the step's metrics."""
         cfg, a = self.config, self.config.algorithm
         start = time.perf_counter()
-        self.step_reward_errors = 0
-        scored, times, sampling = self.collect()
+        collected = self._collect()
         ckpt.crash_point("after_rollout")  # test hook; a no-op normally
+        scored, times = collected.batch, collected.times
         rollout = scored.rollout
-        g = cfg.rollout.num_generations
         lengths = rollout.completion_lengths.float().cpu()
-        adv = self.advantages(scored.group_rewards(), lengths.view(-1, g))
+        adv = self.advantages(scored.group_rewards(), lengths.view(-1, cfg.rollout.num_generations))
         batch = TrainingBatch.from_rollout(rollout, adv.advantages.flatten(), a.mask_truncated)
         t0 = time.perf_counter()
         if self.settings.needs_old_logprobs:
@@ -240,23 +235,35 @@ class Trainer:
             self._warn_nonfinite(stats.metrics, scored, adv, batch)
         self.scheduler.step()
         self.step += 1
-        times.update({k: v for k, v in stats.times.items()})
+        times.update(stats.times)
         times["train"] = stats.times["forward_backward"] + stats.times["optimizer"]
         times["step"] = time.perf_counter() - start
         passes = 1 if self.settings.frozen else self.settings.optimizer_steps // a.num_minibatches
         metrics = {
             **step_metrics(scored, adv, lengths),
             **stats.metrics,
-            **sampling,
+            **collected.metrics,
             **mismatch,
             "lr": lr,
-            "reward_errors": float(self.step_reward_errors),
+            "reward_errors": float(len(collected.errors)),
             "rollout_tokens_per_s": float(lengths.sum()) / max(times["rollout"], 1e-9),
             "train_tokens_per_s": float(batch.attention_mask.sum()) * passes / max(times["train"], 1e-9),
             **{f"time_{k}": v for k, v in times.items()},
         }
         self.last_samples = samples(scored, cfg.logging.samples_per_step)
         return self.dist.reduce_metrics(metrics)
+
+    def _collect(self) -> Collected:
+        """This step's scored groups from the configured sampling strategy (ticgrpo.train.sampling)."""
+        try:
+            return self.sampling.collect(self.stream, self.step)
+        except NonFiniteProbabilities:
+            last = ckpt.latest_checkpoint(self.output_dir, quiet=True)
+            raise TrainingHalted(
+                f"stopped at step {self.step + 1}: sampling met NaN/inf token probabilities (the weights are "
+                f"finite but diverged: lower optim.lr); the last checkpoint with finite weights is "
+                f"{last or 'none'}"
+            ) from None
 
     def advantages(self, rewards: torch.Tensor, lengths: torch.Tensor) -> AdvantageResult:
         """Advantages of this process's groups ([groups, G] rewards and lengths), computed on the
@@ -270,107 +277,15 @@ class Trainer:
         start = sum(len(r) for r, _ in parts[: self.dist.rank])
         return replace(everyone, advantages=everyone.advantages[start : start + len(rewards)])
 
-    def collect(self) -> tuple[ScoredRollout, dict[str, float], dict[str, float]]:
-        """P prompt groups of G scored completions; with dynamic sampling, only groups whose
-        rewards differ are kept, resampling up to max_rounds times (then what we have is used)."""
-        cfg = self.config
-        g = cfg.rollout.num_generations
-        p = cfg.rollout.prompts_per_step // self.dist.world_size  # this process's share
-        rounds = cfg.algorithm.dynamic_sampling_max_rounds if cfg.algorithm.dynamic_sampling else 1
-        times = {"rollout": 0.0, "reward": 0.0}
-        kept: list[ScoredRollout] = []
-        have, generated, used, last = 0, 0, 0, None
-        drafts: dict[str, float] = {}
-        for round_index in range(rounds):
-            rows = self.dist.share(self.stream.take(cfg.rollout.prompts_per_step))  # same stream everywhere
-            if have >= p:  # this process has its groups; the others resample (every stream advances)
-                if not self.dist.any_true(False):
-                    break
-                continue
-            used += 1
-            if self.drafts is not None:  # iGRPO: the group update runs on refinements of the best draft
-                rows, draft_metrics = self.drafts.refine(rows)
-                for key, value in draft_metrics.items():
-                    drafts[key] = drafts.get(key, 0.0) + value  # summed over rounds; means taken below
-            t0 = time.perf_counter()
-            rollout = self.sample([self.prompt_text(r) for r in rows], round_index, first_group=self.dist.rank * p)
-            t1 = time.perf_counter()
-            self.reward_errors.clear()
-            last = score_rollout(rollout, rows, g, self.reward_specs, cfg.rollout.max_new_tokens,
-                                 cfg.algorithm.reward_kwargs)
-            last = self._handle_reward_errors(last)
-            times["rollout"] += t1 - t0
-            times["reward"] += time.perf_counter() - t1
-            generated += p
-            if not cfg.algorithm.dynamic_sampling:
-                return last, times, drafts
-            rewards = last.group_rewards()
-            mixed = [k for k in range(len(rewards)) if not bool((rewards[k] == rewards[k, 0]).all())][: p - have]
-            if mixed:
-                kept.append(last.select_groups(mixed))
-                have += len(mixed)
-            if not self.dist.any_true(have < p):  # every process has its groups
-                break
-        scored = concat_scored(kept, self.engine.pad_token_id) if kept else last
-        drafts = {k: v if k.startswith("time_") else v / used for k, v in drafts.items()}
-        return scored, times, {"sampling_rounds": float(used), "groups_kept": float(have),
-                               "groups_generated": float(generated), **drafts}
-
-    def sample(self, prompts: list[str], round_index: int, first_group: int) -> RolloutBatch:
-        """G completions per prompt, one engine call per rollout.generation_batch_size sequences,
-        each under a seed fixed by (seed, step, round, index of its first group in the global
-        batch): when that size is a multiple of G dividing every process's share, the samples
-        are the same for any number of processes (and on resume)."""
-        g = self.config.rollout.num_generations
-        per_call = max(1, (self.config.rollout.generation_batch_size or len(prompts) * g) // g)
-        parts = []
-        for start in range(0, len(prompts), per_call):
-            torch.manual_seed(sampling_seed(self.config.seed, self.step, round_index, first_group + start))
-            try:
-                parts.append(self.engine.generate(prompts[start : start + per_call], g, self.sampling_params()))
-            except RuntimeError as exc:
-                if "probability tensor" not in str(exc):  # torch.multinomial on NaN/inf probabilities
-                    raise
-                last = ckpt.latest_checkpoint(self.output_dir, quiet=True)
-                raise TrainingHalted(
-                    f"stopped at step {self.step + 1}: sampling met NaN/inf token probabilities (the weights are "
-                    f"finite but diverged: lower optim.lr); the last checkpoint with finite weights is "
-                    f"{last or 'none'}"
-                ) from None
-        batch = concat_rollouts(parts, self.engine.pad_token_id)
-        batch.group_ids = torch.arange(len(prompts), device=batch.group_ids.device).repeat_interleave(g)
-        return batch
-
-    def _score(self, rollout: Any, rows: list[dict], num_samples: int) -> ScoredRollout:
-        return score_rollout(rollout, rows, num_samples, self.reward_specs, self.config.rollout.max_new_tokens,
-                             self.config.algorithm.reward_kwargs)
-
-    # ------------------------------------------------------------------ pieces
-
-    def prompt_text(self, row: dict) -> str:
-        prompt = row["prompt"]
-        if self.config.model.chat_template:
-            from ticgrpo.models import chat_prompt
-
-            return chat_prompt(self.tokenizer, prompt, self.config.model.system_prompt)
-        if isinstance(prompt, list):
-            return "\n\n".join(str(m["content"]) for m in prompt)
-        return prompt if self.config.model.system_prompt is None else f"{self.config.model.system_prompt}\n\n{prompt}"
-
-    def sampling_params(self) -> SamplingParams:
-        r = self.config.rollout
-        return SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k)
-
     def run_eval(self) -> dict[str, float]:
         e = self.config.eval
         if not self.eval_rows:
             return {}
         rows = self.dist.uneven_share(self.eval_rows)  # each process evaluates its share
         result = evaluate(
-            self.engine, rows, [self.prompt_text(r) for r in rows],
-            self.eval_reward, e.max_new_tokens or self.config.rollout.max_new_tokens, e.batch_size,
-            e.correct_threshold, e.mean_at_k, e.temperature or self.config.rollout.temperature,
-            self.config.algorithm.reward_kwargs,
+            self.engine, rows, [self.format_prompt(r) for r in rows], self.eval_scorer,
+            self.eval_scorer.max_new_tokens, e.batch_size, e.correct_threshold, e.mean_at_k,
+            e.temperature or self.config.rollout.temperature,
         ) if rows else {}
         result = self.dist.combine_evals(result)
         self.logger.log_eval(self.step, result)
@@ -423,22 +338,6 @@ class Trainer:
         ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         return ref, None
 
-    def _handle_reward_errors(self, scored: ScoredRollout) -> ScoredRollout:
-        """on_reward_error zero/skip: the guards already zeroed the failing samples; under
-        "skip" the groups holding one are dropped (all of them failing: the zeroed batch is used)."""
-        errors = list(self.reward_errors)
-        self.reward_errors.clear()
-        if not errors:
-            return scored
-        self.step_reward_errors += len(errors)
-        g, mode = scored.num_samples, self.config.algorithm.on_reward_error
-        bad = {i // g for i, _ in errors}
-        keep = [k for k in range(len(scored.rows)) if k not in bad] if mode == "skip" else []
-        action = f"dropped {len(bad)} group(s)" if keep else "zeroed those rewards"
-        print(f"warning: step {self.step + 1}: {len(errors)} reward error(s), {action}; first: {errors[0][1]}",
-              file=sys.stderr)
-        return scored.select_groups(keep) if keep else scored
-
     def _warn_nonfinite(self, metrics: dict, scored: ScoredRollout, adv: Any, batch: TrainingBatch) -> None:
         """One warning line with the statistics of a batch whose loss or gradient was non-finite."""
         with torch.no_grad():
@@ -450,10 +349,10 @@ class Trainer:
             span = f"{float(finite.min()):.4g}..{float(finite.max()):.4g}" if finite.numel() else "-"
             return f"non-finite {int((~torch.isfinite(t)).sum())}/{t.numel()}, finite range {span}"
 
-        print(f"warning: step {self.step + 1}: non-finite loss or gradient, skipped "
-              f"{int(metrics['skipped_nonfinite'])} optimizer step(s) (grads zeroed); rewards: "
-              f"{describe(scored.rewards)}; advantages: {describe(adv.advantages)}; log-probs: {describe(logp)}",
-              file=sys.stderr)
+        logger.warning(f"step {self.step + 1}: non-finite loss or gradient, skipped "
+                       f"{int(metrics['skipped_nonfinite'])} optimizer step(s) (grads zeroed); rewards: "
+                       f"{describe(scored.rewards)}; advantages: {describe(adv.advantages)}; log-probs: "
+                       f"{describe(logp)}")
 
     def _check_nonfinite(self, metrics: dict) -> None:
         limit = self.config.optim.max_consecutive_nonfinite
@@ -589,6 +488,18 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def training_rewards(config: TrainConfig, reward_fns: list[tuple[Any, float]] | None,
+                     config_dir: str | Path | None) -> list[tuple[RewardFn, float]]:
+    """(function, weight) of every training reward: the given ones or the config's, and DAPO's
+    soft overlong punishment (weight 1) with algorithm.overlong_reward unless it is listed."""
+    named = reward_fns or [(resolve_reward(s.name, config_dir), s.weight) for s in config.algorithm.rewards]
+    rewards = [(resolve_reward(fn), w) for fn, w in named]
+    overlong = resolve_reward("overlong_soft")
+    if config.algorithm.overlong_reward and overlong not in [fn for fn, _ in rewards]:
+        rewards.append((overlong, 1.0))
+    return rewards
 
 
 def train(config: TrainConfig | dict | str | Path, resume: bool = False, overwrite: bool = False,
