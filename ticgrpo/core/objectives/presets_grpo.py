@@ -8,7 +8,7 @@ the defaults) and the default advantage differ.
   Liu et al., "Understanding R1-Zero-Like Training: A Critical Perspective" (arXiv 2503.20783).
 - `dapo`: clip-higher ε_low = 0.2, ε_high = 0.28, aggregation `token-mean`, β 0, advantage
   `group_norm`. Dynamic sampling and soft overlong punishment are trainer mechanisms
-  (spec §5), switched on by the `dapo` preset (`ticgrpo.presets`).
+  (spec §5), switched on by the `dapo` entry of `ticgrpo.config.algorithms.ALGORITHMS`.
   Yu et al., "DAPO: An Open-Source LLM Reinforcement Learning System at Scale" (arXiv 2503.14476).
 
 `bnpo` is not an objective but a preset: `grpo` + the `beta_norm` advantage.
