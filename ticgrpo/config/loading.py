@@ -81,18 +81,22 @@ def read_yaml_mapping(source: str | Path) -> dict:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x}); "
-                          f"save the file as UTF-8") from None
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x}); save the file as UTF-8"
+        ) from None
     try:
         raw = load_yaml(text)
     except DuplicateKeyError as exc:
-        raise ConfigError(f"{path}:{exc.line}: duplicate key {exc.key!r} (first on line {exc.first_line}); "
-                          f"keep one of them") from None
+        raise ConfigError(
+            f"{path}:{exc.line}: duplicate key {exc.key!r} (first on line {exc.first_line}); keep one of them"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if raw is None:
-        raise ConfigError(f"{path}: the config file is empty; write the settings that differ from the defaults "
-                          f"(docs/training.md), or leave out --config to train with the defaults")
+        raise ConfigError(
+            f"{path}: the config file is empty; write the settings that differ from the defaults "
+            f"(docs/training.md), or leave out --config to train with the defaults"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
     return raw
@@ -170,8 +174,11 @@ def apply_preset(raw: dict) -> None:
         mine = algo.get(key)
         if mine is None:
             algo[key] = value
-        elif key in ("objective", "advantage") and isinstance(mine, dict) and \
-                method_name(mine) in (None, method_name(value)):
+        elif (
+            key in ("objective", "advantage")
+            and isinstance(mine, dict)
+            and method_name(mine) in (None, method_name(value))
+        ):
             algo[key] = {**(value if isinstance(value, dict) else {"name": value}), **mine}
 
 
@@ -205,8 +212,11 @@ def load_config(
         raw["output_dir"] = output_dir
     apply_preset(raw)
     # an empty section (`rollout:` with its keys commented out) takes the defaults
-    raw = {k: v for k, v in raw.items() if not (v is None and k in TrainConfig.model_fields
-                                                and _is_section(TrainConfig.model_fields[k]))}
+    raw = {
+        k: v
+        for k, v in raw.items()
+        if not (v is None and k in TrainConfig.model_fields and _is_section(TrainConfig.model_fields[k]))
+    }
     return validated(TrainConfig, raw)
 
 
@@ -258,19 +268,32 @@ def _field_at(models: tuple[type[BaseModel], ...], loc: tuple) -> tuple[list[typ
         parents = candidates
         infos = [m.model_fields[part] for m in candidates if part in m.model_fields]
         info = infos[0] if infos else None
-        candidates = [m for i in infos for m in _models_in(i.annotation)] + \
-            [m for i in infos for meta in i.metadata if isinstance(meta, KeysOf) for m in meta.models]
+        candidates = [m for i in infos for m in _models_in(i.annotation)] + [
+            m for i in infos for meta in i.metadata if isinstance(meta, KeysOf) for m in meta.models
+        ]
         key = f"{key}.{part}" if key else str(part)
     return parents, info, key
 
 
-_BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than_equal": ("<=", "le"),
-           "less_than": ("<", "lt")}
+_BOUNDS = {
+    "greater_than_equal": (">=", "ge"),
+    "greater_than": (">", "gt"),
+    "less_than_equal": ("<=", "le"),
+    "less_than": ("<", "lt"),
+}
 _KINDS = {
-    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
-    "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
-    "bool_parsing": "true or false", "string_type": "a string", "dict_type": "a mapping",
-    "model_type": "a mapping", "model_attributes_type": "a mapping", "list_type": "a list",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "list_type": "a list",
 }
 
 
@@ -294,8 +317,9 @@ def one_line(error: ValidationError, models: type[BaseModel] | tuple[type[BaseMo
     if kind in _KINDS:
         return f"{key} must be {_KINDS[kind]}, got {describe(value)}"
     if kind in _BOUNDS:
-        symbol = (info.json_schema_extra or {}).get("symbol") if info and isinstance(info.json_schema_extra,
-                                                                                     dict) else None
+        symbol = (
+            (info.json_schema_extra or {}).get("symbol") if info and isinstance(info.json_schema_extra, dict) else None
+        )
         label = f"{key} ({symbol})" if symbol else key
         nullable = info is not None and type(None) in get_args(info.annotation)
         op, bound = _BOUNDS[kind]

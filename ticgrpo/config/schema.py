@@ -105,8 +105,9 @@ def _validated_mapping(value: Any, adapter: TypeAdapter, models: tuple[type[Base
     return parsed.model_dump(exclude_unset=True)
 
 
-def mapping_of(*models: type[BaseModel], choose: Callable[[dict], str | None] | None = None,
-               nullable: bool = False) -> Any:
+def mapping_of(
+    *models: type[BaseModel], choose: Callable[[dict], str | None] | None = None, nullable: bool = False
+) -> Any:
     """The type of a mapping field whose keys are those of `models` (one of them, by `choose`)."""
     if choose is None:
         adapter: TypeAdapter = TypeAdapter(models[0])
@@ -130,7 +131,8 @@ class LoraOptions(BaseModel):
     model_config = SECTION
     r: Integer = Field(default=8, ge=1, description="adapter rank")
     lora_alpha: Annotated[int | float, BeforeValidator(_no_bool)] = Field(
-        default=8, gt=0, description="scaling numerator (scale = lora_alpha / r)")
+        default=8, gt=0, description="scaling numerator (scale = lora_alpha / r)"
+    )
     lora_dropout: Number = Field(default=0.0, ge=0, lt=1, description="dropout on the adapter's input")
     target_modules: str | list[str] = Field(default="all-linear", description="module names, or all-linear")
     bias: Literal["none", "all", "lora_only"] = Field(default="none", description="which biases are trained")
@@ -147,14 +149,18 @@ class VLLMOptions(BaseModel):
     """`rollout.vllm`: VLLMEngine keyword options (docs/vllm.md); other keys go to vllm.LLM."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-    mode: Literal["colocate", "server"] = Field(default="colocate",
-        description="vLLM in this process, or an HTTP server")
-    model_path: str | None = Field(default=None,
-        description="weights folder vLLM loads first; null = saved from the model")
-    server_url: str | None = Field(default=None,
-        description="mode server: http://HOST:PORT of ticgrpo.rollout.vllm.server")
+    mode: Literal["colocate", "server"] = Field(
+        default="colocate", description="vLLM in this process, or an HTTP server"
+    )
+    model_path: str | None = Field(
+        default=None, description="weights folder vLLM loads first; null = saved from the model"
+    )
+    server_url: str | None = Field(
+        default=None, description="mode server: http://HOST:PORT of ticgrpo.rollout.vllm.server"
+    )
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
-        default="bfloat16", description="vLLM weights dtype")
+        default="bfloat16", description="vLLM weights dtype"
+    )
     gpu_memory_utilization: Number = Field(default=0.3, gt=0, le=1, description="fraction of the GPU vLLM may take")
     max_model_len: Integer | None = Field(default=None, ge=1, description="vLLM context length; null = the model's")
     seed: Integer = Field(default=0, description="sampling seed; left out: the run's seed (+ an offset per rank)")
@@ -165,10 +171,13 @@ class IGRPOOptions(BaseModel):
     """`algorithm.igrpo`: two-stage drafts (iGRPO)."""
 
     model_config = SECTION
-    num_drafts: Integer = Field(default=1, ge=1,
-        description="drafts sampled per prompt; the best one enters the prompt")
-    template: Text = Field(default="{prompt}\n\nHere is a draft answer:\n{draft}\n\nImprove it.",
-                           description="the second-stage prompt; holds {prompt} and {draft}")
+    num_drafts: Integer = Field(
+        default=1, ge=1, description="drafts sampled per prompt; the best one enters the prompt"
+    )
+    template: Text = Field(
+        default="{prompt}\n\nHere is a draft answer:\n{draft}\n\nImprove it.",
+        description="the second-stage prompt; holds {prompt} and {draft}",
+    )
 
     @field_validator("template")
     @classmethod
@@ -196,10 +205,12 @@ class TaskSource(BaseModel):
     num_train: Integer = Field(default=10_000, ge=1, description="training problems generated")
     num_eval: Integer = Field(default=100, ge=1, description="held-out problems")
     seed: Integer = Field(default=0, description="seed of the training problems")
-    eval_seed: Integer = Field(default=9_176_263, description="seed of the held-out problems (fixed: the same eval set "
-                               "in every run)")
-    prompt_style: Literal["chat", "text"] = Field(default="chat",
-        description="one-shot chat messages, or a plain string")
+    eval_seed: Integer = Field(
+        default=9_176_263, description="seed of the held-out problems (fixed: the same eval set in every run)"
+    )
+    prompt_style: Literal["chat", "text"] = Field(
+        default="chat", description="one-shot chat messages, or a plain string"
+    )
 
 
 class JsonlSource(BaseModel):
@@ -257,54 +268,90 @@ def _known_reward(name: str) -> str:
 
 class ModelConfig(BaseModel):
     model_config = SECTION
-    name: Text = Field(default="smollm2-135m-instruct", min_length=1,
-                       description="local folder, hub id or alias (ticgrpo.models)")
+    name: Text = Field(
+        default="smollm2-135m-instruct",
+        min_length=1,
+        description="local folder, hub id, alias (ticgrpo.models), or tiny-test (a random tiny model "
+        "from ticgrpo.testing)",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="weights dtype")
-    autocast_bf16: Flag = Field(default=False,
-        description="bf16 autocast for forward passes and generation (CPU speed)")
+    autocast_bf16: Flag = Field(
+        default=False,
+        description="bf16 autocast for generation and forward passes (much faster on CPUs with bf16 "
+        "support; log-ratios are still formed in float32)",
+    )
     gradient_checkpointing: Flag = Field(default=False, description="recompute activations in backward (less memory)")
     lora: mapping_of(LoraOptions, nullable=True) = Field(  # type: ignore[valid-type]
-        default=None, description="peft.LoraConfig arguments (model.lora.* below); null = full fine-tuning")
+        default=None,
+        description="peft.LoraConfig arguments (model.lora.* below; target_modules defaults to "
+        "all-linear); null = full fine-tuning. Never changes on resume",
+    )
     trust_remote_code: Flag = Field(default=False, description="run the model repository's own code")
-    system_prompt: Text | None = Field(default=None, description="system message prepended to every prompt")
-    chat_template: Flag = Field(default=True, description="wrap prompts with the tokenizer's chat template")
+    system_prompt: Text | None = Field(default=None, description="prepended to every prompt as a system message")
+    chat_template: Flag = Field(
+        default=True, description="wrap prompts with the tokenizer's chat template (raw text otherwise)"
+    )
 
 
 class DataConfig(BaseModel):
     model_config = SECTION
     train: Annotated[DataSource, BeforeValidator(_one_source("train"))] = Field(  # type: ignore[valid-type]
         default_factory=lambda: {"task": "arithmetic", "level": 2, "split": "train"},
-        description="training prompts: one source, {task: ...} | {jsonl: ...} | {hf: ...}")
+        description="training prompts: one source, {task: ...} | {jsonl: ...} | {hf: ...}",
+    )
     eval: Annotated[OptionalDataSource, BeforeValidator(_one_source("eval"))] = Field(  # type: ignore[valid-type]
         default_factory=lambda: {"task": "arithmetic", "level": 2, "split": "eval"},
-        description="held-out prompts, same forms; null = no evaluation")
+        description="held-out prompts, same forms; null = no evaluation",
+    )
     shuffle: Flag = Field(default=True, description="reshuffle the training prompts every epoch (seeded)")
 
 
 class RolloutConfig(BaseModel):
     model_config = SECTION
-    engine: Literal["hf", "vllm"] = Field(default="hf", description="generation engine")
-    prompts_per_step: Integer = Field(default=4, ge=1, description="P: prompts per training step")
-    num_generations: Integer = Field(default=8, ge=2,
+    engine: Literal["hf", "vllm"] = Field(
+        default="hf",
+        description="hf: HFGenerateEngine (batched model.generate, KV cache); vllm: VLLMEngine "
+        "(docs/vllm.md; needs .venv-vllm)",
+    )
+    prompts_per_step: Integer = Field(
+        default=4,
+        ge=1,
+        description="P: prompts per training step (the global batch: with N processes each samples P/N)",
+    )
+    num_generations: Integer = Field(
+        default=8,
+        ge=2,
         description="G: completions per prompt (>= 2 for group advantages)",
-                                     json_schema_extra={"symbol": "G"})
-    max_new_tokens: Integer = Field(default=96, ge=1, description="completion length limit")
-    max_prompt_length: Integer | None = Field(default=None, ge=1,
-        description="left-truncate longer prompts; null = never")
-    temperature: Number = Field(default=1.0, gt=0, description="sampling temperature")
+        json_schema_extra={"symbol": "G"},
+    )
+    max_new_tokens: Integer = Field(
+        default=96, ge=1, description="completion budget; a completion without EOS within it is truncated"
+    )
+    max_prompt_length: Integer | None = Field(
+        default=None, ge=1, description="keep the last N prompt tokens; null = the whole prompt"
+    )
+    temperature: Number = Field(
+        default=1.0, gt=0, description="sampling temperature; the log-probs use the same temperature"
+    )
     top_p: Number = Field(default=1.0, gt=0, le=1, description="nucleus sampling")
     top_k: Integer = Field(default=0, ge=0, description="top-k sampling; 0 = off")
-    generation_batch_size: Integer | None = Field(default=None, ge=1,
-        description="sequences per generate() call; null = all")
+    generation_batch_size: Integer | None = Field(
+        default=None,
+        ge=1,
+        description="sequences per generate() call (null = all P·G); each call is seeded by (seed, "
+        "step, its first group), so a multiple of G makes the samples independent of the "
+        "number of processes",
+    )
     vllm: mapping_of(VLLMOptions) = Field(  # type: ignore[valid-type]
-        default_factory=dict,
-           description="engine vllm: VLLMEngine options (rollout.vllm.* below, docs/vllm.md)")
+        default_factory=dict, description="engine vllm: VLLMEngine options (rollout.vllm.* below, docs/vllm.md)"
+    )
 
 
 class WeightedReward(BaseModel):
     model_config = SECTION
     name: Annotated[Text, BeforeValidator(lambda v: _known_reward(v) if isinstance(v, str) else v)] = Field(
-        default="math_correctness", description="reward registry name or package.module:function")
+        default="math_correctness", description="reward registry name or package.module:function"
+    )
     weight: Number = Field(default=1.0, description="its weight in the summed reward")
 
 
@@ -383,12 +430,17 @@ def _removed_options_error(algo: dict, removed: str, key: str) -> ConfigError:
     objective = method_name(algo.get("objective")) or ObjectiveChoice().name
     name = method_name(algo.get(key))
     if name is None:
-        name = objective if key == "objective" else (
-            OBJECTIVES.spec(objective).default_advantage if objective in OBJECTIVES else "...")
+        name = (
+            objective
+            if key == "objective"
+            else (OBJECTIVES.spec(objective).default_advantage if objective in OBJECTIVES else "...")
+        )
     node = {"name": name, **(algo[removed] if isinstance(algo[removed], dict) else {})}
     spelling = yaml.safe_dump(node, default_flow_style=True, sort_keys=False).strip()
-    return ConfigError(f"algorithm.{removed} was removed: the options nest under the method, "
-                       f"algorithm.{key}: {spelling} (--set algorithm.{key}.<option>=...)")
+    return ConfigError(
+        f"algorithm.{removed} was removed: the options nest under the method, "
+        f"algorithm.{key}: {spelling} (--set algorithm.{key}.<option>=...)"
+    )
 
 
 def resolve_methods(algo: dict) -> dict:
@@ -424,45 +476,88 @@ def resolve_methods(algo: dict) -> dict:
 
 class AlgorithmConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
-    preset: Text | None = Field(default=None, description="an ALGORITHMS name (ticgrpo.config.algorithms); fills the "
-                                "algorithm keys the config leaves out")
+    preset: Text | None = Field(
+        default=None,
+        description="an ALGORITHMS name (ticgrpo.config.algorithms); fills the algorithm keys the config leaves out",
+    )
     objective: ObjectiveChoice = Field(
         default_factory=ObjectiveChoice,
         description="objective name, or {name: ..., <option>: ...} with its options (docs/objectives.md); "
-        "default tic_grpo")
+        "default tic_grpo",
+    )
     advantage: AdvantageChoice = Field(
         default_factory=AdvantageChoice,
-        description="null (the objective's default), a name, or {name: ..., <option>: ...} (ticgrpo.core.advantages)")
-    rewards: list[WeightedReward] = Field(default_factory=lambda: [WeightedReward()], min_length=1,
-                                          description="rewards summed with their weights: [{name, weight}, ...]")
-    reward_kwargs: dict[str, Any] = Field(default_factory=dict,
-                                          description="extra keyword arguments for reward functions")
-    num_iterations: Integer = Field(default=1, ge=1, description="μ: inner epochs over each rollout batch",
-                                    json_schema_extra={"symbol": "μ"})
-    num_minibatches: Integer = Field(default=1, ge=1, description="M: optimizer steps per inner epoch")
-    micro_batch_size: Integer | None = Field(default=None, ge=1,
-                                             description="sequences per forward/backward; null = whole minibatch")
-    dynamic_sampling: Flag = Field(default=False, description="DAPO: drop groups whose rewards are all equal, resample")
-    dynamic_sampling_max_rounds: Integer = Field(default=3, ge=1, description="resampling rounds per step at most")
-    mask_truncated: Flag = Field(default=False,
-        description="DAPO overlong filtering: truncated completions get no loss")
-    overlong_reward: Flag = Field(default=False, description="DAPO soft overlong punishment: add reward overlong_soft "
-                                  "(weight 1)")
-    espo_delta: Number | None = Field(default=None, gt=0, description="ESPO: stop the inner epochs once mean |ρ−1| > δ "
-                                      "(paper: 0.25); null = off")
+        description="null (the objective's default), a name, or {name: ..., <option>: ...} (ticgrpo.core.advantages)",
+    )
+    rewards: list[WeightedReward] = Field(
+        default_factory=lambda: [WeightedReward()],
+        min_length=1,
+        description="rewards summed with their weights: [{name, weight}, ...]; a name is a registry "
+        "name (math_correctness, answer_format, overlong_soft, code_tests), "
+        '"module:function" or "path/to/file.py:function" (looked up beside the config, '
+        "then in the working folder)",
+    )
+    reward_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments for every reward function (e.g. overlong_cache)"
+    )
+    num_iterations: Integer = Field(
+        default=1, ge=1, description="μ: inner epochs over each rollout batch", json_schema_extra={"symbol": "μ"}
+    )
+    num_minibatches: Integer = Field(
+        default=1, ge=1, description="M: optimizer steps per inner epoch (must divide P·G)"
+    )
+    micro_batch_size: Integer | None = Field(
+        default=None,
+        ge=1,
+        description="sequences per forward/backward (must divide the minibatch); null = the whole minibatch",
+    )
+    dynamic_sampling: Flag = Field(
+        default=False, description="DAPO: keep only groups whose rewards differ, resample until P groups are filled"
+    )
+    dynamic_sampling_max_rounds: Integer = Field(
+        default=3, ge=1, description="after this many sampling rounds, train on the groups collected so far"
+    )
+    mask_truncated: Flag = Field(
+        default=False, description="DAPO overlong filtering: truncated completions carry no loss"
+    )
+    overlong_reward: Flag = Field(
+        default=False,
+        description="DAPO soft overlong punishment: adds reward overlong_soft (weight 1) unless "
+        "rewards lists it; C = reward_kwargs.overlong_cache (default L//4)",
+    )
+    espo_delta: Number | None = Field(
+        default=None,
+        gt=0,
+        description="ESPO early stopping of the inner epochs: stop once mean |ρ−1| over a "
+        "minibatch's tokens > δ (the paper's δ: 0.25); null = off",
+    )
     igrpo: mapping_of(IGRPOOptions, nullable=True) = Field(  # type: ignore[valid-type]
-        default=None, description="iGRPO two-stage drafts (algorithm.igrpo.* below); null = off")
-    logprob_chunk_size: Integer = Field(default=1024, ge=1, description="tokens per chunk of the log-prob computation")
-    log_entropy: Flag = Field(default=True, description="log the policy's token entropy")
+        default=None, description="iGRPO two-stage drafts (algorithm.igrpo.* below); null = off"
+    )
+    logprob_chunk_size: Integer = Field(
+        default=1024, ge=1, description="rows of LM-head logits materialised at once (ticgrpo.core.logprobs)"
+    )
+    log_entropy: Flag = Field(default=True, description="compute the policy entropy (metric entropy)")
     on_reward_error: Literal["raise", "zero", "skip"] = Field(
         default="raise",
-            description="a reward raising / returning NaN or too few values: stop, score 0, or drop the group")
-    reward_timeout_s: Number | None = Field(default=300.0, gt=0,
-        description="a reward call slower than this counts as a "
-                                            "reward error; null = no limit")
+        description="a reward that raises, returns NaN or the wrong number of values: raise "
+        "(one-line error naming the function and the sample), zero (that sample gets 0), "
+        "skip (its group is dropped); counted in reward_errors; a timeout is such an "
+        "error",
+    )
+    reward_timeout_s: Number | None = Field(
+        default=300.0,
+        gt=0,
+        description="seconds a reward call may take (training and eval rewards); past it the call is "
+        "abandoned and counts as a reward error of every sample of the call; null = no "
+        "limit",
+    )
     behavior_correction: Text | None = Field(
         default=None,
-            description="engine (vLLM) vs trainer log-probs: null | token | sequence TIS (ticgrpo.core.mismatch)")
+        description="with an engine that reports behaviour log-probs (vLLM): token or sequence "
+        "truncated importance sampling, w = min(π_old/μ, C), folded into the advantages "
+        "(ticgrpo.core.mismatch); sequence-level objectives need sequence; null = off",
+    )
     behavior_correction_cap: Number = Field(default=2.0, ge=1, description="C: importance weights are truncated at C")
 
     @model_validator(mode="before")
@@ -515,38 +610,52 @@ class OptimConfig(BaseModel):
     beta1: Number = Field(default=0.9, ge=0, lt=1, description="AdamW β1")
     beta2: Number = Field(default=0.999, ge=0, lt=1, description="AdamW β2")
     eps: Number = Field(default=1e-8, gt=0, description="AdamW ε")
-    max_grad_norm: Number | None = Field(default=1.0, gt=0, description="gradient clipping norm; null = no clipping")
-    warmup_steps: Integer = Field(default=0, ge=0, description="training steps (rollout batches) of linear warm-up")
-    schedule: Literal["constant", "cosine", "linear"] = Field(default="constant", description="after warm-up")
-    min_lr_ratio: Number = Field(default=0.0, ge=0, le=1,
-        description="floor of cosine/linear decay, as a fraction of lr")
+    max_grad_norm: Number | None = Field(
+        default=1.0, gt=0, description="global-norm gradient clipping per optimizer step; null = none"
+    )
+    warmup_steps: Integer = Field(
+        default=0, ge=0, description="linear warm-up, in training steps (the LR advances once per training step)"
+    )
+    schedule: Literal["constant", "cosine", "linear"] = Field(
+        default="constant", description="after warm-up: constant, or decay to min_lr_ratio·lr at max_steps"
+    )
+    min_lr_ratio: Number = Field(
+        default=0.0, ge=0, le=1, description="floor of cosine/linear decay, as a fraction of lr"
+    )
     max_consecutive_nonfinite: Integer = Field(
-        default=3, ge=1, description="stop (exit 3) after this many steps in a row with a NaN/inf loss or gradient")
+        default=3,
+        ge=1,
+        description="a NaN/inf loss or gradient skips the step (skipped_nonfinite); this many in a "
+        "row stop the run (exit 3), last checkpoint intact",
+    )
 
 
 class EvalConfig(BaseModel):
     model_config = SECTION
-    every_steps: Integer = Field(default=25, ge=0,
-        description="evaluate every N steps; 0 = only before and after training")
-    at_start: Flag = Field(default=True, description="evaluate before the first step")
+    every_steps: Integer = Field(
+        default=25, ge=0, description="evaluate every N steps; 0 = only before and after training"
+    )
+    at_start: Flag = Field(default=True, description="evaluate at step 0, before training")
     at_end: Flag = Field(default=True, description="evaluate after the last step")
-    num_examples: Integer | None = Field(default=64, ge=1, description="the first N eval rows; null = the whole split")
+    num_examples: Integer | None = Field(default=64, ge=1, description="the first N held-out rows; null = all")
     batch_size: Integer = Field(default=32, ge=1, description="prompts per generate() call")
     max_new_tokens: Integer | None = Field(default=None, ge=1, description="null = rollout.max_new_tokens")
     reward: Annotated[Text, BeforeValidator(lambda v: _known_reward(v) if isinstance(v, str) else v)] = Field(
-        default="math_correctness", description="reward that scores the held-out completions")
-    correct_threshold: Number = Field(default=1.0, description="reward >= this counts as correct")
-    mean_at_k: Integer = Field(default=0, ge=0,
-        description="k sampled completions per prompt for mean@k; 0 = greedy only")
+        default="math_correctness", description="reward that scores the held-out completions"
+    )
+    correct_threshold: Number = Field(default=1.0, description="a completion is correct when its reward >= this")
+    mean_at_k: Integer = Field(
+        default=0, ge=0, description="k sampled completions per prompt for mean@k; 0 = greedy only"
+    )
     temperature: Number | None = Field(default=None, gt=0, description="for mean@k; null = rollout.temperature")
 
 
 class LoggingConfig(BaseModel):
     model_config = SECTION
     samples_per_step: Integer = Field(default=2, ge=0, description="rows written to samples.jsonl per step")
-    progress_bar: Flag = Field(default=True, description="a progress bar on stderr")
-    tensorboard: Flag = Field(default=False, description="also write TensorBoard event files")
-    wandb: Flag = Field(default=False, description="also log to Weights & Biases")
+    progress_bar: Flag = Field(default=True, description="tqdm bar with reward, length, loss, last accuracy")
+    tensorboard: Flag = Field(default=False, description="write TensorBoard event files (used only when installed)")
+    wandb: Flag = Field(default=False, description="log to Weights & Biases (used only when installed)")
     wandb_project: Text = Field(default="ticgrpo", description="the W&B project")
     plot: Flag = Field(default=True, description="curves.png at the end")
 
@@ -555,7 +664,7 @@ class CheckpointConfig(BaseModel):
     model_config = SECTION
     every_steps: Integer = Field(default=0, ge=0, description="intermediate checkpoints every N steps; 0 = none")
     keep_last: Integer = Field(default=2, ge=0, description="checkpoints kept; 0 = all")
-    save_final: Flag = Field(default=True, description="final/ (save_pretrained + tokenizer)")
+    save_final: Flag = Field(default=True, description="final/ via save_pretrained (+ tokenizer)")
 
 
 def check_output_dir(key: str, folder: str | Path) -> None:
@@ -577,12 +686,18 @@ def _threads(value: Any) -> Any:
 
 class TrainConfig(BaseModel):
     model_config = SECTION
-    output_dir: Text = Field(default="runs/default", description="the run folder (created if missing)")
-    seed: Integer = Field(default=0, description="seed of sampling, shuffling and initialisation")
+    output_dir: Text = Field(
+        default="runs/default", description="the run folder (--output-dir overrides; created if missing)"
+    )
+    seed: Integer = Field(default=0, description="seeds python, numpy, torch; also the data order")
     max_steps: Integer = Field(default=100, ge=0, description="training steps (rollout batches)")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = cuda where there is a GPU")
     threads: Annotated[int | Literal["auto"], BeforeValidator(_threads)] = Field(
-        default="auto", description="CPU threads for torch: a count, or auto (the cores this process may use)")
+        default="auto",
+        description="torch's CPU threads when the device is the CPU: a count, or auto = "
+        "OMP_NUM_THREADS if set, else the cores this process may run on divided among "
+        "the node's LOCAL_WORLD_SIZE processes",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
@@ -606,8 +721,10 @@ class TrainConfig(BaseModel):
             import torch
 
             if not torch.cuda.is_available():
-                raise ConfigError("device: cuda, but torch sees no CUDA GPU on this machine (torch.cuda.is_available() "
-                                  "is False); set device: cpu, or auto to use a GPU only where there is one")
+                raise ConfigError(
+                    "device: cuda, but torch sees no CUDA GPU on this machine (torch.cuda.is_available() "
+                    "is False); set device: cpu, or auto to use a GPU only where there is one"
+                )
         check_output_dir("output_dir", self.output_dir)
         self._check_batch_sizes()
         self._check_behavior_correction()
@@ -616,12 +733,15 @@ class TrainConfig(BaseModel):
     def _check_batch_sizes(self) -> None:
         a, batch = self.algorithm, self.rollout_batch_size
         if batch % a.num_minibatches:
-            raise ConfigError(f"algorithm.num_minibatches={a.num_minibatches} must divide "
-                              f"prompts_per_step*num_generations={batch}")
+            raise ConfigError(
+                f"algorithm.num_minibatches={a.num_minibatches} must divide prompts_per_step*num_generations={batch}"
+            )
         minibatch = batch // a.num_minibatches
         if a.micro_batch_size is not None and minibatch % a.micro_batch_size:
-            raise ConfigError(f"algorithm.micro_batch_size={a.micro_batch_size} must divide the minibatch size "
-                              f"{minibatch} (prompts_per_step*num_generations/num_minibatches)")
+            raise ConfigError(
+                f"algorithm.micro_batch_size={a.micro_batch_size} must divide the minibatch size "
+                f"{minibatch} (prompts_per_step*num_generations/num_minibatches)"
+            )
 
     def _check_behavior_correction(self) -> None:
         from ticgrpo.core.mismatch import CORRECTIONS
@@ -631,12 +751,18 @@ class TrainConfig(BaseModel):
         if a.behavior_correction is None:
             return
         if self.rollout.engine == "hf":
-            raise ConfigError("algorithm.behavior_correction corrects an inference engine's sampling; the hf engine "
-                              "samples from the training model itself: set rollout.engine: vllm or drop the correction")
-        if not CORRECTIONS.spec(a.behavior_correction).sequence_level and \
-                OBJECTIVES.spec(a.objective.name).sequence_advantages:
-            raise ConfigError(f"algorithm.behavior_correction: token weights need a token-level objective; "
-                              f"{a.objective.name} uses one advantage per sequence: use sequence")
+            raise ConfigError(
+                "algorithm.behavior_correction corrects an inference engine's sampling; the hf engine "
+                "samples from the training model itself: set rollout.engine: vllm or drop the correction"
+            )
+        if (
+            not CORRECTIONS.spec(a.behavior_correction).sequence_level
+            and OBJECTIVES.spec(a.objective.name).sequence_advantages
+        ):
+            raise ConfigError(
+                f"algorithm.behavior_correction: token weights need a token-level objective; "
+                f"{a.objective.name} uses one advantage per sequence: use sequence"
+            )
 
 
 __all__ = [
