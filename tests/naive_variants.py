@@ -121,7 +121,7 @@ def naive_conflicts(token_ids, mask, adv, group_ids) -> set[tuple[int, int]]:
 def naive_gtpo(logp, ref, mask, adv, token_ids, entropies, group_ids, *, threshold, penalty, w_pos, w_neg,
                normalize, beta, kl, aggregation, n_seq, n_tok, l_max):
     conflicts = naive_conflicts(token_ids, mask, adv, group_ids)
-    rows = []
+    rows: list[list[Tensor]] = []
     for i in range(logp.shape[0]):
         tokens = _tokens(mask, i)
         if not tokens:

@@ -95,14 +95,14 @@ def test_micro_batches_and_ranks_add_up_to_the_whole_step(objective):
         "batch_num_tokens": int(mask.sum()),
         "loss_scale_factor": mask.shape[1],
     }
-    rank_losses = []
+    rank_losses: list[torch.Tensor] = []
     for rank in range(dp):
         rows = slice(rank * 4, (rank + 1) * 4)
         micro = [slice(rows.start, rows.start + 2), slice(rows.start + 2, rows.stop)]
-        rank_losses.append(
-            sum(fn(old[s], new[s], adv[s], mask[s], "token-mean", {"global_batch_info": info})[0] for s in micro)
-        )
-    averaged = sum(rank_losses) / dp  # what DDP/FSDP's gradient average amounts to
+        rank_losses.append(torch.stack(
+            [fn(old[s], new[s], adv[s], mask[s], "token-mean", {"global_batch_info": info})[0] for s in micro]
+        ).sum())
+    averaged = torch.stack(rank_losses).sum() / dp  # what DDP/FSDP's gradient average amounts to
     assert torch.allclose(averaged, whole, atol=1e-6)
     assert torch.allclose(_grad(averaged, new), _grad(whole, new), atol=1e-6)
 

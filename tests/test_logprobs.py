@@ -39,7 +39,7 @@ def _gpt2():
     return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()  # no dropout
 
 
-def _batch(seed: int = 0):
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded prompts (P=5), right-padded ragged completions (T=6), B=3."""
     g = torch.Generator().manual_seed(seed)
     prompt_lens, comp_lens = [5, 2, 3], [6, 3, 1]
@@ -93,6 +93,7 @@ def test_matches_naive_logprobs_and_entropy(make_model, temperature, chunk_size)
     with torch.no_grad():
         lp, ent = completion_logprobs(model, *batch, temperature=temperature, chunk_size=chunk_size, with_entropy=True)
         ref_lp, ref_ent = _naive(model, *batch, temperature=temperature)
+    assert ent is not None
     assert lp.dtype == ent.dtype == torch.float32 and lp.shape == batch[2].shape
     assert lp[batch[3] == 0].eq(0).all() and ent[batch[3] == 0].eq(0).all()
     assert lp[batch[3] == 1].lt(0).all()
@@ -142,7 +143,7 @@ def test_gradcheck_autograd_function_float64(with_bias):
     weight = torch.randn(v, h, dtype=torch.float64, generator=g, requires_grad=True)
     bias = torch.randn(v, dtype=torch.float64, generator=g, requires_grad=True) if with_bias else None
     targets = torch.randint(0, v, (n,), generator=g)
-    inputs = (hidden, weight, bias) if with_bias else (hidden, weight)
+    inputs: tuple[torch.Tensor, ...] = (hidden, weight, bias) if bias is not None else (hidden, weight)
 
     def run(*args, with_entropy=True):
         hb, wb = args[0], args[1]
@@ -165,6 +166,7 @@ def test_bf16_model_close_to_naive_bf16():
     model = _llama(dtype=torch.bfloat16)
     batch = _batch()
     lp, ent = completion_logprobs(model, *batch, temperature=0.9, chunk_size=5, with_entropy=True)
+    assert ent is not None
     with torch.no_grad():
         ref_lp, ref_ent = _naive(model, *batch, temperature=0.9)
     assert lp.dtype == torch.float32 and torch.isfinite(lp).all() and torch.isfinite(ent).all()
@@ -213,7 +215,9 @@ def test_fallback_path_gradients(monkeypatch):
 
 def test_fast_path_resolution_and_input_checks():
     model = _llama()
-    decoder, head = lp_mod._resolve_decoder_and_head(model)
+    resolved = lp_mod._resolve_decoder_and_head(model)
+    assert resolved is not None
+    decoder, head = resolved
     assert decoder is model.model and head is model.lm_head
     ids, am, comp, cmask = _batch()
     with pytest.raises(ValueError):

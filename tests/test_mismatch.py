@@ -73,7 +73,7 @@ def test_token_weights_scale_each_tokens_policy_gradient(objective):
         if token_weight is None:
             loss, _ = compute_loss(objective, PolicyBatch(logp, mask, advantages, old_logprobs=old), config, norms)
         else:  # Σ_t w_t · (the loss of a batch whose only unmasked token is t)
-            loss = 0
+            loss = torch.zeros((), dtype=torch.float64)
             for i, j in mask.nonzero().tolist():
                 single = torch.zeros_like(mask)
                 single[i, j] = 1
@@ -101,7 +101,7 @@ def test_sequence_weights_scale_each_sequences_term_for_tic_grpo():
     logp = (old + 0.1).requires_grad_(True)
     loss_w, _ = compute_loss("tic_grpo", PolicyBatch(logp, mask, correction.apply(adv).double(), old_logprobs=old),
                              config, norms)
-    total = 0
+    total = torch.zeros((), dtype=torch.float64)
     for i in range(4):  # each sequence alone (others' advantage 0), weighted
         only = torch.zeros_like(adv)
         only[i] = adv[i]

@@ -214,6 +214,7 @@ def check_options_class(name: str) -> None:
     spec = OBJECTIVES.spec(name)
     defaults = make_objective_config(name)
     assert isinstance(defaults, spec.options) and dataclasses.is_dataclass(defaults)
+    assert not isinstance(defaults, type)
     assert make_objective_config(name, dataclasses.asdict(defaults)) == defaults
     with pytest.raises(ValueError, match=rf"unknown option 'no_such_option' for objective '{name}'; allowed: "):
         make_objective_config(name, {"no_such_option": 1.0})

@@ -517,6 +517,7 @@ def test_no_nan_or_inf_for_extreme_ratios(name, log_ratio):
             loss, metrics = compute_loss(name, batch, config)
             loss.backward()
             assert loss.dtype == torch.float32
+            assert leaf.grad is not None
             assert torch.isfinite(loss) and torch.isfinite(leaf.grad.float()).all(), (name, advantage, dtype)
             for key, value in metrics.items():
                 if not key.startswith("ratio_"):  # the raw ratio statistic may legitimately be inf
@@ -531,8 +532,8 @@ def test_registry_entries_and_meta():
         spec = OBJECTIVES.spec(name)
         assert spec.default_advantage == advantage
         assert spec.uses_old_logprobs == (name != "gtpo")
-        assert "arXiv" in sys.modules[spec.loss.__module__].__doc__  # formula + paper reference
-    defaults = {
+        assert "arXiv" in (sys.modules[spec.loss.__module__].__doc__ or "")  # formula + paper reference
+    defaults: dict[str, dict[str, object]] = {
         "gspo": {"epsilon_low": 3e-4, "epsilon_high": 4e-4, "beta": 0.0},
         "gmpo": {"epsilon": 0.4},
         "dr_grpo": {"epsilon_low": 0.2, "epsilon_high": 0.2, "aggregation": "seq-mean-token-sum-norm"},
