@@ -1,4 +1,5 @@
 """Checkpoints: a LoRA checkpoint holds the adapter (not the base model) and resumes bit-exactly;
+the learning-rate schedule gives the documented lr at every step and resumes bit-identically;
 a full disk or a file-size limit is one line and leaves no partial checkpoint; NaN/inf weights
 are never saved, never named as the last good checkpoint, and halt the run where they appear.
 
@@ -7,7 +8,9 @@ the tiny in-process model in subprocesses."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import resource
 import signal
@@ -18,8 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from ticgrpo.config import TrainConfig
 from ticgrpo.testing import make_tiny_model, make_tiny_tokenizer
 from ticgrpo.train import checkpoint as ckpt
+from ticgrpo.train.setup import make_lr_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = make_tiny_tokenizer()
@@ -281,3 +286,70 @@ def test_an_optimizer_step_that_makes_weights_inf_halts_the_run_before_saving(tm
     assert "trainable weights NaN or inf from a finite loss and gradient" in err[-1]
     assert err[-1].endswith("the last checkpoint with finite weights is none")
     assert ckpt.list_checkpoints(out) == [] and not (out / "final").exists()
+
+
+# ---------------------------------------------------------------------- the learning-rate schedule
+
+
+def _documented_lr(step: int, lr: float, warmup: int, schedule: str, floor: float, max_steps: int) -> float:
+    """docs/training.md's schedule, written out: lr·(s+1)/(W+1) for s < W, then constant, or a
+    cosine / linear decay from lr to floor·lr at max_steps."""
+    if step < warmup:
+        return lr * ((step + 1) / (warmup + 1))
+    if schedule == "constant":
+        return lr * 1.0
+    progress = min((step - warmup) / max(max(max_steps, 1) - warmup, 1), 1.0)
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    return lr * (floor + (1 - floor) * decay)
+
+
+def _schedule_config(schedule: str, warmup: int, floor: float, max_steps: int) -> TrainConfig:
+    cfg = TrainConfig()
+    cfg.max_steps = max_steps
+    cfg.optim.lr, cfg.optim.schedule, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 3e-4, schedule, warmup, floor
+    return cfg
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+def test_lr_schedule_gives_the_documented_lr_at_every_step(schedule):
+    for warmup, floor, max_steps in itertools.product((0, 1, 3, 12), (0.0, 0.1, 1.0), (1, 5, 12, 30)):
+        cfg = _schedule_config(schedule, warmup, floor, max_steps)
+        weight = torch.nn.Parameter(torch.zeros(2))
+        optimizer = torch.optim.AdamW([weight], lr=cfg.optim.lr)
+        scheduler = make_lr_scheduler(optimizer, cfg)
+        for step in range(max_steps + 1):  # + the lr left after the last step
+            expected = _documented_lr(step, 3e-4, warmup, schedule, floor, max_steps)
+            assert scheduler.get_last_lr()[0] == expected, (warmup, floor, max_steps, step)
+            assert optimizer.param_groups[0]["lr"] == expected
+            optimizer.step()
+            scheduler.step()
+
+
+def test_lr_schedule_resumes_from_a_checkpoint_bit_identically(tmp_path):
+    cfg = _schedule_config("cosine", 2, 0.1, 8)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+        return model, optimizer, make_lr_scheduler(optimizer, cfg)
+
+    def step(model, optimizer, scheduler, i):
+        lr = scheduler.get_last_lr()[0]
+        model(torch.full((1, 3), float(i))).pow(2).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+        return lr
+
+    straight = fresh()
+    lrs = [step(*straight, i) for i in range(8)]
+    first = fresh()
+    for i in range(3):
+        step(*first, i)
+    path = ckpt.save_checkpoint(tmp_path, 3, first[0], first[1], first[2], {})
+    resumed = fresh()
+    ckpt.load_checkpoint(path, *resumed)
+    assert [step(*resumed, i) for i in range(3, 8)] == lrs[3:]
+    for name, value in straight[0].state_dict().items():
+        assert torch.equal(value, resumed[0].state_dict()[name]), name

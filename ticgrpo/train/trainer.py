@@ -38,7 +38,7 @@ from ticgrpo.train.setup import (
     configure_cpu_threads,
     disable_dropout,
     load_model,
-    lr_lambda,
+    make_lr_scheduler,
     seed_everything,
 )
 from ticgrpo.train.step import StepSettings, TrainingBatch, fixed_logprobs
@@ -144,7 +144,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                                            weight_decay=o.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.scheduler = make_lr_scheduler(self.optimizer, cfg)
         self.step = 0
         self.nonfinite_streak = 0  # consecutive training steps with a skipped non-finite optimizer step
         self.history: list[dict] = []
