@@ -7,6 +7,7 @@ a `code_tests` reward goes on through hostile completions."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -321,7 +322,10 @@ def test_writable_space_is_bounded(box):
 def test_proc_shows_nothing_of_the_trainer(box):
     """No process outside the sandbox is visible (bwrap, unshare), or none whose memory, fds or
     environment can be read (none as root); at none, command lines are visible (documented)."""
-    res = box.execute((ROOT / "tests" / "sandbox_corpus" / "proc_probe.py").read_text(), timeout_s=20)
+    # the probe reports every process of the machine: its output grows with their number, not with hostility
+    roomy = Sandbox(dataclasses.replace(LIMITS, max_output_bytes=4_000_000), isolation=box.isolation)
+    res = roomy.execute((ROOT / "tests" / "sandbox_corpus" / "proc_probe.py").read_text(), timeout_s=20)
+    assert res.status == "ok", res
     seen = json.loads(res.stdout)
     if box.isolation != "none":
         assert seen == {}, seen
