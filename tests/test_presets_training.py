@@ -319,14 +319,13 @@ def test_with_draft_string_and_chat():
 def test_igrpo_prompt_contains_the_best_draft(tmp_path):
     cfg = config(tmp_path, {"preset": "grpo", "igrpo": {"num_drafts": 4}, "num_iterations": 1},
                  max_steps=1, logging={"progress_bar": False, "plot": False, "samples_per_step": 8})
-    trainer = make_trainer(cfg)
     seen: list[tuple[list[str], list[str]]] = []
 
     def recording(prompts, completions, **kwargs):
         seen.append((list(prompts), list(completions)))
         return distinct_chars(prompts, completions)
 
-    trainer.reward_specs = [(recording, 1.0)]
+    trainer = make_trainer(cfg, reward=recording)
     metrics = trainer.train_step()
     (draft_prompts, drafts), (refined_prompts, _) = seen  # stage one (drafts), stage two (refinements)
     assert len(drafts) == 2 * 4 and len(refined_prompts) == 2 * 4
