@@ -95,15 +95,13 @@ def objective_default_name(objective: str) -> str | None:
     """The lab-runnable algorithm name that is `objective` with its defaults, if there is one."""
     defaults = make_objective_config(objective)
     default_advantage = OBJECTIVES.spec(objective).default_advantage
-    for name in (objective, *ALGORITHMS):
-        algorithm = get_algorithm(name) if name == objective else ALGORITHMS[name]
+    for algorithm in (get_algorithm(objective), *ALGORITHMS.values()):  # its own name first
         if unsupported_reason(algorithm) is not None:
             continue
         variant = variant_of(algorithm)
-        if (variant.objective, variant.advantage_name, variant.advantage_options) == (
-            objective, default_advantage, {}
-        ) and variant.config() == defaults:
-            return name
+        method = (variant.objective, variant.advantage_name, variant.advantage_options)
+        if method == (objective, default_advantage, {}) and variant.config() == defaults:
+            return algorithm.name
     return None
 
 
