@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ticgrpo.lab import Problem, enumerate_trajectories, exact_gradient, make_policy, make_rewards
+from ticgrpo.lab.policies import NeuralPolicy
 
 
 def naive_subset_time(problem: Problem, theta: torch.Tensor, rows: torch.Tensor) -> float:
@@ -37,6 +38,7 @@ def naive_subset_time(problem: Problem, theta: torch.Tensor, rows: torch.Tensor)
             if policy.name == "tabular":
                 row = torch.log_softmax(th.view(space.num_prefixes, space.vocab_size)[p], dim=-1)
             else:  # the MLP on this one prefix
+                assert isinstance(policy, NeuralPolicy)
                 w = policy.unflatten(th)
                 x = w["tok"][space.prefix_last[p]] + w["pos"][space.prefix_len[p]]
                 x = x + (space.prefix_counts[p] / space.max_len) @ w["cnt"]

@@ -51,7 +51,7 @@ def long_prompts(tokenizer: Any, n: int) -> list[str]:
     ]
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--settings", default="short,long", help="comma list of: short, long")
@@ -63,7 +63,63 @@ def main() -> None:
     ap.add_argument("--kv-cache-gib", default="2")
     ap.add_argument("--threads", type=int, default=None,
                     help="OMP/torch threads for every engine (default: torch's; vLLM may lower it to 1)")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def _make_engine(name: str, model: Any, tok: Any, path: Any) -> Any:
+    import torch
+
+    from ticgrpo.rollout import HFGenerateEngine, VLLMEngine
+
+    if name == "hf-fp32":
+        return HFGenerateEngine(model, tok)
+    if name == "hf-bf16":
+        return HFGenerateEngine(model, tok, autocast_dtype=torch.bfloat16)
+    vllm_dtypes = {"vllm-bf16": "bfloat16", "vllm-fp32": "float32"}
+    if name in vllm_dtypes:
+        t = time.perf_counter()
+        engine = VLLMEngine(model, tok, model_path=path, dtype=vllm_dtypes[name], max_model_len=2048)
+        print(f"[bench] vLLM engine start: {time.perf_counter() - t:.1f} s", flush=True)
+        return engine
+    raise SystemExit(f"unknown engine {name!r}")
+
+
+def _setting(setting: str, tok: Any, args: argparse.Namespace) -> tuple[list[str], Any]:
+    from ticgrpo.rollout import SamplingParams
+
+    if setting == "short":
+        return arithmetic_prompts(tok, args.prompts), SamplingParams(max_new_tokens=48, temperature=1.0)
+    if setting == "long":
+        return (long_prompts(tok, args.long_prompts or args.prompts),
+                SamplingParams(max_new_tokens=256, temperature=1.0))
+    raise SystemExit(f"unknown setting {setting!r}")
+
+
+def _measure(setting: str, engines: dict[str, Any], tok: Any, args: argparse.Namespace) -> list[tuple]:
+    """One table row per engine: (setting, P, G, max new, engine, mean length, median tok/s, every tok/s)."""
+    import torch
+
+    prompts, params = _setting(setting, tok, args)
+    for engine in engines.values():  # warm-up
+        engine.generate(prompts, args.g, params)
+    rates: dict[str, list[float]] = {n: [] for n in engines}
+    lengths: dict[str, list[float]] = {n: [] for n in engines}
+    for r in range(args.repeats):
+        for name, engine in engines.items():
+            t = time.perf_counter()
+            batch = engine.generate(prompts, args.g, params)
+            dt = time.perf_counter() - t
+            tokens = int(batch.completion_lengths.sum())
+            rates[name].append(tokens / dt)
+            lengths[name].append(float(batch.completion_lengths.float().mean()))
+            print(f"[bench] {setting} round {r + 1} {name}: {tokens} tokens in {dt:.2f} s "
+                  f"= {tokens / dt:.1f} tok/s (torch threads {torch.get_num_threads()})", flush=True)
+    return [(setting, len(prompts), args.g, params.max_new_tokens, name, statistics.mean(lengths[name]),
+             statistics.median(rates[name]), rates[name]) for name in engines]
+
+
+def main() -> None:
+    args = _parse_args()
     if args.threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch is imported
 
@@ -74,59 +130,17 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     from ticgrpo.models import load_model_and_tokenizer, resolve_model_path
-    from ticgrpo.rollout import HFGenerateEngine, SamplingParams, VLLMEngine
 
     path = resolve_model_path(args.model)
     model, tok = load_model_and_tokenizer(path, dtype="float32")
     model.eval()
-    names = args.engines.split(",")
-    engines: dict[str, Any] = {}
     t0 = time.perf_counter()
-    for name in names:
-        if name == "hf-fp32":
-            engines[name] = HFGenerateEngine(model, tok)
-        elif name == "hf-bf16":
-            engines[name] = HFGenerateEngine(model, tok, autocast_dtype=torch.bfloat16)
-        elif name == "vllm-bf16":
-            t = time.perf_counter()
-            engines[name] = VLLMEngine(model, tok, model_path=path, dtype="bfloat16", max_model_len=2048)
-            print(f"[bench] vLLM engine start: {time.perf_counter() - t:.1f} s", flush=True)
-        elif name == "vllm-fp32":
-            engines[name] = VLLMEngine(model, tok, model_path=path, dtype="float32", max_model_len=2048)
-        else:
-            raise SystemExit(f"unknown engine {name!r}")
+    engines = {name: _make_engine(name, model, tok, path) for name in args.engines.split(",")}
     print(f"[bench] model {path}, torch threads {torch.get_num_threads()}, setup {time.perf_counter() - t0:.1f} s",
           flush=True)
     print(f"[bench] P×G {args.prompts}×{args.g}, repeats {args.repeats}, load average {os.getloadavg()}", flush=True)
 
-    rows = []
-    for setting in args.settings.split(","):
-        if setting == "short":
-            prompts = arithmetic_prompts(tok, args.prompts)
-            params = SamplingParams(max_new_tokens=48, temperature=1.0)
-        elif setting == "long":
-            prompts = long_prompts(tok, args.long_prompts or args.prompts)
-            params = SamplingParams(max_new_tokens=256, temperature=1.0)
-        else:
-            raise SystemExit(f"unknown setting {setting!r}")
-        for engine in engines.values():  # warm-up
-            engine.generate(prompts, args.g, params)
-        rates: dict[str, list[float]] = {n: [] for n in engines}
-        lengths: dict[str, list[float]] = {n: [] for n in engines}
-        for r in range(args.repeats):
-            for name, engine in engines.items():
-                t = time.perf_counter()
-                batch = engine.generate(prompts, args.g, params)
-                dt = time.perf_counter() - t
-                tokens = int(batch.completion_lengths.sum())
-                rates[name].append(tokens / dt)
-                lengths[name].append(float(batch.completion_lengths.float().mean()))
-                print(f"[bench] {setting} round {r + 1} {name}: {tokens} tokens in {dt:.2f} s "
-                      f"= {tokens / dt:.1f} tok/s (torch threads {torch.get_num_threads()})", flush=True)
-        for name in engines:
-            rows.append((setting, len(prompts), args.g, params.max_new_tokens, name,
-                         statistics.mean(lengths[name]), statistics.median(rates[name]), rates[name]))
-
+    rows = [row for setting in args.settings.split(",") for row in _measure(setting, engines, tok, args)]
     print()
     print("| setting | P×G | max new | engine | mean length | tokens/s (median) | vs HF bf16 | vs HF fp32 |")
     print("|---|---|---|---|---|---|---|---|")

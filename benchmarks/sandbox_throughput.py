@@ -61,7 +61,8 @@ def main() -> None:
     def scored() -> None:
         assert box.run_tests(CODE, TESTS).score == 1.0
 
-    plain(), sandboxed(), scored()  # warm up
+    for warm_up in (plain, sandboxed, scored):
+        warm_up()
     r_plain = rate(plain, args.n, args.workers)
     r_box = rate(sandboxed, args.n, args.workers)
     r_scored = rate(scored, args.n, args.workers)

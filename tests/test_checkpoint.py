@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ticgrpo.cli import warnings_to_stderr
 from ticgrpo.config import TrainConfig
 from ticgrpo.testing import make_tiny_model, make_tiny_tokenizer
 from ticgrpo.train import checkpoint as ckpt
@@ -172,15 +173,21 @@ def _legacy_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler)
     return path
 
 
-def test_format_1_checkpoints_load_and_one_with_nan_weights_is_never_the_latest(tmp_path, capsys):
+def test_format_1_checkpoints_load_and_one_with_nan_weights_is_never_the_latest(tmp_path, capsys, caplog):
     model, optimizer, scheduler = _trained(make_tiny_model(seed=0, tokenizer=TOKENIZER))
     good = _legacy_checkpoint(tmp_path, 1, model, optimizer, scheduler)
     with torch.no_grad():
         model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
     _legacy_checkpoint(tmp_path, 2, model, optimizer, scheduler)
-    assert ckpt.latest_checkpoint(tmp_path) == good
+    with warnings_to_stderr():  # what `ticgrpo` does while a command runs
+        assert ckpt.latest_checkpoint(tmp_path) == good
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "step-0002" in err[0] and "NaN or inf" in err[0]
+    assert len(err) == 1 and err[0].startswith("warning: skipping corrupt checkpoint: ") and "step-0002" in err[0]
+    assert "NaN or inf" in err[0]
+    caplog.clear()
+    assert ckpt.latest_checkpoint(tmp_path) == good  # a library call: logged, nothing printed
+    assert capsys.readouterr().err == "" and "step-0002" in caplog.records[0].getMessage()
+    assert ckpt.latest_checkpoint(tmp_path, quiet=True) == good and len(caplog.records) == 1
     fresh = _trained(make_tiny_model(seed=1, tokenizer=TOKENIZER))
     assert ckpt.load_checkpoint(good, *fresh)["step"] == 1
     assert torch.equal(fresh[0].model.layers[1].mlp.down_proj.weight, model.model.layers[1].mlp.down_proj.weight)

@@ -1,13 +1,19 @@
 """`ticgrpo` command line: one sub-command module per part of the package.
 
-Usage errors (bad flags, bad configs, bad data) print one line to stderr and exit 2.
+Usage errors (bad flags, bad configs, bad data) print one line to stderr and exit 2. Warnings
+of the package (`logging.getLogger(__name__).warning(...)` in its modules) print one line each,
+`warning: ...`, to stderr while a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import sys
+from collections.abc import Iterator
+from types import ModuleType
 
 from ticgrpo.errors import UsageError
 
@@ -22,6 +28,29 @@ _COMMANDS = {
 }
 
 __all__ = ["UsageError", "main"]
+
+
+class OneLineStderrHandler(logging.Handler):
+    """`warning: <message>` on one line, written to the sys.stderr of the moment it is emitted
+    (so that a replaced stderr, as under pytest's capsys, gets it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(f"{record.levelname.lower()}: {' '.join(record.getMessage().split())}\n")
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def warnings_to_stderr() -> Iterator[None]:
+    """While a command runs, the package's warnings (and errors it logs) go to stderr, one line each."""
+    package = logging.getLogger("ticgrpo")
+    handler = OneLineStderrHandler(logging.WARNING)
+    package.addHandler(handler)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
 
 
 def _parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -42,16 +71,23 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser(argv).parse_args(argv)
     module = importlib.import_module(_COMMANDS[args.command][0])
+    with warnings_to_stderr():
+        return _run(module, args)
+
+
+def _run(module: ModuleType, args: argparse.Namespace) -> int:
+    """The command's exit code; errors that are the user's to fix are one line, not a traceback."""
     try:
         return int(module.run(args) or 0)
     except (ValueError, FileNotFoundError) as exc:  # UsageError and ConfigError are ValueErrors
         print(f"ticgrpo {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         return 2
     except Exception as exc:
-        if not isinstance(getattr(exc, "exit_code", None), int):  # e.g. TrainingHalted: one line, its code
+        exit_code = getattr(exc, "exit_code", None)
+        if not isinstance(exit_code, int):  # e.g. TrainingHalted: one line, its code
             raise
         print(f"ticgrpo {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return exc.exit_code
+        return exit_code
     except KeyboardInterrupt:
         print(f"ticgrpo {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -90,7 +90,8 @@ def _convert_smollm2(target: Path) -> None:
     gguf = smollm2_gguf_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # Any: the attributes reset below are set by transformers' loading, not declared on the class
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The loaded weights are plain fp32 tensors already; the GGUF quantizer marker would make
     # save_pretrained refuse (or make the saved config ask for GGUF on reload).
     model.hf_quantizer = None

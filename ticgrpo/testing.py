@@ -76,7 +76,7 @@ def make_tiny_model(vocab_size: int | None = None, seed: int = 0, tokenizer: Any
         tokenizer = tokenizer if tokenizer is not None else make_tiny_tokenizer()
         vocab_size = len(tokenizer)
 
-    options = dict(
+    options: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,

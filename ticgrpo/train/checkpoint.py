@@ -24,8 +24,8 @@ ignored (and swept up by the next save). A write that fails (disk full, file-siz
 permissions) removes the temporary folder and raises CheckpointWriteError (exit 4): one line
 naming the folder, the space the checkpoint needs and the space free. `latest_checkpoint`
 checks the manifest (sizes, then sha256) of the newest checkpoint and falls back to the
-previous complete one, with a one-line warning on stderr, so a torn or corrupt checkpoint is
-never loaded.
+previous complete one, with a one-line warning (logged; `ticgrpo` prints it on stderr), so a
+torn or corrupt checkpoint is never loaded.
 
 Test hook: `TICGRPO_TEST_CRASH_AT=<point>[:<n>]` makes the process SIGKILL itself the n-th
 time (default 1st) it reaches the named point (see `crash_point`); used only by
@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -51,6 +52,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+logger = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
@@ -103,7 +106,9 @@ def checkpoint_root(output_dir: str | Path) -> Path:
 
 def rng_state() -> dict[str, Any]:
     """Every RNG's state as tensors, lists and numbers only, so it loads with weights_only=True."""
-    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = np.random.get_state(legacy=True)
+    assert isinstance(numpy_state, tuple)  # legacy=True: (kind, keys, pos, has_gauss, cached_gaussian)
+    kind, keys, pos, has_gauss, cached_gaussian = numpy_state
     version, python_state, gauss_next = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
@@ -415,19 +420,25 @@ def verify_checkpoint(path: str | Path, hashes: bool = True) -> None:
             raise CheckpointError(f"{path}: {name} does not match its sha256 in the manifest")
 
 
-def _is_format_2(path: Path) -> bool:
+def _format_2_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest of a format-2 checkpoint; None for format 1 (with or without a manifest)."""
     manifest = _manifest(path)
-    return manifest is not None and int(manifest.get("format", 1)) >= FORMAT
+    return manifest if manifest is not None and int(manifest.get("format", 1)) >= FORMAT else None
+
+
+def _is_format_2(path: Path) -> bool:
+    return _format_2_manifest(path) is not None
 
 
 def read_model_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """The model tensors a checkpoint holds, by state-dict name (tied aliases included); for a
     LoRA run only the adapter weights and the buffers."""
     path = Path(path)
-    if not _is_format_2(path):
+    manifest = _format_2_manifest(path)
+    if manifest is None:
         return torch.load(path / LEGACY_MODEL_FILE, map_location=device, weights_only=True)
     tensors = load_file(path / MODEL_FILE, device=str(device))
-    for alias, name in _manifest(path)["model"].get("aliases", {}).items():
+    for alias, name in manifest["model"].get("aliases", {}).items():
         tensors[alias] = tensors[name]
     return tensors
 
@@ -438,16 +449,16 @@ def read_optimizer_state(path: str | Path, device: str | torch.device = "cpu") -
 
 def _weights_finite(path: Path) -> bool:
     """Format 2 records it (only finite weights are ever saved); format 1 is read and checked."""
-    if _is_format_2(path):
-        return bool(_manifest(path)["model"].get("weights_finite", False))
+    manifest = _format_2_manifest(path)
+    if manifest is not None:
+        return bool(manifest["model"].get("weights_finite", False))
     state = torch.load(path / LEGACY_MODEL_FILE, map_location="cpu", weights_only=True, mmap=True)
     return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
 
 
 def latest_checkpoint(output_dir: str | Path, quiet: bool = False) -> Path | None:
     """The newest checkpoint that passes `verify_checkpoint` and holds finite weights; for each
-    newer one that fails, a one-line warning goes to stderr (unless `quiet`) and the previous
-    one is tried."""
+    newer one that fails, a warning is logged (unless `quiet`) and the previous one is tried."""
     for path in reversed(list_checkpoints(output_dir)):
         try:
             verify_checkpoint(path)
@@ -455,7 +466,7 @@ def latest_checkpoint(output_dir: str | Path, quiet: bool = False) -> Path | Non
                 raise CheckpointError(f"{path}: its weights hold NaN or inf")
         except CheckpointError as exc:
             if not quiet:
-                print(f"warning: skipping corrupt checkpoint: {exc}", file=sys.stderr)
+                logger.warning("skipping corrupt checkpoint: %s", exc)
             continue
         return path
     return None
@@ -463,11 +474,12 @@ def latest_checkpoint(output_dir: str | Path, quiet: bool = False) -> Path | Non
 
 def _load_model_state(path: Path, model: Any, device: torch.device) -> None:
     tensors = read_model_state(path, device)
-    if not _is_format_2(path):
+    manifest = _format_2_manifest(path)
+    if manifest is None:
         model.load_state_dict(tensors)
         return
     _, _, frozen = _saved_state(model)
-    recorded = int(_manifest(path)["model"].get("frozen_parameters", 0))
+    recorded = int(manifest["model"].get("frozen_parameters", 0))
     if recorded != len(frozen):
         raise CheckpointError(f"{path} was saved from a model with {recorded} frozen parameters, this model has "
                               f"{len(frozen)}: resume with the model (and model.lora) the run was started with")

@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
     final = f", final model in {result.final_dir}" if result.final_dir else ""
     print(f"trained {result.steps} steps in {(time.monotonic() - started) / 60:.1f} min; "
           f"outputs in {result.output_dir}{final}")
-    summary = accuracy_summary(Path(result.output_dir) / "eval.jsonl")
-    if summary:
-        print(summary)
+    accuracy = accuracy_summary(Path(result.output_dir) / "eval.jsonl")
+    if accuracy:
+        print(accuracy)
     return 0
 
 
