@@ -130,9 +130,8 @@ class LoraOptions(BaseModel):
 
     model_config = SECTION
     r: Integer = Field(default=8, ge=1, description="adapter rank")
-    lora_alpha: Annotated[int | float, BeforeValidator(_no_bool)] = Field(
-        default=8, gt=0, description="scaling numerator (scale = lora_alpha / r)"
-    )
+    lora_alpha: Annotated[int | float, BeforeValidator(_no_bool)] = Field(default=8, gt=0,
+        description="scaling numerator (scale = lora_alpha / r)")
     lora_dropout: Number = Field(default=0.0, ge=0, lt=1, description="dropout on the adapter's input")
     target_modules: str | list[str] = Field(default="all-linear", description="module names, or all-linear")
     bias: Literal["none", "all", "lora_only"] = Field(default="none", description="which biases are trained")
@@ -149,18 +148,14 @@ class VLLMOptions(BaseModel):
     """`rollout.vllm`: VLLMEngine keyword options (docs/vllm.md); other keys go to vllm.LLM."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-    mode: Literal["colocate", "server"] = Field(
-        default="colocate", description="vLLM in this process, or an HTTP server"
-    )
-    model_path: str | None = Field(
-        default=None, description="weights folder vLLM loads first; null = saved from the model"
-    )
-    server_url: str | None = Field(
-        default=None, description="mode server: http://HOST:PORT of ticgrpo.rollout.vllm.server"
-    )
-    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
-        default="bfloat16", description="vLLM weights dtype"
-    )
+    mode: Literal["colocate", "server"] = Field(default="colocate",
+        description="vLLM in this process, or an HTTP server")
+    model_path: str | None = Field(default=None,
+        description="weights folder vLLM loads first; null = saved from the model")
+    server_url: str | None = Field(default=None,
+        description="mode server: http://HOST:PORT of ticgrpo.rollout.vllm.server")
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(default="bfloat16",
+        description="vLLM weights dtype")
     gpu_memory_utilization: Number = Field(default=0.3, gt=0, le=1, description="fraction of the GPU vLLM may take")
     max_model_len: Integer | None = Field(default=None, ge=1, description="vLLM context length; null = the model's")
     seed: Integer = Field(default=0, description="sampling seed; left out: the run's seed (+ an offset per rank)")
@@ -171,13 +166,10 @@ class IGRPOOptions(BaseModel):
     """`algorithm.igrpo`: two-stage drafts (iGRPO)."""
 
     model_config = SECTION
-    num_drafts: Integer = Field(
-        default=1, ge=1, description="drafts sampled per prompt; the best one enters the prompt"
-    )
-    template: Text = Field(
-        default="{prompt}\n\nHere is a draft answer:\n{draft}\n\nImprove it.",
-        description="the second-stage prompt; holds {prompt} and {draft}",
-    )
+    num_drafts: Integer = Field(default=1, ge=1,
+        description="drafts sampled per prompt; the best one enters the prompt")
+    template: Text = Field(default="{prompt}\n\nHere is a draft answer:\n{draft}\n\nImprove it.",
+        description="the second-stage prompt; holds {prompt} and {draft}")
 
     @field_validator("template")
     @classmethod
@@ -205,12 +197,10 @@ class TaskSource(BaseModel):
     num_train: Integer = Field(default=10_000, ge=1, description="training problems generated")
     num_eval: Integer = Field(default=100, ge=1, description="held-out problems")
     seed: Integer = Field(default=0, description="seed of the training problems")
-    eval_seed: Integer = Field(
-        default=9_176_263, description="seed of the held-out problems (fixed: the same eval set in every run)"
-    )
-    prompt_style: Literal["chat", "text"] = Field(
-        default="chat", description="one-shot chat messages, or a plain string"
-    )
+    eval_seed: Integer = Field(default=9_176_263,
+        description="seed of the held-out problems (fixed: the same eval set in every run)")
+    prompt_style: Literal["chat", "text"] = Field(default="chat",
+        description="one-shot chat messages, or a plain string")
 
 
 class JsonlSource(BaseModel):
@@ -268,29 +258,21 @@ def _known_reward(name: str) -> str:
 
 class ModelConfig(BaseModel):
     model_config = SECTION
-    name: Text = Field(
-        default="smollm2-135m-instruct",
-        min_length=1,
-        description="local folder, hub id, alias (ticgrpo.models), or tiny-test (a random tiny model "
-        "from ticgrpo.testing)",
-    )
+    name: Text = Field(default="smollm2-135m-instruct", min_length=1,
+        description="local folder, hub id, alias (ticgrpo.models), or tiny-test (a random tiny model from "
+        "ticgrpo.testing)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="weights dtype")
-    autocast_bf16: Flag = Field(
-        default=False,
-        description="bf16 autocast for generation and forward passes (much faster on CPUs with bf16 "
-        "support; log-ratios are still formed in float32)",
-    )
+    autocast_bf16: Flag = Field(default=False,
+        description="bf16 autocast for generation and forward passes (much faster on CPUs with bf16 support; "
+        "log-ratios are still formed in float32)")
     gradient_checkpointing: Flag = Field(default=False, description="recompute activations in backward (less memory)")
-    lora: mapping_of(LoraOptions, nullable=True) = Field(  # type: ignore[valid-type]
-        default=None,
-        description="peft.LoraConfig arguments (model.lora.* below; target_modules defaults to "
-        "all-linear); null = full fine-tuning. Never changes on resume",
-    )
+    lora: mapping_of(LoraOptions, nullable=True) = Field(default=None,  # type: ignore[valid-type]
+        description="peft.LoraConfig arguments (model.lora.* below; target_modules defaults to all-linear); null = "
+        "full fine-tuning. Never changes on resume")
     trust_remote_code: Flag = Field(default=False, description="run the model repository's own code")
     system_prompt: Text | None = Field(default=None, description="prepended to every prompt as a system message")
-    chat_template: Flag = Field(
-        default=True, description="wrap prompts with the tokenizer's chat template (raw text otherwise)"
-    )
+    chat_template: Flag = Field(default=True,
+        description="wrap prompts with the tokenizer's chat template (raw text otherwise)")
 
 
 class DataConfig(BaseModel):
@@ -308,43 +290,26 @@ class DataConfig(BaseModel):
 
 class RolloutConfig(BaseModel):
     model_config = SECTION
-    engine: Literal["hf", "vllm"] = Field(
-        default="hf",
-        description="hf: HFGenerateEngine (batched model.generate, KV cache); vllm: VLLMEngine "
-        "(docs/vllm.md; needs .venv-vllm)",
-    )
-    prompts_per_step: Integer = Field(
-        default=4,
-        ge=1,
-        description="P: prompts per training step (the global batch: with N processes each samples P/N)",
-    )
-    num_generations: Integer = Field(
-        default=8,
-        ge=2,
-        description="G: completions per prompt (>= 2 for group advantages)",
-        json_schema_extra={"symbol": "G"},
-    )
-    max_new_tokens: Integer = Field(
-        default=96, ge=1, description="completion budget; a completion without EOS within it is truncated"
-    )
-    max_prompt_length: Integer | None = Field(
-        default=None, ge=1, description="keep the last N prompt tokens; null = the whole prompt"
-    )
-    temperature: Number = Field(
-        default=1.0, gt=0, description="sampling temperature; the log-probs use the same temperature"
-    )
+    engine: Literal["hf", "vllm"] = Field(default="hf",
+        description="hf: HFGenerateEngine (batched model.generate, KV cache); vllm: VLLMEngine (docs/vllm.md; needs "
+        ".venv-vllm)")
+    prompts_per_step: Integer = Field(default=4, ge=1,
+        description="P: prompts per training step (the global batch: with N processes each samples P/N)")
+    num_generations: Integer = Field(default=8, ge=2, json_schema_extra={"symbol": "G"},
+        description="G: completions per prompt (>= 2 for group advantages)")
+    max_new_tokens: Integer = Field(default=96, ge=1,
+        description="completion budget; a completion without EOS within it is truncated")
+    max_prompt_length: Integer | None = Field(default=None, ge=1,
+        description="keep the last N prompt tokens; null = the whole prompt")
+    temperature: Number = Field(default=1.0, gt=0,
+        description="sampling temperature; the log-probs use the same temperature")
     top_p: Number = Field(default=1.0, gt=0, le=1, description="nucleus sampling")
     top_k: Integer = Field(default=0, ge=0, description="top-k sampling; 0 = off")
-    generation_batch_size: Integer | None = Field(
-        default=None,
-        ge=1,
-        description="sequences per generate() call (null = all P·G); each call is seeded by (seed, "
-        "step, its first group), so a multiple of G makes the samples independent of the "
-        "number of processes",
-    )
-    vllm: mapping_of(VLLMOptions) = Field(  # type: ignore[valid-type]
-        default_factory=dict, description="engine vllm: VLLMEngine options (rollout.vllm.* below, docs/vllm.md)"
-    )
+    generation_batch_size: Integer | None = Field(default=None, ge=1,
+        description="sequences per generate() call (null = all P·G); each call is seeded by (seed, step, its first "
+        "group), so a multiple of G makes the samples independent of the number of processes")
+    vllm: mapping_of(VLLMOptions) = Field(default_factory=dict,  # type: ignore[valid-type]
+        description="engine vllm: VLLMEngine options (rollout.vllm.* below, docs/vllm.md)")
 
 
 class WeightedReward(BaseModel):
@@ -476,88 +441,53 @@ def resolve_methods(algo: dict) -> dict:
 
 class AlgorithmConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
-    preset: Text | None = Field(
-        default=None,
-        description="an ALGORITHMS name (ticgrpo.config.algorithms); fills the algorithm keys the config leaves out",
-    )
-    objective: ObjectiveChoice = Field(
-        default_factory=ObjectiveChoice,
-        description="objective name, or {name: ..., <option>: ...} with its options (docs/objectives.md); "
-        "default tic_grpo",
-    )
-    advantage: AdvantageChoice = Field(
-        default_factory=AdvantageChoice,
-        description="null (the objective's default), a name, or {name: ..., <option>: ...} (ticgrpo.core.advantages)",
-    )
-    rewards: list[WeightedReward] = Field(
-        default_factory=lambda: [WeightedReward()],
-        min_length=1,
-        description="rewards summed with their weights: [{name, weight}, ...]; a name is a registry "
-        "name (math_correctness, answer_format, overlong_soft, code_tests), "
-        '"module:function" or "path/to/file.py:function" (looked up beside the config, '
-        "then in the working folder)",
-    )
-    reward_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="extra keyword arguments for every reward function (e.g. overlong_cache)"
-    )
-    num_iterations: Integer = Field(
-        default=1, ge=1, description="μ: inner epochs over each rollout batch", json_schema_extra={"symbol": "μ"}
-    )
-    num_minibatches: Integer = Field(
-        default=1, ge=1, description="M: optimizer steps per inner epoch (must divide P·G)"
-    )
-    micro_batch_size: Integer | None = Field(
-        default=None,
-        ge=1,
-        description="sequences per forward/backward (must divide the minibatch); null = the whole minibatch",
-    )
-    dynamic_sampling: Flag = Field(
-        default=False, description="DAPO: keep only groups whose rewards differ, resample until P groups are filled"
-    )
-    dynamic_sampling_max_rounds: Integer = Field(
-        default=3, ge=1, description="after this many sampling rounds, train on the groups collected so far"
-    )
-    mask_truncated: Flag = Field(
-        default=False, description="DAPO overlong filtering: truncated completions carry no loss"
-    )
-    overlong_reward: Flag = Field(
-        default=False,
-        description="DAPO soft overlong punishment: adds reward overlong_soft (weight 1) unless "
-        "rewards lists it; C = reward_kwargs.overlong_cache (default L//4)",
-    )
-    espo_delta: Number | None = Field(
-        default=None,
-        gt=0,
-        description="ESPO early stopping of the inner epochs: stop once mean |ρ−1| over a "
-        "minibatch's tokens > δ (the paper's δ: 0.25); null = off",
-    )
-    igrpo: mapping_of(IGRPOOptions, nullable=True) = Field(  # type: ignore[valid-type]
-        default=None, description="iGRPO two-stage drafts (algorithm.igrpo.* below); null = off"
-    )
-    logprob_chunk_size: Integer = Field(
-        default=1024, ge=1, description="rows of LM-head logits materialised at once (ticgrpo.core.logprobs)"
-    )
+    preset: Text | None = Field(default=None,
+        description="an ALGORITHMS name (ticgrpo.config.algorithms); fills the algorithm keys the config leaves out")
+    objective: ObjectiveChoice = Field(default_factory=ObjectiveChoice,
+        description="objective name, or {name: ..., <option>: ...} with its options (docs/objectives.md); default "
+        "tic_grpo")
+    advantage: AdvantageChoice = Field(default_factory=AdvantageChoice,
+        description="null (the objective's default), a name, or {name: ..., <option>: ...} (ticgrpo.core.advantages)")
+    rewards: list[WeightedReward] = Field(default_factory=lambda: [WeightedReward()], min_length=1,
+        description="rewards summed with their weights: [{name, weight}, ...]; a name is a registry name "
+        '(math_correctness, answer_format, overlong_soft, code_tests), "module:function" or '
+        '"path/to/file.py:function" (looked up beside the config, then in the working folder)')
+    reward_kwargs: dict[str, Any] = Field(default_factory=dict,
+        description="extra keyword arguments for every reward function (e.g. overlong_cache)")
+    num_iterations: Integer = Field(default=1, ge=1, json_schema_extra={"symbol": "μ"},
+        description="μ: inner epochs over each rollout batch")
+    num_minibatches: Integer = Field(default=1, ge=1,
+        description="M: optimizer steps per inner epoch (must divide P·G)")
+    micro_batch_size: Integer | None = Field(default=None, ge=1,
+        description="sequences per forward/backward (must divide the minibatch); null = the whole minibatch")
+    dynamic_sampling: Flag = Field(default=False,
+        description="DAPO: keep only groups whose rewards differ, resample until P groups are filled")
+    dynamic_sampling_max_rounds: Integer = Field(default=3, ge=1,
+        description="after this many sampling rounds, train on the groups collected so far")
+    mask_truncated: Flag = Field(default=False,
+        description="DAPO overlong filtering: truncated completions carry no loss")
+    overlong_reward: Flag = Field(default=False,
+        description="DAPO soft overlong punishment: adds reward overlong_soft (weight 1) unless rewards lists it; C "
+        "= reward_kwargs.overlong_cache (default L//4)")
+    espo_delta: Number | None = Field(default=None, gt=0,
+        description="ESPO early stopping of the inner epochs: stop once mean |ρ−1| over a minibatch's tokens > δ "
+        "(the paper's δ: 0.25); null = off")
+    igrpo: mapping_of(IGRPOOptions, nullable=True) = Field(default=None,  # type: ignore[valid-type]
+        description="iGRPO two-stage drafts (algorithm.igrpo.* below); null = off")
+    logprob_chunk_size: Integer = Field(default=1024, ge=1,
+        description="rows of LM-head logits materialised at once (ticgrpo.core.logprobs)")
     log_entropy: Flag = Field(default=True, description="compute the policy entropy (metric entropy)")
-    on_reward_error: Literal["raise", "zero", "skip"] = Field(
-        default="raise",
-        description="a reward that raises, returns NaN or the wrong number of values: raise "
-        "(one-line error naming the function and the sample), zero (that sample gets 0), "
-        "skip (its group is dropped); counted in reward_errors; a timeout is such an "
-        "error",
-    )
-    reward_timeout_s: Number | None = Field(
-        default=300.0,
-        gt=0,
-        description="seconds a reward call may take (training and eval rewards); past it the call is "
-        "abandoned and counts as a reward error of every sample of the call; null = no "
-        "limit",
-    )
-    behavior_correction: Text | None = Field(
-        default=None,
-        description="with an engine that reports behaviour log-probs (vLLM): token or sequence "
-        "truncated importance sampling, w = min(π_old/μ, C), folded into the advantages "
-        "(ticgrpo.core.mismatch); sequence-level objectives need sequence; null = off",
-    )
+    on_reward_error: Literal["raise", "zero", "skip"] = Field(default="raise",
+        description="a reward that raises, returns NaN or the wrong number of values: raise (one-line error naming "
+        "the function and the sample), zero (that sample gets 0), skip (its group is dropped); counted "
+        "in reward_errors; a timeout is such an error")
+    reward_timeout_s: Number | None = Field(default=300.0, gt=0,
+        description="seconds a reward call may take (training and eval rewards); past it the call is abandoned and "
+        "counts as a reward error of every sample of the call; null = no limit")
+    behavior_correction: Text | None = Field(default=None,
+        description="with an engine that reports behaviour log-probs (vLLM): token or sequence truncated importance "
+        "sampling, w = min(π_old/μ, C), folded into the advantages (ticgrpo.core.mismatch); "
+        "sequence-level objectives need sequence; null = off")
     behavior_correction_cap: Number = Field(default=2.0, ge=1, description="C: importance weights are truncated at C")
 
     @model_validator(mode="before")
@@ -610,31 +540,23 @@ class OptimConfig(BaseModel):
     beta1: Number = Field(default=0.9, ge=0, lt=1, description="AdamW β1")
     beta2: Number = Field(default=0.999, ge=0, lt=1, description="AdamW β2")
     eps: Number = Field(default=1e-8, gt=0, description="AdamW ε")
-    max_grad_norm: Number | None = Field(
-        default=1.0, gt=0, description="global-norm gradient clipping per optimizer step; null = none"
-    )
-    warmup_steps: Integer = Field(
-        default=0, ge=0, description="linear warm-up, in training steps (the LR advances once per training step)"
-    )
-    schedule: Literal["constant", "cosine", "linear"] = Field(
-        default="constant", description="after warm-up: constant, or decay to min_lr_ratio·lr at max_steps"
-    )
-    min_lr_ratio: Number = Field(
-        default=0.0, ge=0, le=1, description="floor of cosine/linear decay, as a fraction of lr"
-    )
-    max_consecutive_nonfinite: Integer = Field(
-        default=3,
-        ge=1,
-        description="a NaN/inf loss or gradient skips the step (skipped_nonfinite); this many in a "
-        "row stop the run (exit 3), last checkpoint intact",
-    )
+    max_grad_norm: Number | None = Field(default=1.0, gt=0,
+        description="global-norm gradient clipping per optimizer step; null = none")
+    warmup_steps: Integer = Field(default=0, ge=0,
+        description="linear warm-up, in training steps (the LR advances once per training step)")
+    schedule: Literal["constant", "cosine", "linear"] = Field(default="constant",
+        description="after warm-up: constant, or decay to min_lr_ratio·lr at max_steps")
+    min_lr_ratio: Number = Field(default=0.0, ge=0, le=1,
+        description="floor of cosine/linear decay, as a fraction of lr")
+    max_consecutive_nonfinite: Integer = Field(default=3, ge=1,
+        description="a NaN/inf loss or gradient skips the step (skipped_nonfinite); this many in a row stop the run "
+        "(exit 3), last checkpoint intact")
 
 
 class EvalConfig(BaseModel):
     model_config = SECTION
-    every_steps: Integer = Field(
-        default=25, ge=0, description="evaluate every N steps; 0 = only before and after training"
-    )
+    every_steps: Integer = Field(default=25, ge=0,
+        description="evaluate every N steps; 0 = only before and after training")
     at_start: Flag = Field(default=True, description="evaluate at step 0, before training")
     at_end: Flag = Field(default=True, description="evaluate after the last step")
     num_examples: Integer | None = Field(default=64, ge=1, description="the first N held-out rows; null = all")
@@ -644,9 +566,8 @@ class EvalConfig(BaseModel):
         default="math_correctness", description="reward that scores the held-out completions"
     )
     correct_threshold: Number = Field(default=1.0, description="a completion is correct when its reward >= this")
-    mean_at_k: Integer = Field(
-        default=0, ge=0, description="k sampled completions per prompt for mean@k; 0 = greedy only"
-    )
+    mean_at_k: Integer = Field(default=0, ge=0,
+        description="k sampled completions per prompt for mean@k; 0 = greedy only")
     temperature: Number | None = Field(default=None, gt=0, description="for mean@k; null = rollout.temperature")
 
 
@@ -686,18 +607,14 @@ def _threads(value: Any) -> Any:
 
 class TrainConfig(BaseModel):
     model_config = SECTION
-    output_dir: Text = Field(
-        default="runs/default", description="the run folder (--output-dir overrides; created if missing)"
-    )
+    output_dir: Text = Field(default="runs/default",
+        description="the run folder (--output-dir overrides; created if missing)")
     seed: Integer = Field(default=0, description="seeds python, numpy, torch; also the data order")
     max_steps: Integer = Field(default=100, ge=0, description="training steps (rollout batches)")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = cuda where there is a GPU")
-    threads: Annotated[int | Literal["auto"], BeforeValidator(_threads)] = Field(
-        default="auto",
-        description="torch's CPU threads when the device is the CPU: a count, or auto = "
-        "OMP_NUM_THREADS if set, else the cores this process may run on divided among "
-        "the node's LOCAL_WORLD_SIZE processes",
-    )
+    threads: Annotated[int | Literal["auto"], BeforeValidator(_threads)] = Field(default="auto",
+        description="torch's CPU threads when the device is the CPU: a count, or auto = OMP_NUM_THREADS if set, else "
+        "the cores this process may run on divided among the node's LOCAL_WORLD_SIZE processes")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
