@@ -308,6 +308,9 @@ def test_registry_and_config_errors():
         OBJECTIVES.spec("tic-grpo")
     with pytest.raises(ValueError, match=r"unknown option 'eps' for objective 'grpo'; allowed: .*epsilon_high"):
         make_objective_config("grpo", {"eps": 0.2})
+    typo = r"unknown option 'epsilon_hgh' for objective 'grpo'; did you mean 'epsilon_high'\? \(allowed: "
+    with pytest.raises(ValueError, match=typo):
+        make_objective_config("grpo", {"epsilon_hgh": 0.2})
     with pytest.raises(ValueError, match=r"grpo\.epsilon_high must be a number or null, got str 'big'"):
         make_objective_config("grpo", {"epsilon_high": "big"})
     with pytest.raises(ValueError, match=r"grpo\.aggregation must be one of: seq-mean-token-mean, .*; got str 'mean'"):

@@ -1,8 +1,9 @@
 """Options classes of registered pieces (objectives, advantages): defaults, ranges, errors.
 
-An options class is a pydantic dataclass, `@pydantic_dataclass(config=OPTIONS_CONFIG)`: its fields carry
-their ranges and choices as metadata (`Annotated[float, Field(ge=0)]`, `Literal[...]`) and
-its construction validates them, so `GRPOConfig(epsilon_low=2.0)` fails wherever it is built.
+An options class is a pydantic dataclass, `@pydantic_dataclass(config=OPTIONS_CONFIG)`: its
+fields carry their ranges and choices as metadata (`Annotated[float, Field(ge=0)]`,
+`Literal[...]`) and its construction validates them, so `GRPOConfig(epsilon_low=2.0)` fails
+wherever it is built.
 `build_options` is the entry point for user input: unknown keys and the first pydantic error
 become one line naming `<owner>.<key>` and what is allowed.
 """
@@ -10,6 +11,7 @@ become one line naming `<owner>.<key>` and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Mapping
@@ -38,9 +40,10 @@ def build_options(options_cls: type[T], overrides: Mapping[str, Any] | None, kin
     allowed = option_names(options_cls)
     for key in overrides:
         if key not in allowed:
-            raise ValueError(
-                f"unknown option {key!r} for {kind} {owner!r}; allowed: {', '.join(sorted(allowed)) or 'none'}"
-            )
+            listed = ", ".join(sorted(allowed)) or "none"
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}? (allowed: {listed})" if close else f"; allowed: {listed}"
+            raise ValueError(f"unknown option {key!r} for {kind} {owner!r}{hint}")
     try:
         return options_cls(**overrides)
     except ValidationError as exc:
