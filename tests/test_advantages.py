@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 
 import pytest
 import torch
 
-from ticgrpo.core.advantages import ADVANTAGES, compute_advantages
+from ticgrpo.core.advantages import ADVANTAGES, compute_advantages, make_advantage_options
 from ticgrpo.core.kl import token_kl
+from ticgrpo.core.options import option_names
 
 REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5], [0.0, 0.2, 0.9, 0.3]], dtype=torch.float64)
 LENGTHS = torch.tensor([[4, 8, 2, 10], [3, 3, 5, 1], [6, 6, 2, 9]], dtype=torch.float64)
@@ -97,3 +99,40 @@ def test_kl_estimators_are_unbiased_or_second_order():
     for name in ("k1", "k3"):
         estimate = (p * token_kl(name, p.log(), q.log())).sum()
         torch.testing.assert_close(estimate, kl, rtol=1e-12, atol=1e-12)
+
+
+def test_every_estimator_has_an_options_class_with_defaults():
+    for spec in ADVANTAGES.specs():
+        defaults = spec.options()
+        assert dataclasses.is_dataclass(defaults) and not isinstance(defaults, type)
+        assert make_advantage_options(spec.name) == {}  # only given keys come back; the class fills the rest
+        keys = option_names(spec.options)
+        assert make_advantage_options(spec.name, dataclasses.asdict(defaults)) == dataclasses.asdict(defaults)
+        result = compute_advantages(spec.name, REWARDS, LENGTHS, **{k: getattr(defaults, k) for k in keys})
+        torch.testing.assert_close(result.advantages, compute_advantages(spec.name, REWARDS, LENGTHS).advantages)
+
+
+def test_make_advantage_options_validates_with_one_line_errors():
+    assert make_advantage_options("beta_norm", {"reward_min": -1, "max_weight": 10}) == {
+        "reward_min": -1.0, "max_weight": 10.0}
+    assert make_advantage_options("beta_norm", {"fixed_alpha": None, "unbiased_variance": False}) == {
+        "fixed_alpha": None, "unbiased_variance": False}
+    cases: list[tuple[str, dict[str, object], str]] = [
+        ("beta_norm", {"reward_mn": 0}, r"unknown option 'reward_mn' for advantage 'beta_norm'; did you mean "),
+        ("rloo", {"delta": 0.1}, r"unknown option 'delta' for advantage 'rloo'; allowed: none"),
+        ("group_norm", {"delta": "x"}, r"group_norm\.delta must be a number, got str 'x'"),
+        ("group_norm", {"delta": True}, r"group_norm\.delta must be a number, got bool True"),
+        ("group_norm", {"delta": float("nan")}, r"group_norm\.delta must be a finite number"),
+        ("group_norm", {"delta": -1}, r"group_norm\.delta must be >= 0, got int -1"),
+        ("beta_norm", {"fixed_beta": 0}, r"beta_norm\.fixed_beta must be > 0"),
+        ("beta_norm", {"reward_min": 2.0}, r"beta_norm needs reward_max > reward_min, got \[2\.0, 1\.0\]"),
+    ]
+    for name, overrides, message in cases:
+        with pytest.raises(ValueError, match=message):
+            make_advantage_options(name, overrides)
+    rewards = torch.tensor([[1.0, 0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"group_norm\.delta must be >= 0"):  # the same check when computing
+        compute_advantages("group_norm", rewards, delta=-1.0)
+    # rewards in [-1, 1] with their bounds declared: the advantages of the same rewards mapped to [0, 1]
+    shifted = compute_advantages("beta_norm", rewards * 2 - 1, reward_min=-1.0).advantages
+    torch.testing.assert_close(shifted, compute_advantages("beta_norm", rewards).advantages)

@@ -10,7 +10,7 @@ import torch
 
 from ticgrpo.config import ConfigError, load_config
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
-from ticgrpo.core.mismatch import behavior_correction, mismatch_metrics
+from ticgrpo.core.mismatch import CORRECTIONS, MODES, behavior_correction, mismatch_metrics
 from ticgrpo.core.objectives import compute_loss, make_objective_config
 
 
@@ -136,3 +136,13 @@ def test_config_accepts_sequence_tis_with_vllm():
     cfg = load_config({"model": {"name": "tiny-test"}}, [
         "rollout.engine=vllm", "algorithm.behavior_correction=sequence", "rollout.vllm={mode: colocate}"])
     assert cfg.algorithm.behavior_correction == "sequence" and cfg.rollout.vllm == {"mode": "colocate"}
+
+
+def test_corrections_registry_states_the_weight_level():
+    assert MODES == tuple(CORRECTIONS.names()) == ("sequence", "token")
+    old, behavior, mask = batch(seed=1)
+    for spec in CORRECTIONS.specs():
+        weights = behavior_correction(old, behavior, mask, spec.name).weights
+        assert weights.dim() == (1 if spec.sequence_level else 2), spec.name
+    # the config's rule "token weights need a token-level objective" reads these two flags
+    assert not CORRECTIONS.spec("token").sequence_level and CORRECTIONS.spec("sequence").sequence_level
