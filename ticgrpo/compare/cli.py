@@ -22,9 +22,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__.splitlines()[0].split(": ", 1)[1] + " See docs/compare.md.",
     )
     parser.add_argument("--config", required=True, help="base YAML config (shared by every run)")
-    parser.add_argument("--algorithms", help="comma-separated names: objectives, presets, built-in ablations "
-                        "(tic_ratio_only, tic_ratio_lenadv, tic_ratio_clip, tic_grpo) or compare.algorithms "
-                        "entries of the config (default: compare.run of the config)")
+    parser.add_argument("--algorithms", help="comma-separated names: compare.algorithms entries of the config, "
+                        "names of ticgrpo.config.algorithms.ALGORITHMS (presets and the TIC-GRPO ablation "
+                        "tic_ratio_only, tic_ratio_lenadv, tic_ratio_clip) or objectives "
+                        "(default: compare.run of the config)")
     parser.add_argument("--seeds", help="comma-separated seeds (default: compare.seeds of the config, else 0,1,2)")
     parser.add_argument("--out", help="output folder (default: runs/compare-<config name>)")
     parser.add_argument(
