@@ -17,7 +17,7 @@ ATTACKS = {
     "delete_source": f"import os\nos.remove({source!r})",
     "chmod_source": f"import os\nos.chmod({source!r}, 0o777)",
 }
-results = {}
+results: dict[str, dict[str, object]] = {}
 for level in ISOLATION_LEVELS:
     try:
         box = Sandbox(SandboxLimits(timeout_s=2.0, cpu_s=2), isolation=level)

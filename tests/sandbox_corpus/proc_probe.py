@@ -5,11 +5,11 @@ import json
 import os
 
 me = os.getpid()
-seen = {}
+seen: dict[str, dict[str, object]] = {}
 for pid in os.listdir("/proc"):
     if not pid.isdigit() or int(pid) == me:
         continue
-    got = {}
+    got: dict[str, object] = {}
     for item in ("environ", "cmdline", "mem", "fd", "maps"):
         path = f"/proc/{pid}/{item}"
         try:

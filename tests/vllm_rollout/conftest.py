@@ -17,7 +17,7 @@ import pytest
 # on sys.path, and a tests/vllm folder would make `import vllm` (e.g. TRL's availability check)
 # find it.
 _spec = importlib.util.find_spec("vllm")
-HAVE_VLLM = _spec is not None and bool(_spec.origin) and _spec.origin.endswith("__init__.py")
+HAVE_VLLM = _spec is not None and _spec.origin is not None and _spec.origin.endswith("__init__.py")
 if not HAVE_VLLM:
     collect_ignore_glob = ["test_*.py"]
 

@@ -18,6 +18,7 @@ import torch
 
 from ticgrpo.core.logprobs import completion_logprobs
 from ticgrpo.rollout import HFGenerateEngine, RolloutBatch, SamplingParams, VLLMEngine
+from ticgrpo.rollout.vllm import HTTPBackend
 
 pytestmark = pytest.mark.vllm
 
@@ -39,12 +40,23 @@ def masked_rows(batch: RolloutBatch) -> list[list[int]]:
     return [row[: int(n)] for row, n in zip(batch.completion_ids.tolist(), lengths, strict=True)]
 
 
+def behavior(batch: RolloutBatch) -> torch.Tensor:
+    """The batch's behaviour log-probs, which every VLLMEngine batch carries."""
+    assert batch.behavior_logprobs is not None
+    return batch.behavior_logprobs
+
+
+def server_client(engine: VLLMEngine) -> HTTPBackend:
+    assert isinstance(engine.backend, HTTPBackend)
+    return engine.backend
+
+
 def check_layout(batch: RolloutBatch, n_prompts: int, g: int, eos: list[int], pad: int, max_new: int) -> None:
     b = n_prompts * g
     assert batch.prompt_ids.shape[0] == b and batch.completion_ids.shape[0] == b
     assert batch.prompt_ids.shape == batch.prompt_mask.shape
-    assert batch.completion_ids.shape == batch.completion_mask.shape == batch.behavior_logprobs.shape
-    assert batch.behavior_logprobs.dtype == torch.float32
+    assert batch.completion_ids.shape == batch.completion_mask.shape == behavior(batch).shape
+    assert behavior(batch).dtype == torch.float32
     assert batch.completion_ids.shape[1] <= max_new
     assert batch.group_ids.tolist() == [k for k in range(n_prompts) for _ in range(g)]
     # prompts left-padded: mask is a suffix of ones
@@ -55,8 +67,8 @@ def check_layout(batch: RolloutBatch, n_prompts: int, g: int, eos: list[int], pa
     cm = batch.completion_mask
     assert torch.equal(cm, cm.flip(1).cummax(dim=1).values.flip(1))
     assert torch.all(batch.completion_ids[cm == 0] == pad)
-    assert torch.all(batch.behavior_logprobs[cm == 0] == 0)
-    assert torch.all(batch.behavior_logprobs[cm == 1] <= 1e-6)
+    assert torch.all(behavior(batch)[cm == 0] == 0)
+    assert torch.all(behavior(batch)[cm == 1] <= 1e-6)
     assert int(batch.completion_lengths.max()) == batch.completion_ids.shape[1]
     for row, trunc in zip(masked_rows(batch), batch.truncated.tolist(), strict=True):
         eos_at = [i for i, t in enumerate(row) if t in eos]
@@ -92,7 +104,7 @@ def test_greedy_and_logprobs_match_hf_fp32(tiny_engine: VLLMEngine, tiny_model: 
     assert same >= 0.75
     assert masked_rows(v)[0::2] == masked_rows(v)[1::2]  # greedy rows of a prompt are identical
     lp = trainer_logprobs(tiny_model, v, temperature=1.0)  # greedy rows carry T = 1 log-probs
-    diff = (lp - v.behavior_logprobs).abs()[v.completion_mask.bool()]
+    diff = (lp - behavior(v)).abs()[v.completion_mask.bool()]
     print(f"[tiny fp32] greedy |Δ logprob|: mean {diff.mean():.2e} max {diff.max():.2e}")
     assert diff.max() < 1e-3
 
@@ -103,7 +115,7 @@ def test_behavior_logprobs_are_tempered_trainer_logprobs(
 ) -> None:
     v = tiny_engine.generate(TINY_PROMPTS, 4, SamplingParams(max_new_tokens=10, temperature=temperature))
     lp = trainer_logprobs(tiny_model, v, temperature=temperature)
-    diff = (lp - v.behavior_logprobs).abs()[v.completion_mask.bool()]
+    diff = (lp - behavior(v)).abs()[v.completion_mask.bool()]
     print(f"\n[tiny fp32] T={temperature} |Δ logprob|: mean {diff.mean():.2e} max {diff.max():.2e}")
     assert diff.max() < 1e-3
 
@@ -113,7 +125,7 @@ def test_top_k_one_is_greedy_with_zero_logprobs(tiny_engine: VLLMEngine) -> None
     top1 = tiny_engine.generate(TINY_PROMPTS, 2, SamplingParams(max_new_tokens=8, temperature=1.0, top_k=1))
     assert masked_rows(top1)[0::2] == masked_rows(greedy)
     # processed log-probs are renormalised over the top-k set: one token → log 1 = 0
-    assert torch.all(top1.behavior_logprobs.abs() < 1e-5)
+    assert torch.all(behavior(top1).abs() < 1e-5)
 
 
 def test_max_new_tokens_and_truncation(tiny_engine: VLLMEngine) -> None:
@@ -149,7 +161,7 @@ def test_update_weights_colocate(tiny_tok: Any, tiny_factory: Any) -> None:
         after = engine.generate(TINY_PROMPTS, 1, params)
         assert masked_rows(after) == masked_rows(hf_new)
         lp = trainer_logprobs(new, after, temperature=1.0)
-        assert (lp - after.behavior_logprobs).abs()[after.completion_mask.bool()].max() < 1e-3
+        assert (lp - behavior(after)).abs()[after.completion_mask.bool()].max() < 1e-3
     finally:
         engine.close()
     assert engine._tmpdir is None
@@ -168,7 +180,7 @@ def test_boots_from_in_memory_tied_model(tiny_tok: Any) -> None:
         v = engine.generate(TINY_PROMPTS, 1, params)
         h = HFGenerateEngine(model, tiny_tok).generate(TINY_PROMPTS, 1, params)
         lp = trainer_logprobs(model, v, temperature=1.0)
-        assert (lp - v.behavior_logprobs).abs()[v.completion_mask.bool()].max() < 1e-3
+        assert (lp - behavior(v)).abs()[v.completion_mask.bool()].max() < 1e-3
         assert sum(a == b for a, b in zip(masked_rows(v), masked_rows(h), strict=True)) >= 3
     finally:
         engine.close()
@@ -198,12 +210,12 @@ def test_smollm2_greedy_agreement_and_logprob_mismatch(
     check_layout(s, 8, 4, smol_engine.eos_token_ids, smol_engine.pad_token_id, 48)
     m = s.completion_mask.bool()
     for name, autocast in (("HF fp32", False), ("HF bf16 autocast", True)):
-        d = (trainer_logprobs(model, s, 1.0, autocast) - s.behavior_logprobs)[m]
+        d = (trainer_logprobs(model, s, 1.0, autocast) - behavior(s))[m]
         print(f"[smollm2] behaviour vs trainer ({name}): mean |Δ| {d.abs().mean():.4f}, "
               f"mean Δ {d.mean():+.4f}, max |Δ| {d.abs().max():.3f}, tokens {int(m.sum())}")
         assert d.abs().mean() < 0.1
     # sequence-level: log ratio π_trainer/π_vllm per completion
-    seq = ((trainer_logprobs(model, s, 1.0) - s.behavior_logprobs) * s.completion_mask).sum(1)
+    seq = ((trainer_logprobs(model, s, 1.0) - behavior(s)) * s.completion_mask).sum(1)
     print(f"[smollm2] per-sequence |log ratio| mean {seq.abs().mean():.3f}, max {seq.abs().max():.3f}")
 
 
@@ -224,8 +236,8 @@ def test_smollm2_update_weights_bf16(
         smol_engine.update_weights(changed)
         after = smol_engine.generate(prompts, 1, params)
         m = after.completion_mask.bool()
-        to_changed = (trainer_logprobs(changed, after, 1.0) - after.behavior_logprobs)[m].abs().mean()
-        to_original = (trainer_logprobs(model, after, 1.0) - after.behavior_logprobs)[m].abs().mean()
+        to_changed = (trainer_logprobs(changed, after, 1.0) - behavior(after))[m].abs().mean()
+        to_original = (trainer_logprobs(model, after, 1.0) - behavior(after))[m].abs().mean()
         print(f"\n[smollm2] after update: mean |Δ| to the pushed model {to_changed:.4f}, to the old {to_original:.4f}")
         assert to_changed < 0.1 and to_original > 5 * to_changed
     finally:
@@ -270,22 +282,22 @@ def test_server_round_trip(tmp_path: Any, tiny_tok: Any, tiny_factory: Any) -> N
         assert masked_rows(v) == masked_rows(HFGenerateEngine(old, tiny_tok).generate(TINY_PROMPTS, 2, params))
         sampled = engine.generate(TINY_PROMPTS, 3, SamplingParams(max_new_tokens=10, temperature=0.8))
         lp = trainer_logprobs(old, sampled, temperature=0.8)
-        assert (lp - sampled.behavior_logprobs).abs()[sampled.completion_mask.bool()].max() < 1e-3
+        assert (lp - behavior(sampled)).abs()[sampled.completion_mask.bool()].max() < 1e-3
 
         engine.update_weights(new)
         after = engine.generate(TINY_PROMPTS, 1, params)
         assert masked_rows(after) == masked_rows(HFGenerateEngine(new, tiny_tok).generate(TINY_PROMPTS, 1, params))
-        assert engine.backend.health()["weight_version"] == 1
+        assert server_client(engine).health()["weight_version"] == 1
         assert not [f for f in os.listdir("/dev/shm") if f.startswith("ticgrpo-weights-")]
 
         with pytest.raises(RuntimeError, match=r"400.*prompts"):
-            engine.backend.call("/generate", {"prompts": "nope", "n": 1, "max_tokens": 1, "greedy": True,
+            server_client(engine).call("/generate", {"prompts": "nope", "n": 1, "max_tokens": 1, "greedy": True,
                                               "temperature": 1.0, "top_p": 1.0, "top_k": 0, "stop_token_ids": []})
         with pytest.raises(RuntimeError, match=r"400.*missing fields"):
-            engine.backend.call("/generate", {"prompts": [[1]]})
+            server_client(engine).call("/generate", {"prompts": [[1]]})
         with pytest.raises(RuntimeError, match=r"400.*no such weights file"):
-            engine.backend.call("/update_weights", {"path": str(tmp_path / "missing.safetensors")})
-        engine.backend.call("/shutdown", {})
+            server_client(engine).call("/update_weights", {"path": str(tmp_path / "missing.safetensors")})
+        server_client(engine).call("/shutdown", {})
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
