@@ -147,4 +147,4 @@ def plot_figures(runs: list[RunData], plots_dir: Path, order: list[str]) -> list
     return written
 
 
-__all__ = ["AXES", "FIGURES", "FigureSpec", "plot_curves", "plot_figures", "pyplot", "read_jsonl"]
+__all__ = ["AXES", "FIGURES", "FigureSpec", "plot_curves", "plot_figures", "pyplot"]
