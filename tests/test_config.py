@@ -102,6 +102,20 @@ ERRORS = [
     (["algorithm.behavior_correction_cap=.inf"], "algorithm.behavior_correction_cap must be a finite number"),
     (["algorithm.rewards=[{name: math_correctness, weight: .inf}]"], "algorithm.rewards[0].weight must be a finite"),
     (["algorithm.objective.epsilon_high=.inf"], "algorithm.objective.epsilon_high must be a finite"),
+    # the schema's own messages, down into the mappings passed on as keyword arguments
+    (["algorithm.objectve=grpo"], "unknown key 'algorithm.objectve'; did you mean 'algorithm.objective'? (allowed:"),
+    (["model.lora={r: 4, lora_alph: 8}"], "unknown key 'model.lora.lora_alph'; did you mean 'model.lora.lora_alpha'?"),
+    (["model.lora={r: 0}"], "model.lora.r must be >= 1, got 0"),
+    (["rollout.vllm={mode: srv}"], "rollout.vllm.mode: unknown value 'srv' (did you mean 'server'?)"),
+    (["algorithm.igrpo={num_drafts: 0}"], "algorithm.igrpo.num_drafts must be >= 1, got 0"),
+    (["algorithm.igrpo={template: x}"], "algorithm.igrpo.template must contain {prompt} and {draft}"),
+    (["data.train={hf: x, splt: a}"], "unknown key 'data.train.splt'; did you mean 'data.train.split'?"),
+    (["data.eval={task: arithmetic, level: 0}"], "data.eval.level must be >= 1, got 0"),
+    (["optim.lr=true"], "optim.lr must be a number, got bool True"),
+    (["rollout.top_k=3.5"], "rollout.top_k must be an integer, got float 3.5"),
+    (["threads=0"], "threads must be a positive integer or 'auto', got 0"),
+    (["algorithm.rewards=[]"], "algorithm.rewards must not be empty"),
+    (["rollout.top_p=1.5"], "rollout.top_p must be <= 1, got 1.5"),
     (["algorithm.advantage.delta=.nan"], "algorithm.advantage.delta must be a finite"),
 ]
 
@@ -176,3 +190,11 @@ def test_null_advantage_follows_the_objective_through_a_written_config():
     written = load_config({"algorithm": {"objective": "tic_grpo"}})
     assert written.to_dict()["algorithm"]["advantage"] is None
     assert load_config(written, ["algorithm.objective=grpo"]).algorithm.advantage.name == "group_norm"
+
+
+def test_yaml_forms_that_mean_a_default_or_a_number(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rollout:\noptim:\n  lr: 1e-5\n")  # an empty section; YAML 1.1 reads 1e-5 as a string
+    config = load_config(path)
+    assert config.rollout == load_config({}).rollout and config.optim.lr == 1e-5
+    assert load_config({}, ["model.lora={r: 4}"]).model.lora == {"r": 4}  # the mapping as written

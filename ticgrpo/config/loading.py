@@ -323,7 +323,7 @@ def one_line(error: ValidationError, models: type[BaseModel] | tuple[type[BaseMo
         label = f"{key} ({symbol})" if symbol else key
         nullable = info is not None and type(None) in get_args(info.annotation)
         op, bound = _BOUNDS[kind]
-        return f"{label} must be {op} {ctx[bound]}{' or null' if nullable else ''}, got {value}"
+        return f"{label} must be {op} {_plain(ctx[bound])}{' or null' if nullable else ''}, got {value}"
     if kind == "finite_number":
         return f"{key} must be a finite number, got {_as_number(value)}"
     if kind == "literal_error":
@@ -335,6 +335,11 @@ def one_line(error: ValidationError, models: type[BaseModel] | tuple[type[BaseMo
         return f"{key} must not be empty"
     message = str(cause) if cause is not None else first["msg"]
     return f"{key} {message}" if message.startswith("must ") else f"{key}: {message}" if key else message
+
+
+def _plain(bound: Any) -> Any:
+    """1.0 → 1: a bound as the schema wrote it (pydantic hands float fields' bounds over as floats)."""
+    return int(bound) if isinstance(bound, float) and bound.is_integer() else bound
 
 
 def _as_number(value: Any) -> Any:
