@@ -1,8 +1,8 @@
 """The training config as pydantic models: every key's type, default, range or choices and
 description lives on its field, and the cross-field rules are model validators.
 
-A new config key is written in one place: a field here (its description is the docs' text,
-`python -m ticgrpo.config.docs` writes docs/config.md from it). Registry names (objectives,
+A new config key is one field here (type, default, range or choices, and the description that
+`python -m ticgrpo.config.docs` writes into docs/config.md) plus the code that acts on it. Registry names (objectives,
 advantages, rewards) are checked against the registries, so that a piece registered later is
 a valid choice too. The loader (`ticgrpo.config.loading`) turns pydantic's first error into
 one line naming the key.
@@ -79,7 +79,7 @@ Text = Annotated[str, Strict()]
 
 @dataclass(frozen=True)
 class KeysOf:
-    """Field metadata: the mapping is validated by `model` (a union: `models`, chosen by `choose`)."""
+    """Field metadata: the mapping's keys are those of `models` (of the one `choose` names, if several)."""
 
     models: tuple[type[BaseModel], ...]
     choose: Callable[[dict], str | None] | None = None
@@ -320,6 +320,9 @@ class WeightedReward(BaseModel):
     weight: Number = Field(default=1.0, description="its weight in the summed reward")
 
 
+DEFAULT_OBJECTIVE = "tic_grpo"
+
+
 def _objective_options(name: str, overrides: dict | None = None) -> Any:
     from ticgrpo.core.objectives import make_objective_config
 
@@ -333,8 +336,8 @@ class ObjectiveChoice(BaseModel):
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
-    name: str = "tic_grpo"
-    options: Any = Field(default_factory=lambda: _objective_options("tic_grpo"))
+    name: str = DEFAULT_OBJECTIVE
+    options: Any = Field(default_factory=lambda: _objective_options(DEFAULT_OBJECTIVE))
 
     @model_serializer
     def _yaml_form(self) -> dict[str, Any]:
@@ -392,7 +395,7 @@ def _removed_options_error(algo: dict, removed: str, key: str) -> ConfigError:
 
     from ticgrpo.core.objectives import OBJECTIVES
 
-    objective = method_name(algo.get("objective")) or ObjectiveChoice().name
+    objective = method_name(algo.get("objective")) or DEFAULT_OBJECTIVE
     name = method_name(algo.get(key))
     if name is None:
         name = (
@@ -419,7 +422,7 @@ def resolve_methods(algo: dict) -> dict:
             raise _removed_options_error(algo, removed, key)
     algo = dict(algo)
     name, overrides = method_node("algorithm.objective", algo.get("objective"))
-    name = name or ObjectiveChoice.model_fields["name"].default
+    name = name or DEFAULT_OBJECTIVE
     if name not in OBJECTIVES:
         raise ConfigError(f"algorithm.objective: {unknown_value(name, OBJECTIVES.names())}")
     try:
@@ -450,8 +453,8 @@ class AlgorithmConfig(BaseModel):
         description="null (the objective's default), a name, or {name: ..., <option>: ...} (ticgrpo.core.advantages)")
     rewards: list[WeightedReward] = Field(default_factory=lambda: [WeightedReward()], min_length=1,
         description="rewards summed with their weights: [{name, weight}, ...]; a name is a registry name "
-        '(math_correctness, answer_format, overlong_soft, code_tests), "module:function" or '
-        '"path/to/file.py:function" (looked up beside the config, then in the working folder)')
+        '(ticgrpo.rewards.REWARDS), "module:function" or "path/to/file.py:function" (looked up beside the '
+        "config, then in the working folder)")
     reward_kwargs: dict[str, Any] = Field(default_factory=dict,
         description="extra keyword arguments for every reward function (e.g. overlong_cache)")
     num_iterations: Integer = Field(default=1, ge=1, json_schema_extra={"symbol": "μ"},
