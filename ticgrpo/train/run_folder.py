@@ -24,7 +24,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -74,7 +74,7 @@ class RunFolderLock:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        self._file = None
+        self._file: TextIO | None = None
 
     def acquire(self) -> RunFolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
