@@ -19,6 +19,7 @@ from naive_variants import ORACLES
 from pydantic import Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from ticgrpo.config.algorithms import objective_option_sets
 from ticgrpo.core.aggregation import only_real, sequence_mean
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives import OBJECTIVES, compute_loss, make_objective_config, register_objective
@@ -36,8 +37,9 @@ def contract_names() -> list[str]:
 
 
 def option_sets() -> list[tuple[str, str | None]]:
-    """(objective, variant): the defaults and each named option set the spec declares."""
-    return [(name, variant) for name in contract_names() for variant in (None, *OBJECTIVES.spec(name).variants)]
+    """(objective, variant): the defaults and each ALGORITHMS entry that is only this objective
+    with other options (the option sets the verl and TRL adapters serve)."""
+    return [(name, variant) for name in contract_names() for variant in (None, *objective_option_sets(name))]
 
 
 # ---------------------------------------------------------------- batches
@@ -75,7 +77,7 @@ def counts(d: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 def options_of(name: str, variant: str | None = None, **wanted: Any) -> Any:
     """The objective's options (a variant's, if named) with those of `wanted` it has (e.g. beta)."""
-    values = dict(OBJECTIVES.spec(name).variants[variant]) if variant else {}
+    values = objective_option_sets(name)[variant] if variant else {}
     values.update({key: value for key, value in wanted.items() if key in option_names(OBJECTIVES.spec(name).options)})
     return make_objective_config(name, values)
 
@@ -253,14 +255,14 @@ def check_trl_adapter(name: str, variant: str | None) -> None:
 def check_verl_adapter(name: str, variant: str | None) -> None:
     """`make_policy_loss` with verl's call (advantages broadcast over response tokens), without verl."""
     spec = OBJECTIVES.spec(name)
-    values = dict(spec.variants[variant]) if variant else {}
+    values = objective_option_sets(name)[variant] if variant else {}
     options = make_objective_config(name, values)
     reason = verl_adapter.unsupported_reason(spec, options)
     if reason is not None:
         with pytest.raises(ValueError, match="not available in verl"):
             verl_adapter.make_policy_loss(name, values)
         pytest.skip(f"verl refuses {name!r}: {reason}")
-    loss_name = f"{verl_adapter.PREFIX}{name}" + (f"_{variant}" if variant else "")
+    loss_name = f"{verl_adapter.PREFIX}{variant or name}"
     assert loss_name in verl_adapter.default_losses()
     d = {key: value.float() if value.is_floating_point() else value for key, value in random_inputs(6).items()}
     policy_loss = verl_adapter.make_policy_loss(name, values)

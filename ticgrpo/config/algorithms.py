@@ -144,6 +144,21 @@ def plain_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return _plain(settings)
 
 
+def objective_option_sets(objective: str) -> dict[str, dict[str, Any]]:
+    """{entry name: options} of the table's entries that are only `objective` with other options.
+
+    Hosts that bring their own advantages and trainer (verl, TRL) serve exactly these: verl
+    registers each as `ticgrpo_<entry name>` (e.g. `no_is_stale`)."""
+    sets = {}
+    for entry in ALGORITHMS.values():
+        if set(entry.settings) != {"objective"}:
+            continue
+        name, options = split_node(entry.settings["objective"], f"{entry.name}.objective")
+        if name == objective and options:
+            sets[entry.name] = options
+    return sets
+
+
 def split_node(node: Any, key: str) -> tuple[str | None, dict[str, Any]]:
     """(name, options) of an `objective`/`advantage` node: a name, a {name: ..., **options} mapping or null."""
     if node is None or isinstance(node, str):
@@ -160,6 +175,7 @@ __all__ = [
     "algorithm_names",
     "algorithm_settings",
     "get_algorithm",
+    "objective_option_sets",
     "plain_settings",
     "split_node",
 ]

@@ -67,8 +67,8 @@ model: `top_entropy_quantile < 1`, `off_policy_mask_threshold`, `importance_samp
 Not available through TRL, as the objective's spec says (`unsupported_reason`): objectives
 that couple a group (`couples_group`, e.g. `gtpo`: TRL shuffles a group's completions across
 micro-batches) and options with a frozen gradient (`frozen_gradient`, e.g. `no_is` with
-`mode="frozen"`: one gradient per rollout batch needs ticgrpo's trainer; the spec's
-`variants` name options that work, here `mode="stale"`).
+`mode="frozen"`: one gradient per rollout batch needs ticgrpo's trainer; the ALGORITHMS
+table's `no_is_stale` names options that work, `mode="stale"`).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ from typing import Any, cast
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from ticgrpo.config.algorithms import objective_option_sets
 from ticgrpo.core.advantages import ADVANTAGES, compute_advantages
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives import (
@@ -98,8 +99,8 @@ def unsupported_reason(spec: ObjectiveSpec, options: Any) -> str | None:
     if spec.couples_group:
         return "it needs every completion of a group in the same micro-batch (TRL shuffles them apart)"
     if spec.frozen_gradient(options):
-        working = [dict(variant) for variant in spec.variants.values()
-                   if not spec.frozen_gradient(make_objective_config(spec.name, variant))]
+        working = [options for options in objective_option_sets(spec.name).values()
+                   if not spec.frozen_gradient(make_objective_config(spec.name, options))]
         hint = f"; in TRL use ticgrpo_objective_options={working[0]}" if working else ""
         return ("these options take one gradient at θ_old and apply it at every inner step, which needs "
                 f"ticgrpo's trainer{hint}")

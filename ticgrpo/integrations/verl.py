@@ -4,12 +4,14 @@ Importing this module in a process where verl is importable registers, in verl's
 `POLICY_LOSS_REGISTRY` (via `verl.trainer.ppo.core_algos.register_policy_loss`), one loss
 per ticgrpo objective under the name ``ticgrpo_<objective>``:
 
-    ticgrpo_tic_grpo, ticgrpo_grpo, ticgrpo_dr_grpo, ticgrpo_dapo, ticgrpo_gspo,
-    ticgrpo_gmpo, ticgrpo_cispo, ticgrpo_dppo_tv, ticgrpo_dppo_kl, ticgrpo_no_is_stale
+    ticgrpo_tic_grpo, ticgrpo_grpo, ticgrpo_dr_grpo, ticgrpo_dapo, ticgrpo_gspo, ticgrpo_gmpo,
+    ticgrpo_cispo, ticgrpo_dppo_tv, ticgrpo_dppo_kl, ticgrpo_no_is_stale, ticgrpo_grpo_noclip,
+    ticgrpo_grpo_tokensum
 
 — every objective whose spec verl can serve (`unsupported_reason`), plus one loss
-``ticgrpo_<objective>_<variant>`` per named option set in the spec's `variants` (`no_is`'s
-default mode freezes a gradient, which needs ticgrpo's trainer; its `stale` variant does not).
+``ticgrpo_<name>`` per entry of the ALGORITHMS table that is only an objective with other
+options and that verl can serve (`no_is_stale`: `no_is`'s default mode freezes a gradient,
+which needs ticgrpo's trainer; mode `stale` does not).
 Not served: objectives that couple a group or read token ids or entropies (`gtpo`), which
 verl's policy-loss call does not pass.
 
@@ -76,6 +78,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ticgrpo.config.algorithms import objective_option_sets
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives import OBJECTIVES, ObjectiveSpec, compute_loss, make_objective_config
 
@@ -93,7 +96,7 @@ def unsupported_reason(spec: ObjectiveSpec, options: Any) -> str | None:
     if missing:
         return f"it needs {', '.join(missing)}, which verl's policy-loss call does not pass"
     if spec.frozen_gradient(options):
-        variants = [f"{PREFIX}{spec.name}_{variant}" for variant, values in spec.variants.items()
+        variants = [f"{PREFIX}{name}" for name, values in objective_option_sets(spec.name).items()
                     if not spec.frozen_gradient(make_objective_config(spec.name, values))]
         hint = f"; registered as {', '.join(variants)}" if variants else ""
         return ("these options take one gradient at θ_old for a whole rollout batch, which needs ticgrpo's "
@@ -227,9 +230,9 @@ def default_losses() -> dict[str, PolicyLossFn]:
     for spec in OBJECTIVES.specs():
         if unsupported_reason(spec, make_objective_config(spec.name)) is None:
             losses[f"{PREFIX}{spec.name}"] = make_policy_loss(spec.name)  # options from the environment
-        for variant, values in spec.variants.items():
+        for name, values in objective_option_sets(spec.name).items():
             if unsupported_reason(spec, make_objective_config(spec.name, values)) is None:
-                losses[f"{PREFIX}{spec.name}_{variant}"] = make_policy_loss(spec.name, values)
+                losses[f"{PREFIX}{name}"] = make_policy_loss(spec.name, values)
     for name, fn in losses.items():
         fn.__name__ = name
     return losses

@@ -36,7 +36,7 @@ class NoISConfig(PenaltyConfig):
 
 @register_objective(
     "no_is", options=NoISConfig, default_advantage="group_norm", uses_old_logprobs=False,
-    frozen_gradient=lambda options: options.mode == "frozen", variants={"stale": {"mode": "stale"}},
+    frozen_gradient=lambda options: options.mode == "frozen",
     on_policy_weights=token_reinforce_weights,
 )
 def no_is_loss(

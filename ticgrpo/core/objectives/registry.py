@@ -7,9 +7,8 @@ objective's name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
@@ -42,9 +41,6 @@ class ObjectiveSpec:
     # the on-policy gradient the loss claims: at ℓ = ℓ^old, ∂loss/∂ℓ_{i,t} = −w_{i,t}, i.e. the
     # loss's gradient is Σ w ∇ℓ (REINFORCE with these weights); the contract test checks it
     on_policy_weights: OnPolicyWeightsFn | None = None
-    # named option sets that hosts without ticgrpo's trainer register as losses of their own
-    # (verl: `ticgrpo_<name>_<variant>`), e.g. a schedule without a frozen gradient
-    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 OBJECTIVES: Registry[ObjectiveSpec] = Registry("objective")
@@ -62,7 +58,6 @@ def register_objective(
     needs_entropies: bool = False,
     frozen_gradient: Callable[[Any], bool] = _never,
     on_policy_weights: OnPolicyWeightsFn | None = None,
-    variants: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Callable[[ObjectiveFn], ObjectiveFn]:
     """Decorator registering a loss function as objective `name` (see ObjectiveSpec)."""
 
@@ -72,7 +67,6 @@ def register_objective(
             uses_old_logprobs=uses_old_logprobs, sequence_advantages=sequence_advantages,
             couples_group=couples_group, needs_token_ids=needs_token_ids, needs_entropies=needs_entropies,
             frozen_gradient=frozen_gradient, on_policy_weights=on_policy_weights,
-            variants=MappingProxyType({key: MappingProxyType(dict(value)) for key, value in (variants or {}).items()}),
         ))
         return loss
 
