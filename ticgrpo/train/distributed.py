@@ -146,13 +146,12 @@ class Distributed:
             return
         import torch.distributed as dist
 
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
         # one flat buffer per dtype: a handful of collectives instead of one per tensor
         by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
         for p in params:
-            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            p.grad = grad
+            by_dtype.setdefault(grad.dtype, []).append(grad)
         for grads in by_dtype.values():
             flat = torch.cat([g.reshape(-1) for g in grads])
             dist.all_reduce(flat)
@@ -206,3 +205,23 @@ class Distributed:
 
 
 SINGLE_PROCESS = Distributed()
+
+
+def join_training_job(device: torch.device, prompts_per_step: int) -> tuple[Distributed, torch.device]:
+    """This process's place in the job and its device (cuda:LOCAL_RANK under a multi-GPU launch).
+    Raises ConfigError (one line) for a sharding launch config or prompts that do not split evenly."""
+    from ticgrpo.config import ConfigError
+
+    sharding = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}") == "true"]
+    if sharding:
+        raise ConfigError(f"ticgrpo train is data-parallel (full replicas) and does not shard with "
+                          f"{sharding[0].replace('DEEPSPEED', 'DeepSpeed')}: launch it with a DDP config "
+                          f"(examples/accelerate/ddp_8gpu.yaml), or use the TRL plug-in for sharding "
+                          f"(docs/scaling.md)")
+    dist = Distributed.from_environment(device.type)  # torchrun / accelerate launch
+    if not dist.enabled:
+        return dist, device
+    if prompts_per_step % dist.world_size:
+        raise ConfigError(f"rollout.prompts_per_step={prompts_per_step} must be a multiple of the number of "
+                          f"processes ({dist.world_size}): each process samples an equal share of the prompts")
+    return dist, torch.device("cuda", dist.local_rank) if device.type == "cuda" else device

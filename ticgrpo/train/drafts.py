@@ -29,10 +29,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from ticgrpo.rewards.scoring import RewardFailure, Scorer
-from ticgrpo.rollout import RolloutEngine, SamplingParams
+from ticgrpo.rollout import RolloutBatch, SamplingParams
 
 DEFAULT_TEMPLATE = "{prompt}\n\nHere is a draft answer:\n{draft}\n\nImprove it."
 OPTIONS = ("num_drafts", "template")
@@ -66,6 +66,10 @@ def with_draft(prompt: Any, draft: str, template: str = DEFAULT_TEMPLATE) -> Any
     return template.format(prompt=prompt, draft=draft)
 
 
+class DraftEngine(Protocol):
+    def generate(self, prompts: list[str], num_samples: int, params: SamplingParams) -> RolloutBatch: ...
+
+
 @dataclass(frozen=True)
 class Refined:
     rows: list[dict]  # the rows, their prompts rewritten to carry the best draft
@@ -78,14 +82,14 @@ class DraftRefiner:
     """Stage one of iGRPO: drafts from `engine`, ranked by `scorer`."""
 
     num_drafts: int
-    engine: RolloutEngine
+    engine: DraftEngine
     format_prompt: Callable[[dict], str]
     sampling: SamplingParams
     scorer: Scorer
     template: str = DEFAULT_TEMPLATE
 
     @classmethod
-    def from_options(cls, options: dict, *, engine: RolloutEngine, format_prompt: Callable[[dict], str],
+    def from_options(cls, options: dict, *, engine: DraftEngine, format_prompt: Callable[[dict], str],
                      sampling: SamplingParams, scorer: Scorer) -> DraftRefiner:
         check_igrpo_options(options)
         # every prompt needs its best draft: a failure scores 0 here instead of dropping the group

@@ -4,6 +4,7 @@ tqdm progress bar."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 import torch
 
 from ticgrpo.rewards.scoring import ScoredRollout
+
+logger = logging.getLogger(__name__)
 
 LOG_FILES = ("metrics.jsonl", "eval.jsonl", "samples.jsonl")
 PROGRESS_KEYS = (("reward_mean", "reward"), ("completion_length_mean", "len"), ("loss", "loss"))
@@ -151,9 +154,7 @@ def _tensorboard(run_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        import warnings
-
-        warnings.warn("logging.tensorboard is on but tensorboard is not installed; skipping it", stacklevel=3)
+        logger.warning("logging.tensorboard is on but tensorboard is not installed; skipping it")
         return None
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
@@ -162,9 +163,7 @@ def _wandb(project: str, run_dir: Path, config: dict | None) -> Any:
     try:
         import wandb
     except ImportError:
-        import warnings
-
-        warnings.warn("logging.wandb is on but wandb is not installed; skipping it", stacklevel=3)
+        logger.warning("logging.wandb is on but wandb is not installed; skipping it")
         return None
     return wandb.init(project=project, dir=str(run_dir), config=config or {})
 

@@ -26,7 +26,7 @@ class PromptStream:
         return order
 
     def take(self, n: int) -> list[dict]:
-        out = []
+        out: list[dict] = []
         while len(out) < n:
             if self.position == len(self._order):
                 self.epoch, self.position = self.epoch + 1, 0

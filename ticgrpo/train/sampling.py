@@ -20,12 +20,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from ticgrpo.rewards.scoring import RewardFailure, Scored, ScoredRollout, Scorer, concat_scored
-from ticgrpo.rollout import RolloutBatch, RolloutEngine, SamplingParams, concat_rollouts
+from ticgrpo.rollout import RolloutBatch, SamplingParams, concat_rollouts
 from ticgrpo.train.distributed import Distributed
 from ticgrpo.train.drafts import DraftRefiner
 from ticgrpo.train.prompts import PromptStream, sampling_seed
@@ -34,6 +34,14 @@ if TYPE_CHECKING:
     from ticgrpo.config import TrainConfig
 
 logger = logging.getLogger(__name__)
+
+
+class SamplingEngine(Protocol):
+    """What a strategy needs of an engine (`ticgrpo.rollout.RolloutEngine` with its tokenizer's pad id)."""
+
+    pad_token_id: int
+
+    def generate(self, prompts: list[str], num_samples: int, params: SamplingParams) -> RolloutBatch: ...
 
 
 class NonFiniteProbabilities(RuntimeError):
@@ -47,7 +55,7 @@ class GroupSampler:
     size is a multiple of G dividing every process's share, the samples are the same for any
     number of processes (and on resume)."""
 
-    engine: RolloutEngine
+    engine: SamplingEngine
     num_generations: int
     params: SamplingParams
     seed: int
@@ -162,7 +170,7 @@ class DynamicSampling(PlainSampling):
         return Collected(batch, times, metrics, errors)
 
 
-def sampling_strategy(config: TrainConfig, engine: RolloutEngine, scorer: Scorer,
+def sampling_strategy(config: TrainConfig, engine: SamplingEngine, scorer: Scorer,
                       format_prompt: Callable[[dict], str], dist: Distributed) -> PlainSampling:
     """The strategy the config asks for: dynamic sampling or plain, with iGRPO drafts or without."""
     r, a = config.rollout, config.algorithm

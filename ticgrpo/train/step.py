@@ -104,9 +104,10 @@ class TrainingBatch:
         return self.input_ids.shape[0]
 
     def rows(self, idx: Tensor) -> TrainingBatch:
-        return TrainingBatch(**{
+        values: dict[str, Any] = {
             f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx]) for f in fields(self)
-        })
+        }
+        return TrainingBatch(**values)
 
 
 @dataclass

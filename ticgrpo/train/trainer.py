@@ -2,9 +2,16 @@
 
     result = train("configs/quickstart.yaml")            # or a dict / TrainConfig
 
-`Trainer` only orchestrates: sampling is `ticgrpo.rollout`, rewards `ticgrpo.rewards`
-(through `evaluate.score_rollout`), advantages `ticgrpo.core.advantages`, the optimisation step
-`ticgrpo.train.step`, checkpoints `ticgrpo.train.checkpoint`, outputs `ticgrpo.train.logging`.
+`Trainer` only orchestrates; each stage lives in its own module:
+
+    prompts          ticgrpo.train.prompts        the seeded prompt stream, the prompt text
+    sampling         ticgrpo.train.sampling       plain / dynamic sampling, iGRPO drafts (train.drafts)
+    rewards          ticgrpo.rewards.scoring      scores and reward failures, as one value
+    advantages       ticgrpo.core.advantages
+    optimisation     ticgrpo.train.inner_loop     standard / frozen / ESPO inner loops over train.step
+    metrics          ticgrpo.train.metrics        every logged name with its reduction
+    outputs          ticgrpo.train.logging, ticgrpo.train.checkpoint, ticgrpo.train.run_folder
+    the parts        ticgrpo.train.components     built from the config
 """
 
 from __future__ import annotations
@@ -19,29 +26,35 @@ from typing import Any
 
 import torch
 
-from ticgrpo.config import ConfigError, TrainConfig, config_to_yaml, load_config
+from ticgrpo.config import TrainConfig, config_to_yaml, load_config
 from ticgrpo.core.advantages import AdvantageResult, compute_advantages
-from ticgrpo.rewards import resolve_reward
-from ticgrpo.rewards.registry import RewardFn
-from ticgrpo.rewards.scoring import ScoredRollout, Scorer
-from ticgrpo.rollout import HFGenerateEngine, RolloutBatch
+from ticgrpo.rewards.scoring import ScoredRollout
+from ticgrpo.rollout import RolloutBatch
 from ticgrpo.train import checkpoint as ckpt
 from ticgrpo.train import run_folder
-from ticgrpo.train.distributed import Distributed
+from ticgrpo.train.components import (
+    adamw,
+    describe_values,
+    reference_policy,
+    rollout_engine,
+    scorers,
+    step_settings,
+    training_rewards,
+)
+from ticgrpo.train.distributed import join_training_job
 from ticgrpo.train.evaluate import evaluate
 from ticgrpo.train.inner_loop import optimize
 from ticgrpo.train.logging import NullLogger, RunLogger, samples, step_metrics
 from ticgrpo.train.prompts import PromptFormatter, PromptStream, load_rows
 from ticgrpo.train.sampling import Collected, NonFiniteProbabilities, sampling_strategy
 from ticgrpo.train.setup import (
-    TINY_ALIAS,
     configure_cpu_threads,
     disable_dropout,
     load_model,
     make_lr_scheduler,
     seed_everything,
 )
-from ticgrpo.train.step import StepSettings, TrainingBatch, fixed_logprobs
+from ticgrpo.train.step import TrainingBatch, fixed_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -87,30 +100,12 @@ class Trainer:
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
         )
-        sharding = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}") == "true"]
-        if sharding:
-            raise ConfigError(f"ticgrpo train is data-parallel (full replicas) and does not shard with "
-                              f"{sharding[0].replace('DEEPSPEED', 'DeepSpeed')}: launch it with a DDP config "
-                              f"(examples/accelerate/ddp_8gpu.yaml), or use the TRL plug-in for sharding "
-                              f"(docs/scaling.md)")
-        self.dist = Distributed.from_environment(self.device.type)  # torchrun / accelerate launch
+        self.dist, self.device = join_training_job(self.device, cfg.rollout.prompts_per_step)
         if self.device.type == "cpu":
             configure_cpu_threads(cfg.threads)
-        if self.dist.enabled:
-            if cfg.rollout.prompts_per_step % self.dist.world_size:
-                raise ConfigError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be a multiple of "
-                                  f"the number of processes ({self.dist.world_size}): each process samples an "
-                                  f"equal share of the prompts")
-            if self.device.type == "cuda":
-                self.device = torch.device("cuda", self.dist.local_rank)
         self.autocast_dtype = torch.bfloat16 if cfg.model.autocast_bf16 else None
         self.reward_specs = training_rewards(cfg, reward_fns, config_dir)
-        a = cfg.algorithm
-        self.scorer = Scorer(tuple(self.reward_specs), cfg.rollout.max_new_tokens, a.reward_kwargs,
-                             a.on_reward_error, a.reward_timeout_s)
-        self.eval_scorer = Scorer(((resolve_reward(cfg.eval.reward, config_dir), 1.0),),
-                                  cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, a.reward_kwargs,
-                                  "raise", a.reward_timeout_s)
+        self.scorer, self.eval_scorer = scorers(cfg, self.reward_specs, config_dir)
         self.objective_config = cfg.algorithm.objective.options
         self.advantage = cfg.algorithm.advantage.name
         self.train_rows = train_rows if train_rows is not None else load_rows(cfg.data.train)
@@ -122,28 +117,12 @@ class Trainer:
             model, tokenizer = load_model(cfg)
         self.model, self.tokenizer = model.to(self.device), tokenizer
         disable_dropout(self.model)
-        self.ref_model, self.ref_context = self._reference_model()
-        self.engine = self._rollout_engine()
+        self.ref_model, self.ref_context = reference_policy(self.model, self.objective_config)
+        self.engine = rollout_engine(cfg, self.model, self.tokenizer, self.autocast_dtype, self.dist.rank)
         self.format_prompt = PromptFormatter(self.tokenizer, cfg.model.chat_template, cfg.model.system_prompt)
         self.sampling = sampling_strategy(cfg, self.engine, self.scorer, self.format_prompt, self.dist)
-        self.settings = StepSettings(
-            objective=cfg.algorithm.objective.name,
-            objective_config=self.objective_config,
-            num_iterations=cfg.algorithm.num_iterations,
-            num_minibatches=cfg.algorithm.num_minibatches,
-            micro_batch_size=cfg.algorithm.micro_batch_size,
-            max_grad_norm=cfg.optim.max_grad_norm,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            temperature=cfg.rollout.temperature,
-            chunk_size=cfg.algorithm.logprob_chunk_size,
-            log_entropy=cfg.algorithm.log_entropy,
-            autocast_dtype=self.autocast_dtype,
-            espo_delta=cfg.algorithm.espo_delta,
-        )
-        o = cfg.optim
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                           weight_decay=o.weight_decay)
+        self.settings = step_settings(cfg, self.autocast_dtype)
+        self.optimizer = adamw(self.model, cfg)
         self.scheduler = make_lr_scheduler(self.optimizer, cfg)
         self.step = 0
         self.nonfinite_streak = 0  # consecutive training steps with a skipped non-finite optimizer step
@@ -173,7 +152,7 @@ class Trainer:
             ) if main else NullLogger()
             if resume and log_lines is None:  # a checkpoint written before line counts were recorded
                 self.logger.truncate_after(self.step)
-            elif resume:
+            elif log_lines is not None:
                 self.logger.truncate_to(log_lines)
             if self.step == 0 and cfg.eval.at_start:
                 self.run_eval()
@@ -226,7 +205,7 @@ class Trainer:
             batch.ref_logprobs = fixed_logprobs(self.ref_model, batch, self.settings, self.ref_context)
         mismatch = self._behavior_correction(rollout, batch)
         times["old_logprobs"] = time.perf_counter() - t0
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])
         stats = optimize(self.model, self.optimizer, batch, self.settings, self.dist)
         self._check_weights(lr)
         self.engine.update_weights(self.model)  # an inference engine samples the next batch from θ
@@ -268,12 +247,12 @@ class Trainer:
     def advantages(self, rewards: torch.Tensor, lengths: torch.Tensor) -> AdvantageResult:
         """Advantages of this process's groups ([groups, G] rewards and lengths), computed on the
         gathered groups of every process so that batch-level statistics see the whole batch."""
-        a = self.config.algorithm
+        options: dict[str, Any] = dict(self.config.algorithm.advantage.options)
         if not self.dist.enabled:
-            return compute_advantages(self.advantage, rewards, lengths, **a.advantage.options)
+            return compute_advantages(self.advantage, rewards, lengths, **options)
         parts = self.dist.all_gather((rewards.cpu(), lengths.cpu()))
         everyone = compute_advantages(self.advantage, torch.cat([r for r, _ in parts]),
-                                      torch.cat([n for _, n in parts]), **a.advantage.options)
+                                      torch.cat([n for _, n in parts]), **options)
         start = sum(len(r) for r, _ in parts[: self.dist.rank])
         return replace(everyone, advantages=everyone.advantages[start : start + len(rewards)])
 
@@ -291,21 +270,6 @@ class Trainer:
         self.logger.log_eval(self.step, result)
         self.evals.append({"step": self.step, **result})
         return result
-
-    def _rollout_engine(self) -> Any:
-        cfg = self.config
-        if cfg.rollout.engine == "hf":
-            return HFGenerateEngine(self.model, self.tokenizer, cfg.rollout.generation_batch_size,
-                                    cfg.rollout.max_prompt_length, self.autocast_dtype)
-        from ticgrpo.rollout.vllm import VLLMEngine  # its own environment: docs/vllm.md
-
-        options = dict(cfg.rollout.vllm)
-        if "model_path" not in options and cfg.model.name != TINY_ALIAS and cfg.model.lora is None:
-            from ticgrpo.models import resolve_model_path
-
-            options["model_path"] = resolve_model_path(cfg.model.name)  # else the engine saves the model
-        options.setdefault("seed", cfg.seed + 7919 * self.dist.rank)  # one sampling stream per process
-        return VLLMEngine(self.model, self.tokenizer, max_prompt_length=cfg.rollout.max_prompt_length, **options)
 
     def _behavior_correction(self, rollout: RolloutBatch, batch: TrainingBatch) -> dict[str, float]:
         """With an engine's behaviour log-probs (vLLM): mismatch metrics, and with
@@ -326,33 +290,15 @@ class Trainer:
         batch.advantages = correction.apply(batch.advantages)
         return correction.metrics
 
-    def _reference_model(self) -> tuple[Any, Any]:
-        """(model, context) giving reference log-probs, or (None, None) when β = 0."""
-        if float(getattr(self.objective_config, "beta", 0.0)) == 0:
-            return None, None
-        if hasattr(self.model, "disable_adapter"):  # LoRA: the base model is the reference
-            return self.model, self.model.disable_adapter
-        import copy
-
-        # The reference is the initial policy: a frozen copy of the freshly loaded model.
-        ref = copy.deepcopy(self.model).eval().requires_grad_(False)
-        return ref, None
-
     def _warn_nonfinite(self, metrics: dict, scored: ScoredRollout, adv: Any, batch: TrainingBatch) -> None:
         """One warning line with the statistics of a batch whose loss or gradient was non-finite."""
         with torch.no_grad():
             logp = fixed_logprobs(self.model, batch, self.settings)[batch.completion_mask.bool()].float().cpu()
 
-        def describe(t: torch.Tensor) -> str:
-            t = t.detach().float().flatten()
-            finite = t[torch.isfinite(t)]
-            span = f"{float(finite.min()):.4g}..{float(finite.max()):.4g}" if finite.numel() else "-"
-            return f"non-finite {int((~torch.isfinite(t)).sum())}/{t.numel()}, finite range {span}"
-
         logger.warning(f"step {self.step + 1}: non-finite loss or gradient, skipped "
                        f"{int(metrics['skipped_nonfinite'])} optimizer step(s) (grads zeroed); rewards: "
-                       f"{describe(scored.rewards)}; advantages: {describe(adv.advantages)}; log-probs: "
-                       f"{describe(logp)}")
+                       f"{describe_values(scored.rewards)}; advantages: {describe_values(adv.advantages)}; "
+                       f"log-probs: {describe_values(logp)}")
 
     def _check_nonfinite(self, metrics: dict) -> None:
         limit = self.config.optim.max_consecutive_nonfinite
@@ -391,7 +337,8 @@ class Trainer:
                       allow_config_change: bool) -> tuple[run_folder.RunFolderLock | None, run_folder.ResumePlan]:
         """Process 0 checks the run folder, takes its lock and checks again under it; every process
         follows its verdict (the others never read a folder that process 0 may be writing)."""
-        lock, verdict = None, None
+        lock = None
+        verdict: run_folder.ResumePlan | run_folder.RunFolderError | None = None
         if self.dist.is_main:
             try:
                 run_folder.check_start(self.output_dir, self.config, resume, overwrite, allow_config_change)
@@ -488,18 +435,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def training_rewards(config: TrainConfig, reward_fns: list[tuple[Any, float]] | None,
-                     config_dir: str | Path | None) -> list[tuple[RewardFn, float]]:
-    """(function, weight) of every training reward: the given ones or the config's, and DAPO's
-    soft overlong punishment (weight 1) with algorithm.overlong_reward unless it is listed."""
-    named = reward_fns or [(resolve_reward(s.name, config_dir), s.weight) for s in config.algorithm.rewards]
-    rewards = [(resolve_reward(fn), w) for fn, w in named]
-    overlong = resolve_reward("overlong_soft")
-    if config.algorithm.overlong_reward and overlong not in [fn for fn, _ in rewards]:
-        rewards.append((overlong, 1.0))
-    return rewards
 
 
 def train(config: TrainConfig | dict | str | Path, resume: bool = False, overwrite: bool = False,
