@@ -83,7 +83,7 @@ def test_kill9_at_many_points_then_resume_is_bit_identical(tmp_path):
     assert final.returncode == 0, final.stderr[-2000:]
     warnings = [line for line in final.stderr.splitlines() if "skipping corrupt checkpoint" in line]
     assert len(warnings) == 1 and "step-0003" in warnings[0] and "sha256" in warnings[0]
-    assert reference.wait(timeout=300) == 0, reference.stderr.read()[-2000:]
+    assert reference.wait(timeout=300) == 0, (reference.stderr.read() if reference.stderr else "")[-2000:]
     ref_model, ref_opt = _final_state(tmp_path / "ref")
     model, opt = _final_state(out)
     assert ref_model.keys() == model.keys()
@@ -142,7 +142,8 @@ def test_temp_folders_are_never_checkpoints(tmp_path):
     torn.mkdir()
     (torn / "model.pt").write_bytes(b"partial")
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-0001"]
-    assert ckpt.latest_checkpoint(tmp_path).name == "step-0001"
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert latest is not None and latest.name == "step-0001"
 
 
 def test_torn_last_jsonl_line_is_dropped_on_resume(tmp_path):
@@ -231,7 +232,7 @@ def test_kill9_at_every_point_then_resume_leaves_logs_equal_to_an_uninterrupted_
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == -signal.SIGKILL, (point, run.returncode, run.stderr[-2000:])
         left.append((point, {name: _log_records(out / name) for name in logs}))
-    assert ref_run.wait(timeout=300) == 0, ref_run.stderr.read()[-2000:]
+    assert ref_run.wait(timeout=300) == 0, (ref_run.stderr.read() if ref_run.stderr else "")[-2000:]
     expected = {name: _log_records(reference / name) for name in logs}
     assert [json.loads(x)["step"] for x in expected["eval.jsonl"]] == [0, 2, END_STEPS]
     for point, records in left:  # whatever a killed run left is the start of the uninterrupted run's log

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -44,7 +45,7 @@ def huge_reward(prompts, completions, **kwargs):
 
 
 def trainer(tmp_path: Path, reward, *, model=None, rows=ROWS, **sections) -> Trainer:
-    cfg = {
+    cfg: dict[str, Any] = {
         "output_dir": str(tmp_path / "run"), "max_steps": 2, "seed": 0,
         "model": {"name": "in-process", "chat_template": False},
         "data": {"shuffle": False},
@@ -117,7 +118,9 @@ def test_nan_logits_skip_steps_then_stop_with_last_good_checkpoint(tmp_path, cap
     for name, value in t.model.state_dict().items():  # skipped steps never touched the weights
         assert torch.equal(value, good[name]), name
     assert [p.name for p in ckpt.list_checkpoints(t.output_dir)] == ["step-0001", "step-0002"]
-    ckpt.verify_checkpoint(ckpt.latest_checkpoint(t.output_dir))  # the last good checkpoint is intact
+    latest = ckpt.latest_checkpoint(t.output_dir)
+    assert latest is not None
+    ckpt.verify_checkpoint(latest)  # the last good checkpoint is intact
     assert t.history[-1]["skipped_nonfinite"] == 1 and t.step == 3
 
 

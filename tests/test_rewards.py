@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import pytest
 
@@ -129,7 +130,7 @@ def test_registry_has_builtins() -> None:
 def test_resolve_reward_names_paths_and_callables() -> None:
     assert resolve_reward("answer_format") is answer_format
     assert resolve_reward("ticgrpo.rewards.shaping:overlong_soft") is overlong_soft
-    assert resolve_reward(len) is len
+    assert resolve_reward(sorted) is sorted
     with pytest.raises(KeyError, match="unknown reward 'nope'; choose one of: answer_format"):
         resolve_reward("nope")
     with pytest.raises(ValueError, match="cannot import reward module 'no_such_mod'"):
@@ -195,7 +196,7 @@ def test_combine_rewards_bad_specs() -> None:
     with pytest.raises(ValueError, match="listed twice"):
         combine_rewards([("answer_format", 1.0), ("answer_format", 2.0)], ["a"], ["x"])
     with pytest.raises(ValueError, match="must be a"):
-        combine_rewards(["answer_format"], ["a"], ["x"])
+        combine_rewards(["answer_format"], ["a"], ["x"])  # type: ignore[list-item]  # the bad spec is the point
     with pytest.raises(ValueError, match="'math_correctness' raised ValueError: math_correctness needs"):
         combine_rewards([("math_correctness", 1.0)], ["a"], ["x"])
 
@@ -241,7 +242,8 @@ def no_kwargs(completions, answer):
 
 def test_trl_style_reward_gets_columns_as_keywords() -> None:
     columns = {"answer": ["3", "4"], "completion_lengths": [2, 2], "max_new_tokens": 8}
-    specs = [(trl_style, 1.0), (trl_style_with_prompts, 1.0), ("math_correctness", 1.0), ("answer_format", 1.0)]
+    specs: list[tuple[Any, float]] = [(trl_style, 1.0), (trl_style_with_prompts, 1.0), ("math_correctness", 1.0),
+                                      ("answer_format", 1.0)]
     _, per = combine_rewards(specs, ["p", "q"], ["= 3", "= 5"], columns)
     assert per == {"trl_style": [1.0, 0.0], "trl_style_with_prompts": [1.0, 0.0], "math_correctness": [1.0, 0.0],
                    "answer_format": [0.0, 0.0]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -40,7 +41,7 @@ def x_fraction(prompts, completions, **kwargs):
 
 
 def base_config(tmp_path: Path, **sections) -> dict:
-    cfg = {
+    cfg: dict[str, Any] = {
         "output_dir": str(tmp_path / "run"),
         "max_steps": 3,
         "seed": 0,
@@ -93,6 +94,7 @@ def test_train_eval_save_reload(tmp_path):
     assert [e["step"] for e in evals] == [0, 2, 3]  # before, every 2, at the end
     assert "accuracy" in evals[0] and "mean_at_2" in evals[0]
     assert load_config(run / "config.yaml").rollout.num_generations == 4  # the resolved config reloads
+    assert result.final_dir is not None
     reloaded = AutoModelForCausalLM.from_pretrained(result.final_dir)
     fresh = tiny_model()  # training changed the weights
     same = [torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), fresh.state_dict().values(),
