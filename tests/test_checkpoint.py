@@ -8,6 +8,7 @@ the tiny in-process model in subprocesses."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -22,7 +23,7 @@ import pytest
 import torch
 
 from ticgrpo.cli import warnings_to_stderr
-from ticgrpo.config import TrainConfig
+from ticgrpo.config import TrainConfig, load_config
 from ticgrpo.testing import make_tiny_model, make_tiny_tokenizer
 from ticgrpo.train import checkpoint as ckpt
 from ticgrpo.train.setup import make_lr_scheduler
@@ -360,3 +361,30 @@ def test_lr_schedule_resumes_from_a_checkpoint_bit_identically(tmp_path):
     assert [step(*resumed, i) for i in range(3, 8)] == lrs[3:]
     for name, value in straight[0].state_dict().items():
         assert torch.equal(value, resumed[0].state_dict()[name]), name
+
+
+def test_a_checkpoint_with_the_old_schedule_position_resumes_at_the_right_lr(tmp_path):
+    """Checkpoints written before make_lr_scheduler (hand-written lambda) held last_epoch = step;
+    the schedule now counts step + 1. The trainer places the schedule by the step on resume, so
+    such a run continues with the lr an uninterrupted run has."""
+    from ticgrpo.train.trainer import Trainer
+
+    overrides = ["optim.warmup_steps=3", "optim.schedule=cosine", "max_steps=4", "eval.at_start=false",
+                 "eval.at_end=false", "eval.every_steps=0", "logging.plot=false", "logging.progress_bar=false",
+                 "checkpoint.save_final=false", "checkpoint.every_steps=2"]
+    config = ROOT / "configs" / "tiny.yaml"
+    straight = Trainer(load_config(config, overrides, output_dir=str(tmp_path / "straight"))).train()
+    first = Trainer(load_config(config, [*overrides, "max_steps=2"], output_dir=str(tmp_path / "resumed")))
+    first.train()
+    saved = tmp_path / "resumed" / "checkpoints" / "step-0002" / "scheduler.pt"
+    state = torch.load(saved, weights_only=True)
+    assert state["last_epoch"] == 3  # step + 1
+    state["last_epoch"] = 2  # the old convention
+    torch.save(state, saved)
+    manifest_path = saved.parent / ckpt.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["scheduler.pt"] = {"size": saved.stat().st_size,
+                                         "sha256": hashlib.sha256(saved.read_bytes()).hexdigest()}
+    manifest_path.write_text(json.dumps(manifest))
+    resumed = Trainer(load_config(config, overrides, output_dir=str(tmp_path / "resumed"))).train(resume=True)
+    assert [m["lr"] for m in resumed.history] == [m["lr"] for m in straight.history][2:]

@@ -373,8 +373,7 @@ class Trainer:
         if finished is not None and int(finished["step"]) == self.step:
             # a finished run extended to more steps keeps its logs whole, final evaluation included
             self.evals, log_lines = list(finished["evals"]), dict(finished["log_lines"])
-        if any(c.key.startswith("optim.") or c.key == "max_steps" for c in plan.changes):
-            self._apply_optim_config()
+        self._apply_optim_config()
         self.engine.update_weights(self.model)  # an inference engine still holds the initial weights
         if self.dist.is_main:
             print(f"resuming {self.output_dir} from step {self.step} ({path.name}); training to step "
@@ -382,9 +381,12 @@ class Trainer:
         return log_lines
 
     def _apply_optim_config(self) -> None:
-        """After a resume with a changed optim.* or max_steps: the optimizer state came from the
-        checkpoint, its hyper-parameters and the LR schedule come from the new config."""
+        """After a resume: the optimizer state came from the checkpoint; its hyper-parameters and the
+        LR schedule come from the config (the same values unless --allow-config-change let optim.* or
+        max_steps change). The schedule's position follows the step (make_lr_scheduler: step + 1),
+        whatever convention the checkpoint's scheduler state was saved with."""
         o = self.config.optim
+        self.scheduler.last_epoch = self.step + 1
         self.scheduler.base_lrs = [o.lr for _ in self.optimizer.param_groups]
         factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         for group in self.optimizer.param_groups:
