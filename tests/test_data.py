@@ -144,8 +144,9 @@ def test_hf_source_local_data_folder(tmp_path) -> None:
     [
         ({"jsonl": "/no/such/file.jsonl"}, "jsonl file '/no/such/file.jsonl' does not exist"),
         ({"hf": "./no/such/folder"}, "dataset folder './no/such/folder' does not exist"),
-        ({"task": "arithmetic", "split": "test"}, "split must be 'train' or 'eval'"),
-        ({"task": "arithmetic", "levle": 2}, "unknown key\\(s\\) \\['levle'\\]"),
+        ({"task": "arithmetic", "split": "test"}, "dataset spec: split: unknown value 'test'; choose one of: train"),
+        ({"task": "arithmetic", "levle": 2}, "dataset spec: unknown key 'levle'; did you mean 'level'\\?"),
+        ({"task": "arithmetic", "level": 0}, "dataset spec: level must be >= 1, got 0"),
         ({"task": "arithmetic", "jsonl": "x"}, "exactly one of the keys"),
         ({}, "exactly one of the keys"),
         ("data.jsonl", "must be a dict"),

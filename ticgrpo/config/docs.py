@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from ticgrpo.config.schema import AdvantageChoice, KeysOf, ObjectiveChoice, TrainConfig
+from ticgrpo.config.schema import AdvantageChoice, ObjectiveChoice, PassedOn, TrainConfig
 
 _BOUNDS = (
     (annotated_types.Ge, "ge", ">="),
@@ -49,7 +49,7 @@ def _type_and_limits(annotation: Any, metadata: list[Any]) -> tuple[str, list[st
         limits = list(dict.fromkeys(limit for _, found in parts for limit in found))
         return " \\| ".join(dict.fromkeys(name for name, _ in parts)), limits
     limits = [f"{symbol} {getattr(m, attr)}" for m in metadata for kind, attr, symbol in _BOUNDS if isinstance(m, kind)]
-    if any(isinstance(m, KeysOf) for m in metadata):
+    if any(isinstance(m, PassedOn) for m in metadata):
         return "mapping", limits
     if origin is list:
         (item,) = get_args(bare)
@@ -110,14 +110,14 @@ _HEADER = ["| key | type | default | range / choices | description |", "|---|---
 def _section(title: str, model: type[BaseModel], prefix: str, note: str = "") -> list[str]:
     lines = [f"## {title}", ""] + ([note, ""] if note else []) + _HEADER
     nested: list[str] = []
-    documented: set[tuple[type[BaseModel], ...]] = set()  # data.eval takes data.train's forms
+    documented: set[tuple[str, ...]] = set()  # data.eval takes data.train's forms
     for name, info in model.model_fields.items():
         key = f"{prefix}{name}"
         lines.append(_row(key, info))
         for meta in info.metadata:
-            if isinstance(meta, KeysOf) and meta.models not in documented:
+            if isinstance(meta, PassedOn) and meta.models not in documented:
                 documented.add(meta.models)
-                for sub in meta.models:
+                for sub in meta.load():
                     nested += _mapping_section(key, sub, len(meta.models) > 1)
     return [*lines, "", *nested]
 

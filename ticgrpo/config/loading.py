@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -22,8 +22,6 @@ from pydantic.fields import FieldInfo
 
 from ticgrpo.config.schema import (
     ConfigError,
-    KeysOf,
-    NestedMappingError,
     TrainConfig,
     describe,
     method_name,
@@ -240,37 +238,24 @@ def _is_section(info: FieldInfo) -> bool:
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    """The models an annotation may hold (through Optional, unions, lists, Annotated, KeysOf)."""
+    """The models an annotation may hold (through Optional, unions, lists)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
-    found: list[type[BaseModel]] = []
-    for meta in getattr(annotation, "__metadata__", ()):
-        if isinstance(meta, KeysOf):
-            found += list(meta.models)
-    if get_origin(annotation) is not None or found:
-        for arg in get_args(annotation):
-            found += _models_in(arg)
-    return list(dict.fromkeys(found))
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
 
 
-def _field_at(models: tuple[type[BaseModel], ...], loc: tuple) -> tuple[list[type[BaseModel]], FieldInfo | None, str]:
+def _field_at(model: type[BaseModel], loc: tuple) -> tuple[list[type[BaseModel]], FieldInfo | None, str]:
     """(the models holding the last key, its FieldInfo, the dotted key) of an error location."""
-    candidates: list[type[BaseModel]] = list(models)
+    candidates: list[type[BaseModel]] = [model]
     parents, info, key = candidates, None, ""
     for part in loc:
         if isinstance(part, int):
             key += f"[{part}]"
             continue
-        tagged = [m for m in candidates if m.__name__ == part]
-        if tagged:  # a discriminated union's tag, not a key
-            candidates = tagged
-            continue
         parents = candidates
         infos = [m.model_fields[part] for m in candidates if part in m.model_fields]
         info = infos[0] if infos else None
-        candidates = [m for i in infos for m in _models_in(i.annotation)] + [
-            m for i in infos for meta in i.metadata if isinstance(meta, KeysOf) for m in meta.models
-        ]
+        candidates = [m for i in infos for m in _models_in(i.annotation)]
         key = f"{key}.{part}" if key else str(part)
     return parents, info, key
 
@@ -297,15 +282,13 @@ _KINDS = {
 }
 
 
-def one_line(error: ValidationError, models: type[BaseModel] | tuple[type[BaseModel], ...], prefix: str = "") -> str:
+def one_line(error: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
     """Pydantic's first error as `key: message` (one line); the key is dotted, list items `[i]`."""
     first = error.errors()[0]
-    parents, info, key = _field_at(models if isinstance(models, tuple) else (models,), tuple(first["loc"]))
+    parents, info, key = _field_at(model, tuple(first["loc"]))
     key = f"{prefix}.{key}" if prefix and key else prefix or key
     kind, ctx, value = first["type"], first.get("ctx") or {}, first.get("input")
     cause = ctx.get("error")
-    if isinstance(cause, NestedMappingError):
-        return one_line(cause.error, cause.models, key)
     if isinstance(cause, ConfigError):
         return str(cause)
     if kind == "extra_forbidden":

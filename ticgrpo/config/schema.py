@@ -11,26 +11,26 @@ one line naming the key.
 from __future__ import annotations
 
 import difflib
+import importlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Discriminator,
     Field,
+    GetCoreSchemaHandler,
     Strict,
-    Tag,
-    TypeAdapter,
     ValidationError,
     field_validator,
     model_serializer,
     model_validator,
 )
+from pydantic_core import core_schema
 
 
 class ConfigError(ValueError):
@@ -52,7 +52,7 @@ def unknown_value(value: Any, allowed: Iterable[str]) -> str:
     return f"unknown value {value!r}{hint}; choose one of: {', '.join(allowed)}"
 
 
-def _no_bool(value: Any) -> Any:
+def no_bool(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError(f"must be a number, got {describe(value)}")
     return value
@@ -66,181 +66,57 @@ def _integer_input(value: Any) -> Any:
 
 # YAML typed the values already; bools are not numbers, strings are not integers. Floats take
 # strings because YAML 1.1 reads `1e-5` (no dot) as one.
-Number = Annotated[float, BeforeValidator(_no_bool)]
+Number = Annotated[float, BeforeValidator(no_bool)]
 Integer = Annotated[int, BeforeValidator(_integer_input)]
 Flag = Annotated[bool, Strict()]
 Text = Annotated[str, Strict()]
 
 
 # --------------------------------------------------------------------------- option mappings
-# Sub-configs passed on as keyword arguments (peft, vLLM, a data source): the config keeps the
-# mapping the user wrote, validated by the model of its keys.
+# Sub-configs passed on as keyword arguments (peft, vLLM, iGRPO, a data source): their keys,
+# defaults and rules are the option model of the component that takes them; the config keeps
+# the mapping the user wrote, checked by that model.
 
 
 @dataclass(frozen=True)
-class KeysOf:
-    """Field metadata: the mapping's keys are those of `models` (of the one `choose` names, if several)."""
+class PassedOn:
+    """Field metadata: the mapping is checked by the component's option model(s), named
+    "module:Class" and imported only when a value is checked, so that loading a config imports
+    no component (vLLM's or iGRPO's modules import torch). With several models (data sources) the
+    mapping names one of their KIND keys."""
 
-    models: tuple[type[BaseModel], ...]
-    choose: Callable[[dict], str | None] | None = None
+    key: str
+    models: tuple[str, ...]
+    nullable: bool = False
 
+    def load(self) -> list[type[BaseModel]]:
+        paths = (model.partition(":") for model in self.models)
+        return [getattr(importlib.import_module(module), name) for module, _, name in paths]
 
-class NestedMappingError(ValueError):
-    """A mapping field's own validation error, reported by the loader under the field's key."""
+    def check(self, value: Any) -> Any:
+        if value is None and self.nullable:
+            return None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.key} must be a mapping, got {describe(value)}")
+        if not value and len(self.models) == 1:
+            return value  # nothing to check: no need to import the component
+        models = self.load()
+        chosen = [m for m in models if len(models) == 1 or getattr(m, "KIND", None) in value]
+        if len(chosen) != 1:
+            kinds = ", ".join(str(getattr(m, "KIND", m.__name__)) for m in models)
+            raise ConfigError(f"{self.key} must name exactly one source: {kinds}; got keys {sorted(value)}")
+        from ticgrpo.config.loading import validated
 
-    def __init__(self, error: ValidationError, models: tuple[type[BaseModel], ...]) -> None:
-        super().__init__(str(error))
-        self.error, self.models = error, models
+        return validated(chosen[0], value, self.key).model_dump(exclude_unset=True)
 
-
-def _validated_mapping(value: Any, adapter: TypeAdapter, models: tuple[type[BaseModel], ...], nullable: bool) -> Any:
-    if value is None and nullable:
-        return None
-    if not isinstance(value, dict):
-        raise ValueError(f"must be a mapping, got {describe(value)}")
-    try:
-        parsed = adapter.validate_python(value)
-    except ValidationError as exc:
-        raise NestedMappingError(exc, models) from None
-    return parsed.model_dump(exclude_unset=True)
-
-
-def mapping_of(
-    *models: type[BaseModel], choose: Callable[[dict], str | None] | None = None, nullable: bool = False
-) -> Any:
-    """The type of a mapping field whose keys are those of `models` (one of them, by `choose`)."""
-    if choose is None:
-        adapter: TypeAdapter = TypeAdapter(models[0])
-    else:
-        members = tuple(Annotated[m, Tag(m.__name__)] for m in models)
-        union: Any = Annotated[Union[members], Discriminator(lambda v: _tag(choose, models, v))]  # noqa: UP007
-        adapter = TypeAdapter(union)
-    kind = dict[str, Any] | None if nullable else dict[str, Any]
-    check = BeforeValidator(lambda v: _validated_mapping(v, adapter, models, nullable))
-    return Annotated[kind, check, KeysOf(models, choose)]
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_before_validator_function(self.check, handler(source))
 
 
-def _tag(choose: Callable[[dict], str | None], models: tuple[type[BaseModel], ...], value: Any) -> str | None:
-    kind = choose(value) if isinstance(value, dict) else None
-    return next((m.__name__ for m in models if getattr(m, "KIND", None) == kind), None)
-
-
-class LoraOptions(BaseModel):
-    """`model.lora`: peft.LoraConfig arguments (ticgrpo adds target_modules all-linear, task_type CAUSAL_LM)."""
-
-    model_config = SECTION
-    r: Integer = Field(default=8, ge=1, description="adapter rank")
-    lora_alpha: Annotated[int | float, BeforeValidator(_no_bool)] = Field(default=8, gt=0,
-        description="scaling numerator (scale = lora_alpha / r)")
-    lora_dropout: Number = Field(default=0.0, ge=0, lt=1, description="dropout on the adapter's input")
-    target_modules: str | list[str] = Field(default="all-linear", description="module names, or all-linear")
-    bias: Literal["none", "all", "lora_only"] = Field(default="none", description="which biases are trained")
-    task_type: Text = Field(default="CAUSAL_LM", description="peft task type")
-    use_rslora: Flag = Field(default=False, description="rank-stabilised scaling lora_alpha / sqrt(r)")
-    use_dora: Flag = Field(default=False, description="weight-decomposed LoRA")
-    modules_to_save: list[str] | None = Field(default=None, description="modules trained in full beside the adapter")
-    layers_to_transform: list[int] | None = Field(default=None, description="only these layer indices")
-    init_lora_weights: Flag | Text = Field(default=True, description="initialisation (true, gaussian, pissa, ...)")
-    fan_in_fan_out: Flag = Field(default=False, description="weights stored (fan_in, fan_out), e.g. GPT-2 Conv1D")
-
-
-class VLLMOptions(BaseModel):
-    """`rollout.vllm`: VLLMEngine keyword options (docs/vllm.md); other keys go to vllm.LLM."""
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-    mode: Literal["colocate", "server"] = Field(default="colocate",
-        description="vLLM in this process, or an HTTP server")
-    model_path: str | None = Field(default=None,
-        description="weights folder vLLM loads first; null = saved from the model")
-    server_url: str | None = Field(default=None,
-        description="mode server: http://HOST:PORT of ticgrpo.rollout.vllm.server")
-    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(default="bfloat16",
-        description="vLLM weights dtype")
-    gpu_memory_utilization: Number = Field(default=0.3, gt=0, le=1, description="fraction of the GPU vLLM may take")
-    max_model_len: Integer | None = Field(default=None, ge=1, description="vLLM context length; null = the model's")
-    seed: Integer = Field(default=0, description="sampling seed; left out: the run's seed (+ an offset per rank)")
-    enforce_eager: Flag = Field(default=True, description="no CUDA graphs (faster start, less memory)")
-
-
-class IGRPOOptions(BaseModel):
-    """`algorithm.igrpo`: two-stage drafts (iGRPO)."""
-
-    model_config = SECTION
-    num_drafts: Integer = Field(default=1, ge=1,
-        description="drafts sampled per prompt; the best one enters the prompt")
-    template: Text = Field(default="{prompt}\n\nHere is a draft answer:\n{draft}\n\nImprove it.",
-        description="the second-stage prompt; holds {prompt} and {draft}")
-
-    @field_validator("template")
-    @classmethod
-    def _formats(cls, template: str) -> str:
-        if "{prompt}" not in template or "{draft}" not in template:
-            raise ValueError(f"must contain {{prompt}} and {{draft}}, got {template!r}")
-        try:
-            template.format(prompt="", draft="")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"{template!r} does not format with prompt and draft only ({exc})") from None
-        return template
-
-
-SOURCE_KEYS = ("task", "jsonl", "hf")
-
-
-class TaskSource(BaseModel):
-    """A built-in task (ticgrpo.data.tasks); its eval split is the fixed held-out set."""
-
-    KIND: ClassVar[str] = "task"
-    model_config = SECTION
-    task: Text = Field(description="task name, e.g. arithmetic")
-    level: Integer = Field(default=1, ge=1, description="difficulty level")
-    split: Literal["train", "eval"] = Field(default="train", description="train or the fixed held-out eval split")
-    num_train: Integer = Field(default=10_000, ge=1, description="training problems generated")
-    num_eval: Integer = Field(default=100, ge=1, description="held-out problems")
-    seed: Integer = Field(default=0, description="seed of the training problems")
-    eval_seed: Integer = Field(default=9_176_263,
-        description="seed of the held-out problems (fixed: the same eval set in every run)")
-    prompt_style: Literal["chat", "text"] = Field(default="chat",
-        description="one-shot chat messages, or a plain string")
-
-
-class JsonlSource(BaseModel):
-    """One JSON object per line."""
-
-    KIND: ClassVar[str] = "jsonl"
-    model_config = SECTION
-    jsonl: Text = Field(description="path of the .jsonl file (relative to the working folder)")
-    prompt_column: Text = Field(default="prompt", description="the column holding the prompt")
-    answer_column: Text | None = Field(default=None, description="the column holding the reference answer")
-
-
-class HFSource(BaseModel):
-    """A Hugging Face dataset: a save_to_disk folder, a local dataset folder or a hub name."""
-
-    KIND: ClassVar[str] = "hf"
-    model_config = SECTION
-    hf: Text = Field(description="folder or hub name")
-    split: Text = Field(default="train", description="split to read")
-    config: Text | None = Field(default=None, description="dataset configuration name")
-    prompt_column: Text = Field(default="prompt", description="the column holding the prompt")
-    answer_column: Text | None = Field(default=None, description="the column holding the reference answer")
-
-
-def source_kind(spec: dict) -> str | None:
-    kinds = [key for key in SOURCE_KEYS if key in spec]
-    return kinds[0] if len(kinds) == 1 else None
-
-
-def _one_source(key: str) -> Callable[[Any], Any]:
-    def check(spec: Any) -> Any:
-        if isinstance(spec, dict) and source_kind(spec) is None:
-            raise ConfigError(f"data.{key} must name exactly one source: task, jsonl or hf; got keys {sorted(spec)}")
-        return spec
-
-    return check
-
-
-DataSource = mapping_of(TaskSource, JsonlSource, HFSource, choose=source_kind)
-OptionalDataSource = mapping_of(TaskSource, JsonlSource, HFSource, choose=source_kind, nullable=True)
+LORA = "ticgrpo.integrations.lora:LoraOptions"
+VLLM = "ticgrpo.rollout.vllm.engine:VLLMOptions"
+IGRPO = "ticgrpo.train.drafts:IGRPOOptions"
+SOURCES = ("ticgrpo.data.sources:TaskSource", "ticgrpo.data.sources:JsonlSource", "ticgrpo.data.sources:HFSource")
 
 
 # --------------------------------------------------------------------------- sections
@@ -266,7 +142,7 @@ class ModelConfig(BaseModel):
         description="bf16 autocast for generation and forward passes (much faster on CPUs with bf16 support; "
         "log-ratios are still formed in float32)")
     gradient_checkpointing: Flag = Field(default=False, description="recompute activations in backward (less memory)")
-    lora: mapping_of(LoraOptions, nullable=True) = Field(default=None,  # type: ignore[valid-type]
+    lora: Annotated[dict[str, Any] | None, PassedOn("model.lora", (LORA,), nullable=True)] = Field(default=None,
         description="peft.LoraConfig arguments (model.lora.* below; target_modules defaults to all-linear); null = "
         "full fine-tuning. Never changes on resume")
     trust_remote_code: Flag = Field(default=False, description="run the model repository's own code")
@@ -277,11 +153,11 @@ class ModelConfig(BaseModel):
 
 class DataConfig(BaseModel):
     model_config = SECTION
-    train: Annotated[DataSource, BeforeValidator(_one_source("train"))] = Field(  # type: ignore[valid-type]
+    train: Annotated[dict[str, Any], PassedOn("data.train", SOURCES)] = Field(
         default_factory=lambda: {"task": "arithmetic", "level": 2, "split": "train"},
         description="training prompts: one source, {task: ...} | {jsonl: ...} | {hf: ...}",
     )
-    eval: Annotated[OptionalDataSource, BeforeValidator(_one_source("eval"))] = Field(  # type: ignore[valid-type]
+    eval: Annotated[dict[str, Any] | None, PassedOn("data.eval", SOURCES, nullable=True)] = Field(
         default_factory=lambda: {"task": "arithmetic", "level": 2, "split": "eval"},
         description="held-out prompts, same forms; null = no evaluation",
     )
@@ -308,7 +184,7 @@ class RolloutConfig(BaseModel):
     generation_batch_size: Integer | None = Field(default=None, ge=1,
         description="sequences per generate() call (null = all P·G); each call is seeded by (seed, step, its first "
         "group), so a multiple of G makes the samples independent of the number of processes")
-    vllm: mapping_of(VLLMOptions) = Field(default_factory=dict,  # type: ignore[valid-type]
+    vllm: Annotated[dict[str, Any], PassedOn("rollout.vllm", (VLLM,))] = Field(default_factory=dict,
         description="engine vllm: VLLMEngine options (rollout.vllm.* below, docs/vllm.md)")
 
 
@@ -475,7 +351,7 @@ class AlgorithmConfig(BaseModel):
     espo_delta: Number | None = Field(default=None, gt=0,
         description="ESPO early stopping of the inner epochs: stop once mean |ρ−1| over a minibatch's tokens > δ "
         "(the paper's δ: 0.25); null = off")
-    igrpo: mapping_of(IGRPOOptions, nullable=True) = Field(default=None,  # type: ignore[valid-type]
+    igrpo: Annotated[dict[str, Any] | None, PassedOn("algorithm.igrpo", (IGRPO,), nullable=True)] = Field(default=None,
         description="iGRPO two-stage drafts (algorithm.igrpo.* below); null = off")
     logprob_chunk_size: Integer = Field(default=1024, ge=1,
         description="rows of LM-head logits materialised at once (ticgrpo.core.logprobs)")
@@ -692,19 +568,13 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EvalConfig",
-    "HFSource",
-    "IGRPOOptions",
-    "JsonlSource",
-    "KeysOf",
     "LoggingConfig",
-    "LoraOptions",
     "ModelConfig",
     "ObjectiveChoice",
     "OptimConfig",
+    "PassedOn",
     "RolloutConfig",
-    "TaskSource",
     "TrainConfig",
-    "VLLMOptions",
     "ValidationError",
     "WeightedReward",
     "check_output_dir",

@@ -9,66 +9,102 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+from pydantic import BaseModel, Field, ValidationError
+
+from ticgrpo.config.schema import SECTION, Integer, Text
 from ticgrpo.data.tasks import EVAL_SEED, TASKS, make_task_splits
 
-SOURCE_KEYS = ("task", "jsonl", "hf")
+
+class TaskSource(BaseModel):
+    """A built-in task (ticgrpo.data.tasks); its eval split is the fixed held-out set."""
+
+    KIND: ClassVar[str] = "task"
+    model_config = SECTION
+    task: Text = Field(description="task name, e.g. arithmetic")
+    level: Integer = Field(default=1, ge=1, description="difficulty level")
+    split: Literal["train", "eval"] = Field(default="train", description="train or the fixed held-out eval split")
+    num_train: Integer = Field(default=10_000, ge=1, description="training problems generated")
+    num_eval: Integer = Field(default=100, ge=1, description="held-out problems")
+    seed: Integer = Field(default=0, description="seed of the training problems")
+    eval_seed: Integer = Field(default=EVAL_SEED,
+        description="seed of the held-out problems (fixed: the same eval set in every run)")
+    prompt_style: Literal["chat", "text"] = Field(default="chat",
+        description="one-shot chat messages, or a plain string")
+
+
+class JsonlSource(BaseModel):
+    """One JSON object per line."""
+
+    KIND: ClassVar[str] = "jsonl"
+    model_config = SECTION
+    jsonl: Text = Field(description="path of the .jsonl file (relative to the working folder)")
+    prompt_column: Text = Field(default="prompt", description="the column holding the prompt")
+    answer_column: Text | None = Field(default=None, description="the column holding the reference answer")
+
+
+class HFSource(BaseModel):
+    """A Hugging Face dataset: a save_to_disk folder, a local dataset folder or a hub name."""
+
+    KIND: ClassVar[str] = "hf"
+    model_config = SECTION
+    hf: Text = Field(description="folder or hub name")
+    split: Text = Field(default="train", description="split to read")
+    config: Text | None = Field(default=None, description="dataset configuration name")
+    prompt_column: Text = Field(default="prompt", description="the column holding the prompt")
+    answer_column: Text | None = Field(default=None, description="the column holding the reference answer")
+
+
+SOURCES = (TaskSource, JsonlSource, HFSource)
+SOURCE_KEYS = tuple(model.KIND for model in SOURCES)
 
 
 def load_dataset_source(spec: dict) -> list[dict]:
-    """Rows of the dataset described by ``spec``.
+    """Rows of the dataset described by ``spec``, a mapping with the keys of one source model:
 
-    - ``{"task": "arithmetic", "level": 2, "split": "train" | "eval", "num_train": 10000,
-      "num_eval": 100, "seed": 0}``: a built-in task (eval is the fixed held-out split);
-    - ``{"jsonl": "path.jsonl", "prompt_column": "prompt"}``: one JSON object per line;
-    - ``{"hf": "name or local dir", "split": "train", "config": None,
-      "prompt_column": "problem", "answer_column": "solution"}``: a Hugging Face dataset
-      (a folder saved with ``save_to_disk``, a local dataset folder, or a hub name).
+    - ``{"task": "arithmetic", "level": 2, "split": "train" | "eval", ...}`` (`TaskSource`): a
+      built-in task (eval is the fixed held-out split);
+    - ``{"jsonl": "path.jsonl", "prompt_column": "prompt"}`` (`JsonlSource`): one JSON object per line;
+    - ``{"hf": "name or local dir", "split": "train", "prompt_column": "problem",
+      "answer_column": "solution"}`` (`HFSource`): a Hugging Face dataset (a folder saved with
+      ``save_to_disk``, a local dataset folder, or a hub name).
     """
     if not isinstance(spec, dict):
         raise ValueError(f"dataset spec must be a dict with one of the keys {SOURCE_KEYS}, got {type(spec).__name__}")
-    kinds = [k for k in SOURCE_KEYS if k in spec]
+    kinds = [model for model in SOURCES if model.KIND in spec]
     if len(kinds) != 1:
         raise ValueError(f"dataset spec must have exactly one of the keys {SOURCE_KEYS}, got keys {sorted(spec)}")
-    kind = kinds[0]
-    if kind == "task":
-        return _load_task(spec)
-    if kind == "jsonl":
-        rows, lines = _load_jsonl(spec["jsonl"])
-        where = spec["jsonl"]
+    try:
+        source = kinds[0].model_validate(spec)
+    except ValidationError as exc:
+        from ticgrpo.config.loading import one_line
+
+        raise ValueError(f"dataset spec: {one_line(exc, kinds[0])}") from None
+    if isinstance(source, TaskSource):
+        return _load_task(source)
+    if isinstance(source, JsonlSource):
+        rows, lines = _load_jsonl(source.jsonl)
         # errors name the file's 1-based line (blank lines are skipped, so row index and line differ)
-        locations = [f"{os.path.expanduser(where)}:{line}" for line in lines]
-    else:
-        rows = _load_hf(spec)
-        where = spec["hf"]
-        locations = None
-    return normalise_rows(
-        rows, where, prompt_column=spec.get("prompt_column", "prompt"), answer_column=spec.get("answer_column"),
-        locations=locations,
-    )
+        locations = [f"{os.path.expanduser(source.jsonl)}:{line}" for line in lines]
+        return normalise_rows(rows, source.jsonl, source.prompt_column, source.answer_column, locations)
+    assert isinstance(source, HFSource)
+    return normalise_rows(_load_hf(source), source.hf, source.prompt_column, source.answer_column)
 
 
-def _load_task(spec: dict) -> list[dict]:
-    allowed = {"task", "level", "split", "num_train", "num_eval", "seed", "eval_seed", "prompt_style"}
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in task dataset spec; allowed: {sorted(allowed)}")
-    name = spec["task"]
-    TASKS.spec(name)  # unknown task → error listing the built-in tasks
-    split = spec.get("split", "train")
-    if split not in ("train", "eval"):
-        raise ValueError(f"task split must be 'train' or 'eval', got {split!r}")
+def _load_task(source: TaskSource) -> list[dict]:
+    TASKS.spec(source.task)  # unknown task → error listing the built-in tasks
     train, eval_split = make_task_splits(
-        name,
-        level=int(spec.get("level", 1)),
-        num_train=int(spec.get("num_train", 10_000)) if split == "train" else 0,
-        num_eval=int(spec.get("num_eval", 100)),
-        seed=int(spec.get("seed", 0)),
-        eval_seed=int(spec.get("eval_seed", EVAL_SEED)),
-        **({"prompt_style": spec["prompt_style"]} if "prompt_style" in spec else {}),
+        source.task,
+        level=source.level,
+        num_train=source.num_train if source.split == "train" else 0,
+        num_eval=source.num_eval,
+        seed=source.seed,
+        eval_seed=source.eval_seed,
+        # only where written: not every task's generator takes a prompt style
+        **({"prompt_style": source.prompt_style} if "prompt_style" in source.model_fields_set else {}),
     )
-    return train if split == "train" else eval_split
+    return train if source.split == "train" else eval_split
 
 
 def _load_jsonl(path: str) -> tuple[list[dict], list[int]]:
@@ -99,12 +135,10 @@ def _load_jsonl(path: str) -> tuple[list[dict], list[int]]:
     return rows, lines
 
 
-def _load_hf(spec: dict) -> list[dict]:
+def _load_hf(source: HFSource) -> list[dict]:
     import datasets
 
-    name = spec["hf"]
-    split = spec.get("split", "train")
-    config = spec.get("config")
+    name, split, config = source.hf, source.split, source.config
     local = os.path.expanduser(name)
     if os.path.isdir(local):
         # save_to_disk writes state.json (Dataset) or dataset_dict.json (DatasetDict);

@@ -16,7 +16,40 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, Field
+
+from ticgrpo.config.schema import SECTION, Flag, Integer, Number, Text, no_bool
+
+
+class LoraOptions(BaseModel):
+    """`model.lora`: peft.LoraConfig arguments (ticgrpo adds target_modules all-linear, task_type CAUSAL_LM)."""
+
+    model_config = SECTION
+    r: Integer = Field(default=8, ge=1, description="adapter rank")
+    lora_alpha: Annotated[int | float, BeforeValidator(no_bool)] = Field(default=8, gt=0,
+        description="scaling numerator (scale = lora_alpha / r)")
+    lora_dropout: Number = Field(default=0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: str | list[str] = Field(default="all-linear", description="module names, or all-linear")
+    bias: Literal["none", "all", "lora_only"] = Field(default="none", description="which biases are trained")
+    task_type: Text = Field(default="CAUSAL_LM", description="peft task type")
+    use_rslora: Flag = Field(default=False, description="rank-stabilised scaling lora_alpha / sqrt(r)")
+    use_dora: Flag = Field(default=False, description="weight-decomposed LoRA")
+    modules_to_save: list[str] | None = Field(default=None, description="modules trained in full beside the adapter")
+    layers_to_transform: list[int] | None = Field(default=None, description="only these layer indices")
+    init_lora_weights: Flag | Text = Field(default=True, description="initialisation (true, gaussian, pissa, ...)")
+    fan_in_fan_out: Flag = Field(default=False, description="weights stored (fan_in, fan_out), e.g. GPT-2 Conv1D")
+
+
+def lora_config(options: dict[str, Any]) -> Any:
+    """The peft.LoraConfig of `model.lora`: the keys written, plus the two defaults in which
+    ticgrpo differs from peft (target_modules all-linear, task_type CAUSAL_LM)."""
+    from peft import LoraConfig
+
+    checked = LoraOptions.model_validate(options)
+    written = checked.model_dump(exclude_unset=True)
+    return LoraConfig(**{"target_modules": checked.target_modules, "task_type": checked.task_type, **written})
 
 
 def _load_adapter(adapter_dir: str | os.PathLike, dtype: Any = None) -> Any:
@@ -87,4 +120,4 @@ def export_merged(
     return out
 
 
-__all__ = ["export_merged"]
+__all__ = ["LoraOptions", "export_merged", "lora_config"]

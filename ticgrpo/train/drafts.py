@@ -31,28 +31,34 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from pydantic import BaseModel, Field, field_validator
+
+from ticgrpo.config.schema import SECTION, Integer, Text
 from ticgrpo.rewards.scoring import RewardFailure, Scorer
 from ticgrpo.rollout import RolloutBatch, SamplingParams
 
 DEFAULT_TEMPLATE = "{prompt}\n\nHere is a draft answer:\n{draft}\n\nImprove it."
-OPTIONS = ("num_drafts", "template")
 
 
-def check_igrpo_options(options: dict) -> None:
-    """Raise ValueError (one line) unless `options` is a valid `algorithm.igrpo` mapping."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; allowed: {', '.join(OPTIONS)}")
-    n = options.get("num_drafts", 1)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"num_drafts must be an integer >= 1, got {n!r}")
-    template = options.get("template", DEFAULT_TEMPLATE)
-    if not isinstance(template, str) or "{prompt}" not in template or "{draft}" not in template:
-        raise ValueError(f"template must be a string containing {{prompt}} and {{draft}}, got {template!r}")
-    try:
-        template.format(prompt="", draft="")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"template {template!r} does not format with prompt and draft only ({exc})") from None
+class IGRPOOptions(BaseModel):
+    """`algorithm.igrpo`: two-stage drafts (iGRPO)."""
+
+    model_config = SECTION
+    num_drafts: Integer = Field(default=1, ge=1,
+        description="drafts sampled per prompt; the best one enters the prompt")
+    template: Text = Field(default=DEFAULT_TEMPLATE,
+        description="the second-stage prompt; holds {prompt} and {draft}")
+
+    @field_validator("template")
+    @classmethod
+    def _formats(cls, template: str) -> str:
+        if "{prompt}" not in template or "{draft}" not in template:
+            raise ValueError(f"must contain {{prompt}} and {{draft}}, got {template!r}")
+        try:
+            template.format(prompt="", draft="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"{template!r} does not format with prompt and draft only ({exc})") from None
+        return template
 
 
 def with_draft(prompt: Any, draft: str, template: str = DEFAULT_TEMPLATE) -> Any:
@@ -91,11 +97,10 @@ class DraftRefiner:
     @classmethod
     def from_options(cls, options: dict, *, engine: DraftEngine, format_prompt: Callable[[dict], str],
                      sampling: SamplingParams, scorer: Scorer) -> DraftRefiner:
-        check_igrpo_options(options)
+        checked = IGRPOOptions.model_validate(options)  # a ValidationError is a ValueError
         # every prompt needs its best draft: a failure scores 0 here instead of dropping the group
         ranking = replace(scorer, on_error="zero") if scorer.on_error == "skip" else scorer
-        return cls(int(options.get("num_drafts", 1)), engine, format_prompt, sampling, ranking,
-                   options.get("template", DEFAULT_TEMPLATE))
+        return cls(checked.num_drafts, engine, format_prompt, sampling, ranking, checked.template)
 
     def refine(self, rows: list[dict]) -> Refined:
         start = time.perf_counter()
@@ -116,4 +121,4 @@ class DraftRefiner:
         return Refined(out, metrics, scored.errors)
 
 
-__all__ = ["DEFAULT_TEMPLATE", "DraftRefiner", "Refined", "check_igrpo_options", "with_draft"]
+__all__ = ["DEFAULT_TEMPLATE", "DraftRefiner", "IGRPOOptions", "Refined", "with_draft"]

@@ -102,10 +102,11 @@ def load_model(cfg: TrainConfig) -> tuple[Any, Any]:
         if m.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if m.lora is not None:
-            from peft import LoraConfig, get_peft_model
+            from peft import get_peft_model
 
-            model = get_peft_model(model, LoraConfig(**{"target_modules": "all-linear", "task_type": "CAUSAL_LM",
-                                                        **m.lora}))
+            from ticgrpo.integrations.lora import lora_config
+
+            model = get_peft_model(model, lora_config(m.lora))
         return model, tokenizer
     from ticgrpo.models import load_model_and_tokenizer
 

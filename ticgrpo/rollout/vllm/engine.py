@@ -15,53 +15,67 @@ import contextlib
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ticgrpo.config.schema import Flag, Integer, Number
 from ticgrpo.rollout.base import RolloutBatch, RolloutEngine, SamplingParams, stop_and_pad_ids, trim_and_decode
 from ticgrpo.rollout.vllm.backend import Backend, Completion, request_options
 from ticgrpo.rollout.vllm.client import HTTPBackend
 from ticgrpo.rollout.vllm.colocate import LocalBackend, import_vllm
 from ticgrpo.rollout.vllm.weights import save_model_folder, trainer_weights
 
-MODES = ("colocate", "server")
+
+class VLLMOptions(BaseModel):
+    """`rollout.vllm`: VLLMEngine keyword options (docs/vllm.md); other keys go to vllm.LLM.
+
+    The one definition of the engine's options: `VLLMEngine(model, tokenizer, **options)` checks its
+    keywords with this model and reads the defaults from it."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    mode: Literal["colocate", "server"] = Field(default="colocate",
+        description="vLLM in this process, or an HTTP server")
+    model_path: str | None = Field(default=None,
+        description="weights folder vLLM loads first; null = saved from the model")
+    server_url: str | None = Field(default=None,
+        description="mode server: http://HOST:PORT of ticgrpo.rollout.vllm.server")
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(default="bfloat16",
+        description="vLLM weights dtype")
+    gpu_memory_utilization: Number = Field(default=0.3, gt=0, le=1, description="fraction of the GPU vLLM may take")
+    max_model_len: Integer | None = Field(default=None, ge=1, description="vLLM context length; null = the model's")
+    seed: Integer = Field(default=0, description="sampling seed; left out: the run's seed (+ an offset per rank)")
+    enforce_eager: Flag = Field(default=True, description="no CUDA graphs (faster start, less memory)")
+
+
+MODES: tuple[str, ...] = get_args(VLLMOptions.model_fields["mode"].annotation)
 
 
 class VLLMEngine(RolloutEngine):
     """Sampling with vLLM; see the module docstring.
 
     model, tokenizer: the trainer's HF model (for EOS ids and `update_weights`) and tokenizer.
-    mode: "colocate" (in-process ``vllm.LLM``) or "server" (HTTP client of a running
-        ``python -m ticgrpo.rollout.vllm.server``).
-    model_path: folder vLLM loads (colocate); None = save ``model`` + ``tokenizer`` to a
-        temporary folder first (removed by `close`).
-    server_url: e.g. "http://127.0.0.1:8011" (server mode).
     max_prompt_length: prompts longer than this keep their last tokens, as in `HFGenerateEngine`.
-    dtype, gpu_memory_utilization, max_model_len, seed, enforce_eager, **engine_kwargs:
-        passed to ``vllm.LLM`` (colocate; the server takes them as command-line options).
+    options: `VLLMOptions` (mode "colocate": an in-process ``vllm.LLM``, or "server": the HTTP
+        client of a running ``python -m ticgrpo.rollout.vllm.server``; model_path: the folder
+        vLLM loads, None = save ``model`` + ``tokenizer`` to a temporary folder first, removed by
+        `close`; server_url, e.g. "http://127.0.0.1:8011"); dtype, gpu_memory_utilization,
+        max_model_len, seed, enforce_eager and any other keys go to ``vllm.LLM`` (colocate; the
+        server takes them as command-line options).
     """
 
     provides_behavior_logprobs = True
 
-    def __init__(
-        self,
-        model: Any,
-        tokenizer: Any,
-        *,
-        mode: str = "colocate",
-        model_path: str | None = None,
-        server_url: str | None = None,
-        max_prompt_length: int | None = None,
-        dtype: str = "bfloat16",
-        gpu_memory_utilization: float = 0.3,
-        max_model_len: int | None = None,
-        seed: int = 0,
-        enforce_eager: bool = True,
-        **engine_kwargs: Any,
-    ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"vllm mode must be one of {', '.join(MODES)}, got {mode!r}")
+    def __init__(self, model: Any, tokenizer: Any, *, max_prompt_length: int | None = None, **options: Any) -> None:
+        from ticgrpo.config.loading import one_line
+
+        try:
+            checked = VLLMOptions.model_validate(options)
+        except ValidationError as exc:
+            raise ValueError(one_line(exc, VLLMOptions, "vllm")) from None
+        mode, model_path, server_url = checked.mode, checked.model_path, checked.server_url
+        engine_kwargs = checked.model_extra or {}
         if max_prompt_length is not None and max_prompt_length < 1:
             raise ValueError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
         self.model = model
@@ -87,15 +101,8 @@ class VLLMEngine(RolloutEngine):
             raise ValueError(f"model_path {model_path!r} is not a folder")
         self.model_path = model_path
         try:
-            self.backend = LocalBackend(
-                model_path,
-                dtype=dtype,
-                gpu_memory_utilization=gpu_memory_utilization,
-                max_model_len=max_model_len,
-                seed=seed,
-                enforce_eager=enforce_eager,
-                **engine_kwargs,
-            )
+            llm_options = checked.model_dump(exclude={"mode", "model_path", "server_url"})
+            self.backend = LocalBackend(model_path, **llm_options)
         except BaseException:
             self._remove_tmpdir()
             raise
