@@ -25,7 +25,7 @@ from __future__ import annotations
 from ticgrpo.rollout.vllm.backend import Backend, Completion, request_options
 from ticgrpo.rollout.vllm.client import HTTPBackend
 from ticgrpo.rollout.vllm.colocate import INSTALL_HINT, LocalBackend, import_vllm
-from ticgrpo.rollout.vllm.engine import MODES, VLLMEngine
+from ticgrpo.rollout.vllm.engine import MODES, VLLMEngine, VLLMOptions
 from ticgrpo.rollout.vllm.weights import trainer_weights
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "HTTPBackend",
     "LocalBackend",
     "VLLMEngine",
+    "VLLMOptions",
     "import_vllm",
     "request_options",
     "trainer_weights",
