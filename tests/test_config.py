@@ -198,3 +198,19 @@ def test_yaml_forms_that_mean_a_default_or_a_number(tmp_path):
     config = load_config(path)
     assert config.rollout == load_config({}).rollout and config.optim.lr == 1e-5
     assert load_config({}, ["model.lora={r: 4}"]).model.lora == {"r": 4}  # the mapping as written
+
+
+def test_lora_takes_every_peft_argument_and_refuses_others():
+    """model.lora types the common peft.LoraConfig arguments; any other argument peft takes
+    passes through, and a key peft does not take is one line."""
+    from ticgrpo.integrations.lora import lora_config
+
+    config = load_config("configs/tiny.yaml", ["model.lora={r: 4, exclude_modules: [lm_head], alpha_pattern: {}}"])
+    assert config.model.lora == {"r": 4, "exclude_modules": ["lm_head"], "alpha_pattern": {}}
+    peft_config = lora_config(config.model.lora)
+    assert peft_config.r == 4 and set(peft_config.exclude_modules) == {"lm_head"}
+    assert peft_config.target_modules == "all-linear" and peft_config.task_type == "CAUSAL_LM"
+    with pytest.raises(ConfigError, match=r"^unknown key 'model\.lora\.rank' \(not a peft\.LoraConfig argument\)$"):
+        load_config("configs/tiny.yaml", ["model.lora={rank: 4}"])
+    with pytest.raises(ConfigError, match=r"did you mean 'model\.lora\.lora_dropout'"):
+        load_config("configs/tiny.yaml", ["model.lora={lora_dropuot: 0.1}"])

@@ -240,15 +240,16 @@ def load_model_and_tokenizer(
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora is not None:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
+
+        from ticgrpo.integrations.lora import lora_config
 
         if not isinstance(lora, dict):
             raise ValueError(f"lora must be a dict of peft.LoraConfig arguments, got {type(lora).__name__}")
-        options = {"target_modules": "all-linear", "task_type": "CAUSAL_LM", **lora}
         try:
-            config = LoraConfig(**options)
-        except TypeError as exc:
-            raise ValueError(f"bad lora option: {exc}; see peft.LoraConfig for the allowed keys") from None
+            config = lora_config(lora, "lora")
+        except ValueError as exc:
+            raise ValueError(f"bad lora option: {exc}") from None
         model = get_peft_model(model, config)
     return model, tokenizer
 

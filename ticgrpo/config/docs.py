@@ -128,7 +128,7 @@ def _mapping_section(key: str, model: type[BaseModel], one_of_several: bool) -> 
     doc = (model.__doc__ or "").strip().splitlines()
     note = doc[0] if doc else ""
     if model.model_config.get("extra") == "allow":
-        note += " Other keys are passed on unchecked."
+        note += f" Other keys are passed on to {getattr(model, 'PASSED_TO', 'the component')}."
     lines = [f"### {title}", "", note, "", *_HEADER]
     for name, info in model.model_fields.items():
         lines.append(_row(f"{key}.{name}", info, required=info.is_required()))

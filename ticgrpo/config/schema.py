@@ -107,6 +107,12 @@ class PassedOn:
             raise ConfigError(f"{self.key} must name exactly one source: {kinds}; got keys {sorted(value)}")
         from ticgrpo.config.loading import validated
 
+        check_keys = getattr(chosen[0], "check_passed_on_keys", None)  # a model that lets other keys through
+        if check_keys is not None:
+            try:
+                check_keys(value, self.key)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         return validated(chosen[0], value, self.key).model_dump(exclude_unset=True)
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
@@ -196,7 +202,7 @@ class WeightedReward(BaseModel):
     weight: Number = Field(default=1.0, description="its weight in the summed reward")
 
 
-DEFAULT_OBJECTIVE = "tic_grpo"
+DEFAULT_OBJECTIVE = "tic_grpo"  # the method this library is named after: what a config or a host gets unasked
 
 
 def _objective_options(name: str, overrides: dict | None = None) -> Any:

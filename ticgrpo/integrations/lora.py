@@ -14,19 +14,25 @@ tiny model: identical logits to 1e-5).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ticgrpo.config.schema import SECTION, Flag, Integer, Number, Text, no_bool
+from ticgrpo.config.schema import Flag, Integer, Number, Text, no_bool
 
 
 class LoraOptions(BaseModel):
-    """`model.lora`: peft.LoraConfig arguments (ticgrpo adds target_modules all-linear, task_type CAUSAL_LM)."""
+    """`model.lora`: peft.LoraConfig arguments (ticgrpo adds target_modules all-linear, task_type CAUSAL_LM).
 
-    model_config = SECTION
+    The common ones are typed here; any other peft.LoraConfig argument (rank_pattern,
+    exclude_modules, ...) passes through to peft, and a key peft does not know is refused."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    PASSED_TO: ClassVar[str] = "peft.LoraConfig (a key it does not take is refused)"
     r: Integer = Field(default=8, ge=1, description="adapter rank")
     lora_alpha: Annotated[int | float, BeforeValidator(no_bool)] = Field(default=8, gt=0,
         description="scaling numerator (scale = lora_alpha / r)")
@@ -41,13 +47,32 @@ class LoraOptions(BaseModel):
     init_lora_weights: Flag | Text = Field(default=True, description="initialisation (true, gaussian, pissa, ...)")
     fan_in_fan_out: Flag = Field(default=False, description="weights stored (fan_in, fan_out), e.g. GPT-2 Conv1D")
 
+    @classmethod
+    def check_passed_on_keys(cls, options: dict[str, Any], key: str) -> None:
+        """Raise ValueError for a key that is neither typed here nor a peft.LoraConfig argument."""
+        unknown = [name for name in options if name not in cls.model_fields]
+        if not unknown:
+            return
+        from peft import LoraConfig
 
-def lora_config(options: dict[str, Any]) -> Any:
+        allowed = [*cls.model_fields, *(f.name for f in dataclasses.fields(LoraConfig))]
+        for name in unknown:
+            if name not in allowed:
+                close = difflib.get_close_matches(str(name), allowed, n=1)
+                hint = f"; did you mean '{key}.{close[0]}'?" if close else ""
+                raise ValueError(f"unknown key '{key}.{name}'{hint} (not a peft.LoraConfig argument)")
+
+
+def lora_config(options: dict[str, Any], key: str = "model.lora") -> Any:
     """The peft.LoraConfig of `model.lora`: the keys written, plus the two defaults in which
-    ticgrpo differs from peft (target_modules all-linear, task_type CAUSAL_LM)."""
+    ticgrpo differs from peft (target_modules all-linear, task_type CAUSAL_LM). A bad option
+    is a one-line ValueError naming `key`."""
     from peft import LoraConfig
 
-    checked = LoraOptions.model_validate(options)
+    from ticgrpo.config.loading import validated
+
+    LoraOptions.check_passed_on_keys(options, key)
+    checked = validated(LoraOptions, options, key)
     written = checked.model_dump(exclude_unset=True)
     return LoraConfig(**{"target_modules": checked.target_modules, "task_type": checked.task_type, **written})
 

@@ -81,10 +81,10 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from ticgrpo.config.algorithms import objective_option_sets
+from ticgrpo.config.schema import DEFAULT_OBJECTIVE
 from ticgrpo.core.advantages import ADVANTAGES, compute_advantages
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives import (
-    DEFAULT_OBJECTIVE,
     OBJECTIVES,
     ObjectiveSpec,
     compute_loss,

@@ -28,8 +28,6 @@ from ticgrpo.core.objectives._common import without_padded_values
 from ticgrpo.core.objectives.registry import OBJECTIVES, ObjectiveSpec, register_objective
 from ticgrpo.core.options import build_options
 
-DEFAULT_OBJECTIVE = "tic_grpo"  # the method this library is named after; what a host gets unasked
-
 
 def make_objective_config(name: str, overrides: Mapping[str, Any] | None = None) -> Any:
     """The options of objective `name` (its spec's options class): its defaults and `overrides`.
@@ -56,7 +54,6 @@ def compute_loss(
 
 
 __all__ = [
-    "DEFAULT_OBJECTIVE",
     "OBJECTIVES",
     "ObjectiveSpec",
     "compute_loss",

@@ -15,7 +15,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,12 +29,13 @@ from ticgrpo.rollout.vllm.weights import save_model_folder, trainer_weights
 
 
 class VLLMOptions(BaseModel):
-    """`rollout.vllm`: VLLMEngine keyword options (docs/vllm.md); other keys go to vllm.LLM.
+    """`rollout.vllm`: VLLMEngine keyword options (docs/vllm.md).
 
     The one definition of the engine's options: `VLLMEngine(model, tokenizer, **options)` checks its
     keywords with this model and reads the defaults from it."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    PASSED_TO: ClassVar[str] = "vllm.LLM"
     mode: Literal["colocate", "server"] = Field(default="colocate",
         description="vLLM in this process, or an HTTP server")
     model_path: str | None = Field(default=None,
