@@ -18,6 +18,7 @@ import torch
 from naive_variants import ORACLES
 from pydantic import Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
+from random_batches import L_MAX, B, T, random_batch
 
 from ticgrpo.config.algorithms import objective_option_sets
 from ticgrpo.core.aggregation import only_real, sequence_mean
@@ -26,9 +27,6 @@ from ticgrpo.core.objectives import OBJECTIVES, compute_loss, make_objective_con
 from ticgrpo.core.objectives._common import sequence_reinforce_weights, without_padded_values
 from ticgrpo.core.options import OPTIONS_CONFIG, option_names
 from ticgrpo.integrations import verl as verl_adapter
-
-B, T, L_MAX, VOCAB = 6, 7, 9, 3
-GROUPS = torch.tensor([0, 0, 0, 1, 1, 1])
 
 
 def contract_names() -> list[str]:
@@ -44,22 +42,8 @@ def option_sets() -> list[tuple[str, str | None]]:
 
 # ---------------------------------------------------------------- batches
 def random_inputs(seed: int, spread: float = 0.4) -> dict[str, torch.Tensor]:
-    """Float64 tensors of one step: log-probs < 0 (DPPO forms probabilities), right padding,
-    a small vocabulary and a shared prefix (GTPO's conflict tokens occur), two groups."""
-    g = torch.Generator().manual_seed(seed)
-    logp = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3 - 1e-3
-    old = (logp + spread * torch.randn(B, T, generator=g, dtype=torch.float64)).clamp(max=-1e-3)
-    ref = logp + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)
-    lengths = torch.randint(1, T + 1, (B,), generator=g)
-    lengths[0] = T
-    mask = (torch.arange(T)[None, :] < lengths[:, None]).to(torch.float64)
-    adv = torch.randn(B, generator=g, dtype=torch.float64)
-    adv[1] = 0.0
-    tokens = torch.randint(0, VOCAB, (B, T), generator=g)
-    tokens[4, :3] = tokens[3, :3]
-    entropies = torch.rand(B, T, generator=g, dtype=torch.float64) * 1.2
-    return {"logp": logp, "old": old, "ref": ref, "mask": mask, "adv": adv, "tokens": tokens,
-            "entropies": entropies, "groups": GROUPS.clone()}
+    """Float64 tensors of one step (tests/random_batches.py)."""
+    return random_batch(seed, spread)
 
 
 def policy_batch(d: dict[str, torch.Tensor], logprobs: torch.Tensor) -> PolicyBatch:
