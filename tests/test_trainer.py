@@ -365,5 +365,23 @@ def test_every_trainer_metric_is_declared_and_reduced_as_declared(tmp_path):
     assert metric_spec("ratio_min").reduction is Reduction.MIN
     assert reduce_metrics({"ratio_min": [0.9, 0.8], "ratio_max": [1.1, 1.2], "kl": [1.0, 2.0]}) == {
         "ratio_min": 0.8, "ratio_max": 1.2, "kl": 1.5}
-    with pytest.raises(KeyError, match="metric 'made_up' is not declared"):
-        reduce_metrics({"made_up": [1.0]})
+    # a name ticgrpo does not declare (a user's own objective's) is reduced by its suffix, never an error
+    assert reduce_metrics({"made_up": [1.0, 2.0], "made_up_max": [1.0, 3.0]}) == {"made_up": 1.5, "made_up_max": 3.0}
+
+
+def test_a_users_objective_may_log_metrics_ticgrpo_does_not_declare(tmp_path, monkeypatch):
+    """The documented way to add an objective (docs/objectives.md) needs no edit of train/metrics.py."""
+    from ticgrpo.core.objectives import OBJECTIVES, register_objective
+    from ticgrpo.core.objectives.grpo import GRPOConfig, grpo_loss
+
+    monkeypatch.setattr(OBJECTIVES, "_specs", dict(OBJECTIVES._specs))
+
+    def my_loss(batch, config, norms):
+        loss, metrics = grpo_loss(batch, config, norms)
+        return loss, {**metrics, "my_stat": loss.detach(), "my_stat_max": loss.detach()}
+
+    register_objective("my_objective", options=GRPOConfig, default_advantage="group_norm",
+                       uses_old_logprobs=True)(my_loss)
+    trainer = make_trainer(tmp_path, max_steps=1, algorithm={"objective": "my_objective"})
+    metrics = trainer.train_step()
+    assert "my_stat" in metrics and "my_stat_max" in metrics

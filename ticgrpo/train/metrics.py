@@ -10,8 +10,9 @@ the same declarations. A metric that takes a name (a reward function's, a timed 
 declared once as a family, e.g. ``reward/{reward}_mean``. The step metrics go to
 metrics.jsonl, the held-out evaluation's to eval.jsonl (`EVAL_METRICS`).
 
-An objective that logs a new metric name declares it here (tests/test_trainer.py runs every
-registered objective and fails on an undeclared name).
+ticgrpo's own objectives declare every metric they log here (tests/test_trainer.py runs every
+registered objective and fails on an undeclared name); a user's objective need not: an
+undeclared name is reduced by its suffix (`*_min` min, `*_max` max, else mean).
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ _FAMILIES = {
 }
 
 
-def metric_spec(name: str, table: Mapping[str, MetricSpec] = METRICS) -> MetricSpec:
+def declared_spec(name: str, table: Mapping[str, MetricSpec] = METRICS) -> MetricSpec:
     """The declaration of metric `name` (an exact name first, then a family); UndeclaredMetricError if none."""
     spec = table.get(name)
     if spec is not None:
@@ -163,9 +164,20 @@ def metric_spec(name: str, table: Mapping[str, MetricSpec] = METRICS) -> MetricS
     raise UndeclaredMetricError(name)
 
 
+def metric_spec(name: str, table: Mapping[str, MetricSpec] = METRICS) -> MetricSpec:
+    """The declaration of `name`, or for a name ticgrpo does not declare (a user's own objective's
+    metric) a default: min for `*_min`, max for `*_max`, else the mean. Training never stops on
+    an undeclared name; the built-in ones are all declared (tests/test_trainer.py checks it)."""
+    try:
+        return declared_spec(name, table)
+    except UndeclaredMetricError:
+        reduction = MIN if name.endswith("_min") else MAX if name.endswith("_max") else M
+        return MetricSpec(name, reduction, "(not declared in ticgrpo.train.metrics)")
+
+
 def is_declared(name: str, table: Mapping[str, MetricSpec] = METRICS) -> bool:
     try:
-        metric_spec(name, table)
+        declared_spec(name, table)
     except UndeclaredMetricError:
         return False
     return True
@@ -177,6 +189,7 @@ def reduce_values(name: str, values: Sequence[float]) -> float:
 
 
 __all__ = [
-    "EVAL_METRICS", "METRICS", "MetricSpec", "Reduction", "UndeclaredMetricError", "is_declared", "metric_spec",
+    "EVAL_METRICS", "METRICS", "MetricSpec", "Reduction", "UndeclaredMetricError", "declared_spec", "is_declared",
+    "metric_spec",
     "reduce_values",
 ]
