@@ -196,7 +196,7 @@ def test_dynamic_sampling_keeps_only_mixed_groups(tmp_path):
                            rollout={"prompts_per_step": 3},
                            algorithm={"dynamic_sampling": True, "dynamic_sampling_max_rounds": 6},
                            data={"shuffle": False})
-    collected = trainer.sampling.collect(trainer.stream, trainer.step)
+    collected = trainer.source.sampling.collect(trainer.stream, trainer.step)
     scored, info = collected.batch, collected.metrics
     rewards = scored.group_rewards()
     assert rewards.shape == (3, 4)  # the batch is filled with P groups

@@ -192,6 +192,22 @@ class RolloutConfig(BaseModel):
         "group), so a multiple of G makes the samples independent of the number of processes")
     vllm: Annotated[dict[str, Any], PassedOn("rollout.vllm", (VLLM,))] = Field(default_factory=dict,
         description="engine vllm: VLLMEngine options (rollout.vllm.* below, docs/vllm.md)")
+    mode: Literal["sync", "async"] = Field(default="sync",
+        description="sync: each step's batch is sampled in the loop (by the weights rollout.lag steps old); async: "
+        "a producer samples continuously into a bounded queue while the trainer consumes (docs/offpolicy.md)")
+    lag: Integer = Field(default=0, ge=0, json_schema_extra={"symbol": "k"},
+        description="k (sync mode): the batch of step t is sampled by exactly the weights of step t−k (the initial "
+        "weights for t < k); reproducible and resumable bit for bit; 0 = the classic on-policy loop")
+    max_staleness: Integer | None = Field(default=None, ge=0, json_schema_extra={"symbol": "K"},
+        description="K: a batch sampled more than K policy versions ago is dropped (counted in stale_dropped); must "
+        "be >= rollout.lag; null = no limit")
+    queue_size: Integer = Field(default=2, ge=1,
+        description="async: batches the producer may sample ahead of the trainer (the bounded queue)")
+    weight_sync_every: Integer = Field(default=1, ge=1,
+        description="async: push the trainer's weights to the producer every N training steps")
+    producer_timeout_s: Number = Field(default=600.0, gt=0,
+        description="async: seconds the trainer waits for the producer's next batch before it stops with an error "
+        "naming the producer (a dead producer is reported at once)")
 
 
 class WeightedReward(BaseModel):
@@ -529,6 +545,7 @@ class TrainConfig(BaseModel):
                 )
         check_output_dir("output_dir", self.output_dir)
         self._check_batch_sizes()
+        self._check_staleness()
         self._check_behavior_correction()
         return self
 
@@ -544,6 +561,26 @@ class TrainConfig(BaseModel):
                 f"algorithm.micro_batch_size={a.micro_batch_size} must divide the minibatch size "
                 f"{minibatch} (prompts_per_step*num_generations/num_minibatches)"
             )
+
+    def _check_staleness(self) -> None:
+        r, a = self.rollout, self.algorithm
+        if r.max_staleness is not None and r.max_staleness < r.lag:
+            raise ConfigError(
+                f"rollout.max_staleness={r.max_staleness} is below rollout.lag={r.lag}: every lagged batch would be "
+                f"dropped; set rollout.max_staleness >= {r.lag} (or null)"
+            )
+        if r.mode == "async":
+            if r.lag:
+                raise ConfigError(
+                    "rollout.lag is the fixed staleness of rollout.mode: sync; an async run's staleness is what the "
+                    "producer's pace makes it, bounded by rollout.max_staleness: drop rollout.lag or use mode sync"
+                )
+            mechanism = "algorithm.dynamic_sampling" if a.dynamic_sampling else "algorithm.igrpo" if a.igrpo else None
+            if mechanism:
+                raise ConfigError(
+                    f"rollout.mode: async samples plain groups; {mechanism} scores while it samples: turn it off "
+                    f"or use rollout.mode: sync"
+                )
 
     def _check_behavior_correction(self) -> None:
         from ticgrpo.core.mismatch import CORRECTIONS

@@ -11,6 +11,12 @@ completions of prompt k are rows k·G … k·G+G−1):
   behavior_logprobs [B, T] float32 or None — the sampling engine's log-prob of each sampled
                   completion token (log-softmax of logits / temperature), 0 on padding; set
                   by engines that sample from a copy of the policy (e.g. vLLM), None otherwise
+  policy_version  [B] long or None — the policy version (optimizer steps taken) whose weights
+                  sampled each row; set by the batch sources (ticgrpo.train.sources)
+  sampler_logprobs [B, T] float32/64 or None — the trainer's own log-probs of the sampled tokens
+                  under the weights that sampled them (teacher-forced, the trainer's numerics),
+                  recorded when those weights were at hand (a lagged batch, an HF producer);
+                  None when the sampling weights are the current ones (they are recomputed)
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ class RolloutBatch:
     prompts: list[str] = field(default_factory=list)  # one per row (repeated G times)
     completions: list[str] = field(default_factory=list)
     behavior_logprobs: Tensor | None = None
+    policy_version: Tensor | None = None
+    sampler_logprobs: Tensor | None = None
 
     @property
     def completion_lengths(self) -> Tensor:
@@ -75,6 +83,8 @@ class RolloutBatch:
             prompts=[self.prompts[i] for i in keep],
             completions=[self.completions[i] for i in keep],
             behavior_logprobs=None if self.behavior_logprobs is None else self.behavior_logprobs[idx],
+            policy_version=None if self.policy_version is None else self.policy_version[idx],
+            sampler_logprobs=None if self.sampler_logprobs is None else self.sampler_logprobs[idx],
         )
 
 
@@ -85,9 +95,10 @@ def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBa
     """
     if len(batches) == 1:
         return batches[0]
-    with_behavior = [b.behavior_logprobs is not None for b in batches]
-    if any(with_behavior) and not all(with_behavior):
-        raise ValueError("concat_rollouts: some batches have behavior_logprobs and others do not")
+    for name in ("behavior_logprobs", "policy_version", "sampler_logprobs"):
+        present = [getattr(b, name) is not None for b in batches]
+        if any(present) and not all(present):
+            raise ValueError(f"concat_rollouts: some batches have {name} and others do not")
     p = max(b.prompt_ids.shape[1] for b in batches)
     t = max(b.completion_ids.shape[1] for b in batches)
     offset, groups = 0, []
@@ -104,21 +115,27 @@ def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBa
         group_ids=torch.cat(groups),
         prompts=[x for b in batches for x in b.prompts],
         completions=[x for b in batches for x in b.completions],
-        behavior_logprobs=(
-            torch.cat([pad_right(b.behavior_logprobs, t, 0.0) for b in batches])  # type: ignore[arg-type]
-            if all(with_behavior)
-            else None
-        ),
+        behavior_logprobs=_cat_optional([b.behavior_logprobs for b in batches], t),
+        policy_version=_cat_optional([b.policy_version for b in batches], None),
+        sampler_logprobs=_cat_optional([b.sampler_logprobs for b in batches], t),
     )
 
 
-def pad_left(x: Tensor, width: int, value: int) -> Tensor:
+def _cat_optional(parts: list[Tensor | None], width: int | None) -> Tensor | None:
+    """Concatenate an optional per-row field (right-padded with 0 to `width` when given)."""
+    if parts[0] is None:
+        return None
+    tensors = [p for p in parts if p is not None]
+    return torch.cat([pad_right(p, width, 0.0) if width else p for p in tensors])
+
+
+def pad_left(x: Tensor, width: int, value: float) -> Tensor:
     if x.shape[1] >= width:
         return x
     return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
 
 
-def pad_right(x: Tensor, width: int, value: int) -> Tensor:
+def pad_right(x: Tensor, width: int, value: float) -> Tensor:
     if x.shape[1] >= width:
         return x
     return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)

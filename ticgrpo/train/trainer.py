@@ -6,8 +6,10 @@
 
     prompts          ticgrpo.train.prompts        the seeded prompt stream, the prompt text
     sampling         ticgrpo.train.sampling       plain / dynamic sampling, iGRPO drafts (train.drafts)
+    batch sources    ticgrpo.train.sources        which policy version samples each step's batch
     rewards          ticgrpo.rewards.scoring      scores and reward failures, as one value
     advantages       ticgrpo.core.advantages
+    π_old            ticgrpo.train.offpolicy      the log-probs of the ratio, off-policy corrections
     optimisation     ticgrpo.train.inner_loop     standard / frozen / ESPO inner loops over train.step
     metrics          ticgrpo.train.metrics        every logged name with its reduction
     outputs          ticgrpo.train.logging, ticgrpo.train.checkpoint, ticgrpo.train.run_folder
@@ -29,7 +31,6 @@ import torch
 from ticgrpo.config import TrainConfig, config_to_yaml, load_config
 from ticgrpo.core.advantages import AdvantageResult, compute_advantages
 from ticgrpo.rewards.scoring import ScoredRollout
-from ticgrpo.rollout import RolloutBatch
 from ticgrpo.train import checkpoint as ckpt
 from ticgrpo.train import run_folder
 from ticgrpo.train.components import (
@@ -45,6 +46,7 @@ from ticgrpo.train.distributed import join_training_job
 from ticgrpo.train.evaluate import evaluate
 from ticgrpo.train.inner_loop import optimize
 from ticgrpo.train.logging import NullLogger, RunLogger, samples, step_metrics
+from ticgrpo.train.offpolicy import prepare_old_logprobs
 from ticgrpo.train.prompts import PromptFormatter, PromptStream, load_rows
 from ticgrpo.train.sampling import Collected, NonFiniteProbabilities, sampling_strategy
 from ticgrpo.train.setup import (
@@ -54,6 +56,7 @@ from ticgrpo.train.setup import (
     make_lr_scheduler,
     seed_everything,
 )
+from ticgrpo.train.sources import SynchronousSource
 from ticgrpo.train.step import TrainingBatch, fixed_logprobs
 
 logger = logging.getLogger(__name__)
@@ -120,7 +123,8 @@ class Trainer:
         self.ref_model, self.ref_context = reference_policy(self.model, self.objective_config)
         self.engine = rollout_engine(cfg, self.model, self.tokenizer, self.autocast_dtype, self.dist.rank)
         self.format_prompt = PromptFormatter(self.tokenizer, cfg.model.chat_template, cfg.model.system_prompt)
-        self.sampling = sampling_strategy(cfg, self.engine, self.scorer, self.format_prompt, self.dist)
+        sampling = sampling_strategy(cfg, self.engine, self.scorer, self.format_prompt, self.dist)
+        self.source = SynchronousSource(sampling, self.engine)
         self.settings = step_settings(cfg, self.autocast_dtype)
         self.optimizer = adamw(self.model, cfg)
         self.scheduler = make_lr_scheduler(self.optimizer, cfg)
@@ -177,6 +181,7 @@ class Trainer:
         finally:
             self._record_sandbox()
             self.logger.close()
+            self.source.close()
             self.engine.close()
             self.dist.close()
             if lock is not None:
@@ -199,16 +204,14 @@ class Trainer:
         adv = self.advantages(scored.group_rewards(), lengths.view(-1, cfg.rollout.num_generations))
         batch = TrainingBatch.from_rollout(rollout, adv.advantages.flatten(), a.mask_truncated)
         t0 = time.perf_counter()
-        if self.settings.needs_old_logprobs:
-            batch.old_logprobs = fixed_logprobs(self.model, batch, self.settings)
+        offpolicy = prepare_old_logprobs(self.model, batch, rollout, self.settings, a, self.step)
         if self.ref_model is not None:
             batch.ref_logprobs = fixed_logprobs(self.ref_model, batch, self.settings, self.ref_context)
-        mismatch = self._behavior_correction(rollout, batch)
         times["old_logprobs"] = time.perf_counter() - t0
         lr = float(self.scheduler.get_last_lr()[0])
         stats = optimize(self.model, self.optimizer, batch, self.settings, self.dist)
         self._check_weights(lr)
-        self.engine.update_weights(self.model)  # an inference engine samples the next batch from θ
+        self.source.after_update(self.model, self.step + 1)  # e.g. an inference engine gets the new θ
         ckpt.crash_point("after_optimizer_step")  # test hook; a no-op normally
         if stats.metrics.get("skipped_nonfinite"):
             self._warn_nonfinite(stats.metrics, scored, adv, batch)
@@ -222,7 +225,7 @@ class Trainer:
             **step_metrics(scored, adv, lengths),
             **stats.metrics,
             **collected.metrics,
-            **mismatch,
+            **offpolicy,
             "lr": lr,
             "reward_errors": float(len(collected.errors)),
             "rollout_tokens_per_s": float(lengths.sum()) / max(times["rollout"], 1e-9),
@@ -233,9 +236,10 @@ class Trainer:
         return self.dist.reduce_metrics(metrics)
 
     def _collect(self) -> Collected:
-        """This step's scored groups from the configured sampling strategy (ticgrpo.train.sampling)."""
+        """This step's scored groups from the batch source (ticgrpo.train.sources), sampled by the
+        configured strategy (ticgrpo.train.sampling)."""
         try:
-            return self.sampling.collect(self.stream, self.step)
+            return self.source.next_batch(self.stream, self.step)
         except NonFiniteProbabilities:
             last = ckpt.latest_checkpoint(self.output_dir, quiet=True)
             raise TrainingHalted(
@@ -270,25 +274,6 @@ class Trainer:
         self.logger.log_eval(self.step, result)
         self.evals.append({"step": self.step, **result})
         return result
-
-    def _behavior_correction(self, rollout: RolloutBatch, batch: TrainingBatch) -> dict[str, float]:
-        """With an engine's behaviour log-probs (vLLM): mismatch metrics, and with
-        algorithm.behavior_correction the TIS weights folded into the advantages (ticgrpo.core.mismatch)."""
-        behavior = rollout.behavior_logprobs
-        if behavior is None:
-            return {}
-        from ticgrpo.core.mismatch import behavior_correction, mismatch_metrics
-
-        a = self.config.algorithm
-        old = batch.old_logprobs if batch.old_logprobs is not None else fixed_logprobs(self.model, batch,
-                                                                                         self.settings)
-        behavior = behavior.to(old.device)
-        if a.behavior_correction is None:
-            return mismatch_metrics(old, behavior, batch.completion_mask)
-        correction = behavior_correction(old, behavior, batch.completion_mask, a.behavior_correction,
-                                         a.behavior_correction_cap)
-        batch.advantages = correction.apply(batch.advantages)
-        return correction.metrics
 
     def _warn_nonfinite(self, metrics: dict, scored: ScoredRollout, adv: Any, batch: TrainingBatch) -> None:
         """One warning line with the statistics of a batch whose loss or gradient was non-finite."""
@@ -374,7 +359,7 @@ class Trainer:
             # a finished run extended to more steps keeps its logs whole, final evaluation included
             self.evals, log_lines = list(finished["evals"]), dict(finished["log_lines"])
         self._apply_optim_config()
-        self.engine.update_weights(self.model)  # an inference engine still holds the initial weights
+        self.source.load_state(state.get("source", {}), self.model)
         if self.dist.is_main:
             print(f"resuming {self.output_dir} from step {self.step} ({path.name}); training to step "
                   f"{cfg.max_steps}", flush=True)
