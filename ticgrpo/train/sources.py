@@ -36,6 +36,11 @@ class BatchSource(Protocol):
 
     def after_update(self, model: Any, version: int) -> None: ...
 
+    def stream_state(self, stream: PromptStream) -> dict[str, Any]:
+        """The prompt stream's position a resumed run restarts from (an async source's stream runs
+        ahead of the batches the trainer has consumed)."""
+        ...
+
     def state(self) -> dict[str, Any]: ...
 
     def load_state(self, state: dict[str, Any], model: Any) -> None: ...
@@ -64,6 +69,9 @@ class SynchronousSource:
 
     def after_update(self, model: Any, version: int) -> None:
         self.engine.update_weights(model)
+
+    def stream_state(self, stream: PromptStream) -> dict[str, Any]:
+        return stream.state()
 
     def state(self) -> dict[str, Any]:
         return {}

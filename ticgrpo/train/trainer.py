@@ -312,7 +312,8 @@ class Trainer:
         """Process 0 writes (the replicas are equal); the others wait for it."""
         path = None
         if self.dist.is_main:
-            state = {"stream": self.stream.state(), "evals": self.evals, "log_lines": self.logger.sync()}
+            state = {"stream": self.source.stream_state(self.stream), "evals": self.evals,
+                     "log_lines": self.logger.sync()}
             path = ckpt.save_checkpoint(self.output_dir, self.step, self.model, self.optimizer, self.scheduler,
                                         state, self.config.checkpoint.keep_last)
         self.dist.barrier()
