@@ -56,7 +56,7 @@ from ticgrpo.train.setup import (
     make_lr_scheduler,
     seed_everything,
 )
-from ticgrpo.train.sources import SynchronousSource
+from ticgrpo.train.sources import batch_source, staleness_metrics
 from ticgrpo.train.step import TrainingBatch, fixed_logprobs
 
 logger = logging.getLogger(__name__)
@@ -124,8 +124,8 @@ class Trainer:
         self.engine = rollout_engine(cfg, self.model, self.tokenizer, self.autocast_dtype, self.dist.rank)
         self.format_prompt = PromptFormatter(self.tokenizer, cfg.model.chat_template, cfg.model.system_prompt)
         sampling = sampling_strategy(cfg, self.engine, self.scorer, self.format_prompt, self.dist)
-        self.source = SynchronousSource(sampling, self.engine)
         self.settings = step_settings(cfg, self.autocast_dtype)
+        self.source = batch_source(cfg, sampling, self.engine, self.model, self.settings)
         self.optimizer = adamw(self.model, cfg)
         self.scheduler = make_lr_scheduler(self.optimizer, cfg)
         self.step = 0
@@ -200,6 +200,7 @@ class Trainer:
         ckpt.crash_point("after_rollout")  # test hook; a no-op normally
         scored, times = collected.batch, collected.times
         rollout = scored.rollout
+        staleness = staleness_metrics(rollout.policy_version, self.step)  # the source tagged every row
         lengths = rollout.completion_lengths.float().cpu()
         adv = self.advantages(scored.group_rewards(), lengths.view(-1, cfg.rollout.num_generations))
         batch = TrainingBatch.from_rollout(rollout, adv.advantages.flatten(), a.mask_truncated)
@@ -224,6 +225,7 @@ class Trainer:
         metrics = {
             **step_metrics(scored, adv, lengths),
             **stats.metrics,
+            **staleness,
             **collected.metrics,
             **offpolicy,
             "lr": lr,
