@@ -1,10 +1,11 @@
 """Checkpoints: `checkpoints/step-XXXX/` holding everything needed to continue exactly.
 
 Contents (format 2): model.safetensors, optimizer.pt, scheduler.pt, rng.pt (torch CPU/CUDA,
-numpy, python), state.json (step, data position, anything else the trainer adds) and
-manifest.json (every other file's name, size and sha256, and what model.safetensors holds),
-written last. Every file loads with `torch.load(weights_only=True)` or safetensors: no pickle
-in a checkpoint runs code.
+numpy, python), state.json (step, data position, anything else the trainer adds), source.pt
+when the batch source holds something a resume needs (a lagged run's queued batches, one state
+per process; ticgrpo.train.sources) and manifest.json (every other file's name, size and
+sha256, and what model.safetensors holds), written last. Every file loads with
+`torch.load(weights_only=True)` or safetensors: no pickle in a checkpoint runs code.
 
 model.safetensors holds the weights training can change: the trainable parameters and the
 buffers. Frozen parameters (a LoRA run's base model) are not saved: they are whatever the
@@ -58,6 +59,7 @@ logger = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.safetensors"
+SOURCE_FILE = "source.pt"  # the batch source's state per process (a lagged run's queued batches)
 LEGACY_MODEL_FILE = "model.pt"  # format 1: the whole state dict, pickled
 FORMAT = 2
 CRASH_ENV = "TICGRPO_TEST_CRASH_AT"
@@ -268,9 +270,12 @@ def save_checkpoint(
     scheduler: Any,
     state: dict[str, Any],
     keep_last: int = 0,
+    source_states: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write checkpoints/step-{step:04d} atomically (temp folder + fsync + rename) with a
     manifest; prune to the `keep_last` newest complete checkpoints (0 = keep all).
+    `source_states` (each process's batch-source state, plain values and CPU tensors) go to
+    source.pt when any holds something; `load_checkpoint` returns them as state["source"].
 
     Raises NonFiniteWeightsError (nothing written) when a trainable weight is NaN/inf, and
     CheckpointWriteError (the partial checkpoint removed) when the disk is full or a write fails."""
@@ -284,7 +289,9 @@ def save_checkpoint(
     optimizer_state = optimizer.state_dict()
     state_text = json.dumps({"step": step, **state}, indent=1)
     # + RNG states (~10 kB without CUDA), headers and the manifest
-    needed = _tensor_bytes(tensors) + _tensor_bytes(optimizer_state) + len(state_text) + (1 << 16)
+    sources = source_states if source_states and any(source_states) else None
+    needed = (_tensor_bytes(tensors) + _tensor_bytes(optimizer_state) + _tensor_bytes(sources) + len(state_text)
+              + (1 << 16))
     try:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".step-*.tmp-*"):  # left by a crash during an earlier save
@@ -302,6 +309,8 @@ def save_checkpoint(
         _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
         _torch_save(rng_state(), tmp / "rng.pt")
         (tmp / "state.json").write_text(state_text)
+        if sources is not None:
+            _torch_save(sources, tmp / SOURCE_FILE)
         files = {}
         for path in sorted(tmp.iterdir()):
             _fsync_file(path)
@@ -496,8 +505,10 @@ def _load_model_state(path: Path, model: Any, device: torch.device) -> None:
 def load_checkpoint(
     path: str | Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, verify: bool = True
 ) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and RNG states; returns state.json's contents.
-    Raises CheckpointError (before touching any state) when the manifest check fails."""
+    """Restore model, optimizer, scheduler and RNG states; returns state.json's contents, with
+    state["source"] the batch-source states (one per process, CPU tensors) when the checkpoint
+    holds source.pt. Raises CheckpointError (before touching any state) when the manifest check
+    fails."""
     path = Path(path)
     if verify:
         verify_checkpoint(path)
@@ -507,4 +518,7 @@ def load_checkpoint(
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     # format 1 pickled numpy's RNG state (an ndarray), which weights_only refuses
     set_rng_state(torch.load(path / "rng.pt", weights_only=_is_format_2(path)))
-    return json.loads((path / "state.json").read_text())
+    state = json.loads((path / "state.json").read_text())
+    if (path / SOURCE_FILE).is_file():
+        state["source"] = torch.load(path / SOURCE_FILE, map_location="cpu", weights_only=True)
+    return state

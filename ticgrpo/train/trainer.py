@@ -313,11 +313,12 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Process 0 writes (the replicas are equal); the others wait for it."""
         path = None
+        sources = self.dist.all_gather(self.source.state())  # each process's own queued batches, if any
         if self.dist.is_main:
             state = {"stream": self.source.stream_state(self.stream), "evals": self.evals,
                      "log_lines": self.logger.sync()}
             path = ckpt.save_checkpoint(self.output_dir, self.step, self.model, self.optimizer, self.scheduler,
-                                        state, self.config.checkpoint.keep_last)
+                                        state, self.config.checkpoint.keep_last, sources)
         self.dist.barrier()
         return path
 
@@ -362,11 +363,21 @@ class Trainer:
             # a finished run extended to more steps keeps its logs whole, final evaluation included
             self.evals, log_lines = list(finished["evals"]), dict(finished["log_lines"])
         self._apply_optim_config()
-        self.source.load_state(state.get("source", {}), self.model)
+        self.source.load_state(self._source_state(state.get("source"), path), self.model)
         if self.dist.is_main:
             print(f"resuming {self.output_dir} from step {self.step} ({path.name}); training to step "
                   f"{cfg.max_steps}", flush=True)
         return log_lines
+
+    def _source_state(self, saved: list[dict[str, Any]] | None, path: Path) -> dict[str, Any]:
+        """This process's batch-source state from a checkpoint (none: it held no queued batches)."""
+        if not saved:
+            return {}
+        if len(saved) != self.dist.world_size:
+            raise run_folder.RunFolderError(
+                f"--resume: {path} holds the queued batches of {len(saved)} process(es) (rollout.lag), this job has "
+                f"{self.dist.world_size}: resume with {len(saved)} process(es)")
+        return saved[self.dist.rank]
 
     def _apply_optim_config(self) -> None:
         """After a resume: the optimizer state came from the checkpoint; its hyper-parameters and the

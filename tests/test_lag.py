@@ -1,0 +1,206 @@
+"""rollout.lag: k — the batch of step t is sampled by exactly θ_{t−k} (ticgrpo.train.sources.LaggedSource).
+
+Tiny in-process Llama models (ticgrpo.testing), the real HF engine, real checkpoints and a real
+`ticgrpo train` subprocess killed with SIGKILL and resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ticgrpo.cli import main
+from ticgrpo.config import ConfigError, load_config
+from ticgrpo.rollout import HFGenerateEngine
+from ticgrpo.testing import make_tiny_model, make_tiny_tokenizer
+from ticgrpo.train import Trainer
+from ticgrpo.train import checkpoint as ckpt
+from ticgrpo.train.prompts import PromptStream
+from ticgrpo.train.sampling import GroupSampler
+from ticgrpo.train.sources import LaggedSource, SynchronousSource, collected_from_state
+from ticgrpo.train.step import TrainingBatch, fixed_logprobs
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = make_tiny_tokenizer()
+ROWS = [{"prompt": f"What is {i} + {j}?", "answer": str(i + j)} for i in range(10) for j in range(10)]
+
+
+def sevens(prompts, completions, **kwargs):
+    """Reward: the fraction of the characters '7' in the completion (varies within a group)."""
+    return [c.count("7") / max(len(c), 1) for c in completions]
+
+
+def config(tmp_path: Path, **sections) -> dict:
+    cfg: dict = {
+        "output_dir": str(tmp_path / "run"), "max_steps": 5, "seed": 0,
+        "model": {"name": "in-process", "chat_template": False},
+        "rollout": {"prompts_per_step": 2, "num_generations": 4, "max_new_tokens": 6},
+        "algorithm": {"num_iterations": 2, "num_minibatches": 2},
+        "optim": {"lr": 3e-2},
+        "eval": {"every_steps": 0, "at_start": False, "at_end": False},
+        "logging": {"progress_bar": False, "plot": False},
+        "checkpoint": {"every_steps": 0, "save_final": False},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def model(double: bool = False):
+    m = make_tiny_model(seed=0, tokenizer=TOKENIZER)
+    return m.double() if double else m
+
+
+def trainer(tmp_path: Path, double: bool = False, **sections) -> Trainer:
+    return Trainer(load_config(config(tmp_path, **sections)), model=model(double), tokenizer=make_tiny_tokenizer(),
+                   train_rows=ROWS, eval_rows=ROWS[:4], reward_fns=[(sevens, 1.0)])
+
+
+def timeless(record: dict) -> dict:
+    """A log record without its wall-clock fields (seconds, tokens per second)."""
+    return {k: v for k, v in record.items() if not (k.startswith("time_") or k.endswith("_tokens_per_s"))}
+
+
+def test_lagged_source_at_lag_0_is_the_classic_loop(tmp_path):
+    """The queue path itself at k = 0 (sample step t, pop it, recompute its log-probs) trains bit for
+    bit like SynchronousSource."""
+    sync = trainer(tmp_path / "sync")
+    assert isinstance(sync.source, SynchronousSource)
+    sync.train()
+    queued = trainer(tmp_path / "queued")
+    queued.source = LaggedSource(queued.source.sampling, queued.engine, queued.model, queued.settings, lag=0)
+    queued.train()
+    for (name, a), b in zip(sync.model.state_dict().items(), queued.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert [timeless(m) for m in sync.history] == [timeless(m) for m in queued.history]
+    assert all(m["staleness_mean"] == 0.0 and m["staleness/hist_0"] == 8.0 for m in queued.history)
+
+
+def test_batch_of_step_t_is_sampled_by_the_weights_of_step_t_minus_k(tmp_path):
+    """lag 2, float64: every step's queued batch (read back from the checkpoints) carries the version
+    max(0, t−2), the prompts of step t, the completions θ_{t−2} samples under step t's seed, and
+    sampler_logprobs equal to θ_{t−2}'s log-probs recomputed from the checkpoint of step t−2."""
+    k, steps = 2, 6
+    run = trainer(tmp_path, double=True, max_steps=steps, rollout={"lag": k},
+                  checkpoint={"every_steps": 1, "keep_last": 0})
+    assert isinstance(run.source, LaggedSource)
+    run.train()
+    assert [m["staleness_mean"] for m in run.history] == [float(min(t, k)) for t in range(steps)]
+    assert [m["staleness_max"] for m in run.history] == [float(min(t, k)) for t in range(steps)]
+    assert all(m[f"staleness/hist_{min(t, k)}"] == 8.0 and m["stale_dropped"] == 0.0
+               for t, m in enumerate(run.history))
+    out = Path(run.config.output_dir)
+    batches = {}  # step → its batch, from the queue saved in the checkpoints
+    for saved in range(1, steps + 1):
+        state = torch.load(out / "checkpoints" / f"step-{saved:04d}" / ckpt.SOURCE_FILE, weights_only=True)
+        (queue,) = state  # one process
+        assert [entry["step"] for entry in queue["pending"]] == list(range(saved, saved + k))
+        assert queue["version"] == saved and queue["next_step"] == saved + k
+        for entry in queue["pending"]:
+            batches[entry["step"]] = collected_from_state(entry, torch.device("cpu"))
+    stream = PromptStream(ROWS, 0, True)
+    expected_rows = {t: stream.take(2) for t in range(steps + k)}
+    sampler = run.source.sampling.groups
+    for t, collected in sorted(batches.items()):
+        version = max(0, t - k)
+        weights = model(double=True)
+        if version:
+            weights.load_state_dict(ckpt.read_model_state(out / "checkpoints" / f"step-{version:04d}"))
+        rollout = collected.batch.rollout
+        assert rollout.policy_version is not None and rollout.sampler_logprobs is not None
+        assert rollout.policy_version.tolist() == [version] * len(rollout), t
+        assert collected.batch.rows == expected_rows[t], t
+        again = GroupSampler(HFGenerateEngine(weights, run.tokenizer), sampler.num_generations, sampler.params,
+                             sampler.seed).sample(
+            [r["prompt"] for r in collected.batch.rows], t, 0, first_group=0)
+        assert torch.equal(again.completion_ids, rollout.completion_ids), t
+        batch = TrainingBatch.from_rollout(rollout, torch.zeros(len(rollout)))
+        recomputed = fixed_logprobs(weights, batch, run.settings)
+        assert recomputed.dtype == rollout.sampler_logprobs.dtype
+        assert torch.equal(recomputed, rollout.sampler_logprobs), t
+    assert sorted(batches) == list(range(1, steps + k))  # batch 0 never waits past step 0
+
+
+# ---------------------------------------------------------------------- kill -9 and --resume
+
+LAG_STEPS = 5
+LAG_OVERRIDES = [
+    f"max_steps={LAG_STEPS}", "rollout.lag=2", "checkpoint.every_steps=1", "checkpoint.keep_last=2",
+    "checkpoint.save_final=false", "eval.at_start=false", "eval.at_end=false", "eval.every_steps=0",
+    "data.eval=null", "logging.progress_bar=false", "logging.plot=false", "rollout.max_new_tokens=8",
+]
+# (crash point, n-th arrival) for a chain of runs, each resuming the last
+LAG_CHAIN = [
+    ("after_rollout", 3),  # step 3's queue pop done, step 2 saved: the queue on disk holds steps 2, 3
+    ("checkpoint_before_rename", 2),  # resumed at 2: step 4's checkpoint complete, not renamed
+]
+
+
+def _lag_cmd(out: Path, resume: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "ticgrpo.cli", "train", "--config", str(ROOT / "configs" / "tiny.yaml"),
+           "--output-dir", str(out)]
+    for item in LAG_OVERRIDES:
+        cmd += ["--set", item]
+    return [*cmd, "--resume"] if resume else cmd
+
+
+def _env(crash: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != ckpt.CRASH_ENV}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    if crash is not None:
+        env[ckpt.CRASH_ENV] = crash
+    return env
+
+
+def _records(out: Path) -> list[dict]:
+    return [timeless(json.loads(line)) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_kill9_during_a_lagged_run_then_resume_is_bit_identical(tmp_path):
+    reference = subprocess.Popen(_lag_cmd(tmp_path / "ref", False), env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+    out = tmp_path / "crashy"
+    for i, (point, nth) in enumerate(LAG_CHAIN):
+        run = subprocess.run(_lag_cmd(out, resume=i > 0), env=_env(f"{point}:{nth}"), cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == -signal.SIGKILL, (point, run.returncode, run.stderr[-2000:])
+    assert (out / "checkpoints" / "step-0003" / ckpt.SOURCE_FILE).is_file()
+    final = subprocess.run(_lag_cmd(out, resume=True), env=_env(), cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert reference.wait(timeout=300) == 0, (reference.stderr.read() if reference.stderr else "")[-2000:]
+    last = f"step-{LAG_STEPS:04d}"
+    ref_model = ckpt.read_model_state(tmp_path / "ref" / "checkpoints" / last)
+    resumed = ckpt.read_model_state(out / "checkpoints" / last)
+    assert ref_model.keys() == resumed.keys()
+    for name, value in ref_model.items():
+        assert torch.equal(value, resumed[name]), name
+    ref_records, records = _records(tmp_path / "ref"), _records(out)
+    assert [r["step"] for r in records] == list(range(1, LAG_STEPS + 1))
+    assert records == ref_records
+    assert [r["staleness_mean"] for r in records] == [0.0, 1.0, 2.0, 2.0, 2.0]
+
+
+# ---------------------------------------------------------------------- the config
+
+
+def test_lag_validates_and_a_max_staleness_below_it_is_one_line(capsys):
+    assert main(["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--set", "rollout.lag=4",
+                 "--dry-run"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--config", str(ROOT / "configs" / "tiny.yaml"), "--set", "rollout.max_staleness=1",
+                 "--set", "rollout.lag=2", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rollout.max_staleness=1 is below rollout.lag=2" in err, err
+    with pytest.raises(ConfigError, match=r"rollout\.max_staleness >= 2"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["rollout.lag=2", "rollout.max_staleness=1"])
