@@ -25,6 +25,7 @@ _COMMANDS = {
     "lab": ("ticgrpo.lab.cli", "exact policy gradients on small enumerable policies"),
     "compare": ("ticgrpo.compare.cli", "run several algorithms × seeds on one task and write a report with plots"),
     "report": ("ticgrpo.compare.report_cli", "rebuild a comparison report (tables, tests, plots) from run folders"),
+    "eval": ("ticgrpo.eval.cli", "evaluate a model: greedy accuracy, pass@k, maj@k, avg@k with intervals"),
 }
 
 __all__ = ["UsageError", "main"]

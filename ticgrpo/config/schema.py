@@ -122,7 +122,8 @@ class PassedOn:
 LORA = "ticgrpo.integrations.lora:LoraOptions"
 VLLM = "ticgrpo.rollout.vllm.engine:VLLMOptions"
 IGRPO = "ticgrpo.train.drafts:IGRPOOptions"
-SOURCES = ("ticgrpo.data.sources:TaskSource", "ticgrpo.data.sources:JsonlSource", "ticgrpo.data.sources:HFSource")
+SOURCES = ("ticgrpo.data.sources:TaskSource", "ticgrpo.data.sources:JsonlSource", "ticgrpo.data.sources:HFSource",
+           "ticgrpo.data.sources:BenchmarkSource")
 
 
 # --------------------------------------------------------------------------- sections
@@ -161,7 +162,7 @@ class DataConfig(BaseModel):
     model_config = SECTION
     train: Annotated[dict[str, Any], PassedOn("data.train", SOURCES)] = Field(
         default_factory=lambda: {"task": "arithmetic", "level": 2, "split": "train"},
-        description="training prompts: one source, {task: ...} | {jsonl: ...} | {hf: ...}",
+        description="training prompts: one source, {task: ...} | {jsonl: ...} | {hf: ...} | {dataset: ...}",
     )
     eval: Annotated[dict[str, Any] | None, PassedOn("data.eval", SOURCES, nullable=True)] = Field(
         default_factory=lambda: {"task": "arithmetic", "level": 2, "split": "eval"},
@@ -581,6 +582,23 @@ class TrainConfig(BaseModel):
                     f"rollout.mode: async samples plain groups; {mechanism} scores while it samples: turn it off "
                     f"or use rollout.mode: sync"
                 )
+            self._check_async_producer()
+
+    def _check_async_producer(self) -> None:
+        """rollout.mode: async — the producer must be able to run beside the trainer, and the
+        weights it holds must be able to meet rollout.max_staleness."""
+        r = self.rollout
+        if r.engine == "vllm" and r.vllm.get("mode", "colocate") == "colocate":  # VLLMOptions' default mode
+            raise ConfigError(
+                "rollout.mode: async needs rollout.vllm.mode: server (a colocated vLLM shares the trainer's process "
+                "and cannot sample while it trains): start python -m ticgrpo.rollout.vllm.server (docs/vllm.md)"
+            )
+        if r.max_staleness is not None and r.max_staleness < r.weight_sync_every - 1:
+            raise ConfigError(
+                f"rollout.max_staleness={r.max_staleness} is below rollout.weight_sync_every-1="
+                f"{r.weight_sync_every - 1}: between two weight pushes every rollout would be dropped; set "
+                f"rollout.max_staleness >= {r.weight_sync_every - 1} or lower rollout.weight_sync_every"
+            )
 
     def _check_behavior_correction(self) -> None:
         from ticgrpo.core.mismatch import CORRECTIONS

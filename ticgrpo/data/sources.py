@@ -8,6 +8,7 @@ functions as keyword lists (e.g. ``answer=[...]``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, ClassVar, Literal
 
@@ -15,6 +16,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ticgrpo.config.schema import SECTION, Integer, Text
 from ticgrpo.data.tasks import EVAL_SEED, TASKS, make_task_splits
+
+logger = logging.getLogger(__name__)
 
 
 class TaskSource(BaseModel):
@@ -56,7 +59,22 @@ class HFSource(BaseModel):
     answer_column: Text | None = Field(default=None, description="the column holding the reference answer")
 
 
-SOURCES = (TaskSource, JsonlSource, HFSource)
+class BenchmarkSource(BaseModel):
+    """A standard math set (ticgrpo.eval.datasets: gsm8k, math500, aime24, aime25, dapo17k) read
+    with its real schema: rows {prompt, answer (the extracted gold answer), id}; rows whose answer
+    cannot be parsed are dropped with a warning."""
+
+    KIND: ClassVar[str] = "dataset"
+    model_config = SECTION
+    dataset: Text = Field(description="gsm8k, math500, aime24, aime25 or dapo17k (docs/eval.md)")
+    path: Text = Field(description="a save_to_disk folder, a .json/.jsonl/.parquet file or a hub id")
+    split: Text | None = Field(default=None, description="split to read; null = the dataset's usual one "
+                               "(gsm8k/math500: test, the others: train)")
+    config: Text | None = Field(default=None, description="hub configuration; null = the dataset's usual one "
+                                "(gsm8k: main)")
+
+
+SOURCES = (TaskSource, JsonlSource, HFSource, BenchmarkSource)
 SOURCE_KEYS = tuple(model.KIND for model in SOURCES)
 
 
@@ -84,12 +102,31 @@ def load_dataset_source(spec: dict) -> list[dict]:
     if isinstance(source, TaskSource):
         return _load_task(source)
     if isinstance(source, JsonlSource):
-        rows, lines = _load_jsonl(source.jsonl)
+        rows, lines = read_jsonl_rows(source.jsonl)
         # errors name the file's 1-based line (blank lines are skipped, so row index and line differ)
         locations = [f"{os.path.expanduser(source.jsonl)}:{line}" for line in lines]
         return normalise_rows(rows, source.jsonl, source.prompt_column, source.answer_column, locations)
+    if isinstance(source, BenchmarkSource):
+        return _load_benchmark(source)
     assert isinstance(source, HFSource)
     return normalise_rows(_load_hf(source), source.hf, source.prompt_column, source.answer_column)
+
+
+def _load_benchmark(source: BenchmarkSource) -> list[dict]:
+    from ticgrpo.eval.datasets import BENCHMARKS, benchmark_rows, read_records
+
+    benchmark = BENCHMARKS.spec(source.dataset)  # unknown name → error listing the datasets
+    records = read_records(source.path, source.split or benchmark.split,
+                           source.config if source.config is not None else benchmark.hub_config)
+    rows = benchmark_rows(benchmark, records, source.path)
+    kept = [{"prompt": row.prompt, "answer": row.gold, "id": row.id} for row in rows if row.gold is not None]
+    if len(kept) < len(rows):
+        logger.warning(f"dataset {source.path!r}: dropped {len(rows) - len(kept)} of {len(rows)} rows whose "
+                       f"{benchmark.name} answer cannot be parsed")
+    if not kept:
+        raise ValueError(f"dataset {source.path!r}: no row has a parseable {benchmark.name} answer "
+                         f"(expected columns: {benchmark.columns})")
+    return kept
 
 
 def _load_task(source: TaskSource) -> list[dict]:
@@ -107,7 +144,7 @@ def _load_task(source: TaskSource) -> list[dict]:
     return train if source.split == "train" else eval_split
 
 
-def _load_jsonl(path: str) -> tuple[list[dict], list[int]]:
+def read_jsonl_rows(path: str) -> tuple[list[dict], list[int]]:
     """(rows, the 1-based line number of each row) of a JSONL file."""
     path = os.path.expanduser(path)
     if os.path.isdir(path):

@@ -38,6 +38,18 @@ def last_boxed(text: str) -> str | None:
     return text[i : j - 1] if depth == 0 else None
 
 
+def gsm8k_final_answer(solution: str) -> str | None:
+    """The final answer of a GSM8K reference solution, the text after its last '####' with the
+    thousands separators removed ("#### 1,200" → "1200"); None when there is no '####'."""
+    marker = solution.rfind("####")
+    if marker < 0:
+        return None
+    answer = solution[marker + 4 :].strip().splitlines()
+    text = answer[0].strip() if answer else ""
+    cleaned = text.replace(",", "").rstrip(".").strip()
+    return cleaned or None
+
+
 def extract_final_answer(completion: str) -> str | None:
     """The completion's final answer as a string, or None when it has none."""
     matches = list(ANSWER_RE.finditer(completion))

@@ -1,0 +1,230 @@
+"""Evaluating a model on `EvalRow`s: generate, extract and judge answers, then summarise.
+
+    records = generate_and_judge(engine, rows, prompt_texts, settings)   # one `ProblemRecord` per row
+    summary = summarize(records, settings)                               # metrics, intervals, baseline
+
+Per problem: one greedy completion (unless ``settings.greedy`` is off) and n = max(ks) sampled
+completions at ``settings.temperature``. The final answer of a completion is
+`ticgrpo.rewards.math.extract_final_answer` (the text after the last 'Answer:', else the last
+\\boxed{}, else the last number) and it is correct when `answers_match` says it equals the gold
+answer (exact for numbers, math-verify otherwise): the same judgement as the `math_correctness`
+reward, so `ticgrpo eval` and the in-training evaluation of a built-in task agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ticgrpo.eval.datasets import EvalRow, canonical_answer
+from ticgrpo.eval.metrics import Outcomes, interval, metric_names
+from ticgrpo.rollout.base import RolloutBatch, RolloutEngine, SamplingParams
+
+TOP_ANSWERS = 5
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """ks: the k of the @k metrics (n = max(ks) samples per problem); temperature, top_p: of the
+    samples; greedy: also decode one greedy completion per problem; batch_size: prompts per
+    generate() call; seed: torch's seed before generating (and the bootstrap's)."""
+
+    ks: tuple[int, ...] = (1,)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    greedy: bool = True
+    batch_size: int = 16
+    seed: int = 0
+
+    @property
+    def num_samples(self) -> int:
+        return max(self.ks) if self.ks else 0
+
+    def check(self) -> None:
+        if any(k < 1 for k in self.ks):
+            raise ValueError(f"--k: every k must be >= 1, got {list(self.ks)}")
+        if not self.greedy and not self.ks:
+            raise ValueError("nothing to evaluate: greedy decoding is off and no k was given; pass --k or --greedy")
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature must be > 0 (greedy accuracy is reported separately), got "
+                             f"{self.temperature}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("--max-new-tokens and --batch-size must be >= 1")
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    answer: str | None  # the extracted final answer, canonical form; None = none found
+    correct: bool
+    length: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class ProblemRecord:
+    id: str
+    prompt: str
+    gold: str
+    greedy: Completion | None
+    samples: list[Completion] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def judge(text: str, gold: str) -> tuple[str | None, bool]:
+    """(canonical extracted answer, correct) of a completion against the gold answer."""
+    from ticgrpo.rewards.math import answers_match, extract_final_answer
+
+    extracted = extract_final_answer(text)
+    return canonical_answer(extracted), answers_match(extracted, gold)
+
+
+def _completions(batch: RolloutBatch, golds: Sequence[str], per_prompt: int) -> list[list[Completion]]:
+    """The batch's completions, judged, grouped by prompt (rows are prompt-major)."""
+    lengths, truncated = batch.completion_lengths.tolist(), batch.truncated.tolist()
+    grouped: list[list[Completion]] = [[] for _ in golds]
+    for index, text in enumerate(batch.completions):
+        problem = index // per_prompt
+        answer, correct = judge(text, golds[problem])
+        grouped[problem].append(Completion(text, answer, correct, int(lengths[index]), bool(truncated[index])))
+    return grouped
+
+
+def generate_and_judge(engine: RolloutEngine, rows: Sequence[EvalRow], prompt_texts: Sequence[str],
+                       settings: EvalSettings, progress: bool = False) -> list[ProblemRecord]:
+    """One `ProblemRecord` per row with a gold answer (rows with ``gold=None`` are skipped: the
+    caller counts them). Runs under a forked torch RNG seeded with ``settings.seed``, so the
+    samples depend only on the seed (and the batch size) and the caller's RNG is untouched."""
+    from tqdm.auto import tqdm
+
+    kept = [(row, text) for row, text in zip(rows, prompt_texts, strict=True) if row.gold is not None]
+    n = settings.num_samples
+    records: list[ProblemRecord] = []
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices), tqdm(total=len(kept), desc="eval", unit="problem",
+                                                      disable=not progress) as bar:
+        torch.manual_seed(settings.seed)
+        for start in range(0, len(kept), settings.batch_size):
+            chunk = kept[start : start + settings.batch_size]
+            texts, golds = [text for _, text in chunk], [str(row.gold) for row, _ in chunk]
+            greedy: list[list[Completion]] = [[] for _ in chunk]
+            if settings.greedy:
+                params = SamplingParams(max_new_tokens=settings.max_new_tokens, greedy=True)
+                greedy = _completions(engine.generate(texts, 1, params), golds, 1)
+            sampled: list[list[Completion]] = [[] for _ in chunk]
+            if n > 0:
+                params = SamplingParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                                        top_p=settings.top_p)
+                sampled = _completions(engine.generate(texts, n, params), golds, n)
+            for (row, text), first, samples in zip(chunk, greedy, sampled, strict=True):
+                records.append(ProblemRecord(row.id, text, str(row.gold), first[0] if first else None, samples))
+            bar.update(len(chunk))
+    return records
+
+
+def outcomes(records: Sequence[ProblemRecord], num_samples: int) -> Outcomes:
+    """The metrics' view of the records."""
+    def greedy_column(record: ProblemRecord, attribute: str) -> float:
+        return math.nan if record.greedy is None else float(getattr(record.greedy, attribute))
+
+    return Outcomes(
+        greedy_correct=np.array([bool(r.greedy and r.greedy.correct) for r in records], dtype=bool),
+        sampled_correct=np.array([[s.correct for s in r.samples] for r in records], dtype=bool).reshape(
+            len(records), num_samples),
+        sampled_answers=[[s.answer for s in r.samples] for r in records],
+        lengths=np.array([[greedy_column(r, "length"), *(s.length for s in r.samples)] for r in records],
+                         dtype=float).reshape(len(records), 1 + num_samples),
+        truncated=np.array([[greedy_column(r, "truncated"), *(s.truncated for s in r.samples)] for r in records],
+                           dtype=float).reshape(len(records), 1 + num_samples),
+    )
+
+
+def constant_baseline(golds: Sequence[str]) -> tuple[str | None, float]:
+    """(the most common gold answer, the fraction of problems it answers): the score of a model
+    that always gives that one answer, whatever the metric (it never varies across samples). A
+    tie goes to the answer met first."""
+    if not golds:
+        return None, math.nan
+    counts = Counter(golds)
+    best = max(counts.values())
+    answer = next(g for g in golds if counts[g] == best)
+    return answer, best / len(golds)
+
+
+def answer_distribution(answers: Sequence[str | None], top: int = TOP_ANSWERS) -> list[tuple[str, int]]:
+    """The `top` most common extracted answers with their counts ("(none)" = nothing extracted),
+    ties in order of first appearance."""
+    counts = Counter("(none)" if a is None else a for a in answers)
+    return counts.most_common(top)
+
+
+def summarize(records: Sequence[ProblemRecord], settings: EvalSettings, skipped: Sequence[str] = ()) -> dict:
+    """eval.json's content: every metric with its 95% interval (and, for accuracies, the constant
+    baseline and whether the metric is at or below it), the answer distributions, and the ids of
+    the rows skipped because their gold answer could not be parsed."""
+    if not records:
+        raise ValueError(f"no problem to evaluate: all {len(skipped)} rows lack a parseable gold answer"
+                         if skipped else "no problem to evaluate: the dataset is empty")
+    n = settings.num_samples
+    view = outcomes(records, n)
+    base_answer, base_score = constant_baseline([r.gold for r in records])
+    metrics: dict[str, dict[str, Any]] = {}
+    for spec, k in metric_names(settings.ks, n):
+        if spec.name == "greedy_accuracy" and not settings.greedy:
+            continue
+        scores = spec.fn(view, k)
+        value = float(np.nanmean(scores))
+        low, high = interval(scores, spec.interval, settings.seed)
+        entry: dict[str, Any] = {"value": value, "low": low, "high": high, "interval": spec.interval,
+                                 "unit": spec.unit}
+        if spec.accuracy:
+            entry.update(baseline=base_score, at_or_below_baseline=bool(value <= base_score))
+        metrics[spec.reported_name(k)] = entry
+    greedy_answers = [r.greedy.answer for r in records if r.greedy is not None]
+    sampled_answers = [s.answer for r in records for s in r.samples]
+    return {
+        "num_problems": len(records),
+        "num_samples": n,
+        "skipped_unparsed_gold": len(skipped),
+        "skipped_ids": list(skipped)[:20],
+        "metrics": metrics,
+        "constant_baseline": {"answer": base_answer, "score": base_score},
+        "answers": {
+            "gold": answer_distribution([r.gold for r in records]),
+            "greedy": answer_distribution(greedy_answers) if greedy_answers else [],
+            "samples": answer_distribution(sampled_answers) if sampled_answers else [],
+        },
+    }
+
+
+def format_table(summary: dict) -> str:
+    """The printed report: one line per metric (value, interval, baseline, a flag when at or below
+    it), then the constant baseline and the answer distributions."""
+    lines = [f"{'metric':<18}{'value':>8}  {'95% interval':<17}{'baseline':>9}"]
+    for name, m in summary["metrics"].items():
+        scale = 100.0 if m["unit"] == "rate" else 1.0  # rates in points, lengths in tokens
+        span = f"[{m['low'] * scale:.1f}, {m['high'] * scale:.1f}]"
+        baseline = f"{m['baseline'] * 100:>9.1f}" if "baseline" in m else " " * 9
+        flag = "  <= constant baseline" if m.get("at_or_below_baseline") else ""
+        lines.append(f"{name:<18}{m['value'] * scale:>8.1f}  {span:<17}{baseline}{flag}")
+    base = summary["constant_baseline"]
+    lines.append(f"constant baseline: always answering {base['answer']!r} scores {base['score'] * 100:.1f} "
+                 f"(rates in points, lengths in tokens)")
+    for kind in ("gold", "greedy", "samples"):
+        if summary["answers"][kind]:
+            shown = ", ".join(f"{answer!r}×{count}" for answer, count in summary["answers"][kind])
+            lines.append(f"answers ({kind}): {shown}")
+    skipped = summary["skipped_unparsed_gold"]
+    lines.append(f"{summary['num_problems']} problems, {summary['num_samples']} samples each"
+                 + (f"; {skipped} rows skipped: their gold answer cannot be parsed "
+                    f"(ids: {', '.join(summary['skipped_ids'][:5])})" if skipped else ""))
+    return "\n".join(lines)
