@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from ticgrpo.rollout.vllm.backend import Completion
+from ticgrpo.rollout.vllm.backend import Generation
 from ticgrpo.rollout.vllm.server import SERVER_MODULE
 from ticgrpo.rollout.vllm.weights import NamedTensors, weights_file
 
@@ -46,16 +46,23 @@ class HTTPBackend:
                 f"`python -m {SERVER_MODULE} --model PATH --port N`"
             ) from None
 
-    def health(self) -> dict[str, Any]:
-        return self.call("/health", timeout=10.0)
+    def health(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The server's /health answer (model, weight_version); it answers while a generate runs."""
+        return self.call("/health", timeout=timeout)
 
-    def generate(self, prompt_ids: list[list[int]], n: int, options: dict[str, Any]) -> list[list[Completion]]:
+    def generate(self, prompt_ids: list[list[int]], n: int, options: dict[str, Any]) -> Generation:
         out = self.call("/generate", {"prompts": prompt_ids, "n": n, **options})
-        return [[(list(c["token_ids"]), list(c["logprobs"])) for c in row] for row in out["outputs"]]
+        completions = [[(list(c["token_ids"]), list(c["logprobs"])) for c in row] for row in out["outputs"]]
+        return Generation(completions, int(out["weight_version"]))
 
-    def load_weights(self, named_tensors: NamedTensors) -> None:
+    def load_weights(self, named_tensors: NamedTensors, version: int | None = None) -> int:
         with weights_file(named_tensors, self.weights_dir) as path:
-            self.call("/update_weights", {"path": path})
+            return self.load_weights_file(path, version)
+
+    def load_weights_file(self, path: str, version: int | None = None) -> int:
+        """Have the server load a file written by `weights_file`; returns the version it now holds."""
+        payload: dict[str, Any] = {"path": path} if version is None else {"path": path, "version": version}
+        return int(self.call("/update_weights", payload)["weight_version"])
 
     def close(self) -> None:
         """Nothing to release: the server outlives its clients (stop it with POST /shutdown)."""

@@ -8,7 +8,7 @@ import gc
 import os
 from typing import Any
 
-from ticgrpo.rollout.vllm.backend import Completion
+from ticgrpo.rollout.vllm.backend import Completion, Generation, next_version
 from ticgrpo.rollout.vllm.weights import NamedTensors, reload_weights
 
 INSTALL_HINT = (
@@ -29,7 +29,10 @@ def import_vllm() -> Any:
 
 
 class LocalBackend:
-    """One in-process ``vllm.LLM``, sampling with the sampler's log-prob of each token."""
+    """One in-process ``vllm.LLM``, sampling with the sampler's log-prob of each token.
+
+    ``weight_version`` counts the weights it holds (0: the ones it booted from); callers that
+    generate and load weights from several threads serialise the calls (the server's lock)."""
 
     def __init__(
         self,
@@ -57,21 +60,27 @@ class LocalBackend:
             kwargs["max_model_len"] = int(max_model_len)
         kwargs.update(engine_kwargs)
         self.llm: Any = vllm.LLM(**kwargs)
+        self.weight_version = 0
 
-    def generate(self, prompt_ids: list[list[int]], n: int, options: dict[str, Any]) -> list[list[Completion]]:
+    def generate(self, prompt_ids: list[list[int]], n: int, options: dict[str, Any]) -> Generation:
         """``n`` completions for each token-id prompt (greedy: one, repeated ``n`` times)."""
         from vllm import TokensPrompt
 
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
-        outputs = self.llm.generate(prompts, _vllm_sampling_params(n, options), use_tqdm=False)
+        seed = options.get("seed")
+        sampling: Any = (_vllm_sampling_params(n, options, None) if seed is None else
+                         [_vllm_sampling_params(n, options, seed + k * n) for k in range(len(prompts))])
+        outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
         result: list[list[Completion]] = []
         for out in outputs:
             completions = [_completion(c) for c in out.outputs]
             result.append(completions * n if options["greedy"] else completions)
-        return result
+        return Generation(result, self.weight_version)
 
-    def load_weights(self, named_tensors: NamedTensors) -> None:
+    def load_weights(self, named_tensors: NamedTensors, version: int | None = None) -> int:
         reload_weights(self.llm, named_tensors)
+        self.weight_version = next_version(self.weight_version, version)
+        return self.weight_version
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
@@ -83,7 +92,9 @@ class LocalBackend:
         gc.collect()
 
 
-def _vllm_sampling_params(n: int, options: dict[str, Any]) -> Any:
+def _vllm_sampling_params(n: int, options: dict[str, Any], seed: int | None) -> Any:
+    """vLLM's SamplingParams of one prompt; with a seed, its j-th sample uses seed + j (vLLM's own
+    numbering of the n samples of a seeded request)."""
     from vllm import SamplingParams as VSamplingParams
 
     common: dict[str, Any] = dict(
@@ -96,7 +107,7 @@ def _vllm_sampling_params(n: int, options: dict[str, Any]) -> Any:
     if options["greedy"]:
         return VSamplingParams(n=1, temperature=0.0, **common)
     return VSamplingParams(n=n, temperature=options["temperature"], top_p=options["top_p"],
-                           top_k=options["top_k"], **common)
+                           top_k=options["top_k"], seed=seed, **common)
 
 
 def _completion(output: Any) -> Completion:

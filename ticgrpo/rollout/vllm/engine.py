@@ -110,25 +110,36 @@ class VLLMEngine(RolloutEngine):
 
     # ------------------------------------------------------------------ interface
 
-    def generate(self, prompts: list[str], num_samples: int, params: SamplingParams) -> RolloutBatch:
+    def generate(self, prompts: list[str], num_samples: int, params: SamplingParams,
+                 seed: int | None = None) -> RolloutBatch:
+        """``num_samples`` completions per prompt; ``seed`` seeds vLLM's sampling of this call
+        (see `request_options`; None: the engine's own stream)."""
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompts must be a list of strings")
-        options = request_options(params, self.eos_token_ids)
+        options = request_options(params, self.eos_token_ids, seed)
         prompt_tokens = self._tokenize(prompts)
         if any(len(p) == 0 for p in prompt_tokens):
             raise ValueError("a prompt tokenises to no tokens; vLLM needs at least one")
-        outputs = self.backend.generate(prompt_tokens, num_samples, options) if prompts else []
-        rows = [c for comps in outputs for c in comps]
+        if not prompts:
+            return self._assemble(prompts, prompt_tokens, num_samples, [])
+        generation = self.backend.generate(prompt_tokens, num_samples, options)
+        rows = [c for comps in generation.completions for c in comps]
         if len(rows) != len(prompts) * num_samples:
             raise RuntimeError(f"vLLM returned {len(rows)} completions, expected {len(prompts) * num_samples}")
-        return self._assemble(prompts, prompt_tokens, num_samples, rows)
+        batch = self._assemble(prompts, prompt_tokens, num_samples, rows)
+        # the version of the weights that sampled these rows, as the backend counts them (the
+        # trainer's policy version when it names one with each update; see update_weights)
+        batch.policy_version = torch.full((len(rows),), generation.weight_version, dtype=torch.long)
+        return batch
 
-    def update_weights(self, model: Any) -> None:
-        """Push ``model``'s current parameters into vLLM (and drop its prefix cache)."""
+    def update_weights(self, model: Any, version: int | None = None) -> None:
+        """Push ``model``'s current parameters into vLLM (and drop its prefix cache); they become
+        policy version ``version`` (None: one more than the engine's current version), which the
+        rows of later `generate` calls report."""
         with torch.no_grad():
-            self.backend.load_weights(trainer_weights(model))
+            self.backend.load_weights(trainer_weights(model), version)
 
     def close(self) -> None:
         backend = getattr(self, "backend", None)

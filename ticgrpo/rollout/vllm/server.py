@@ -10,14 +10,22 @@ trainer at it with ``rollout.vllm: {mode: server, server_url: "http://HOST:PORT"
 
 Endpoints (JSON; stdlib ``http.server``, one engine call at a time):
   GET  /health          → {"status": "ok", "model": PATH, "weight_version": K}
+                        (answers while a generate runs: it takes no lock)
   POST /generate        {"prompts": [[token ids]...], "n": G, "max_tokens", "greedy",
-                         "temperature", "top_p", "top_k", "stop_token_ids"}
-                        → {"outputs": [[{"token_ids": [...], "logprobs": [...]}, ×G] per prompt]}
-  POST /update_weights  {"path": "/dev/shm/.../weights.safetensors"} → {"status": "ok", ...}
+                         "temperature", "top_p", "top_k", "stop_token_ids"[, "seed"]}
+                        → {"outputs": [[{"token_ids": [...], "logprobs": [...]}, ×G] per prompt],
+                           "weight_version": K}   (the weights that produced these outputs)
+  POST /update_weights  {"path": "/dev/shm/.../weights.safetensors", "version": V}
+                        → {"status": "ok", "tensors": N, "weight_version": V}
                         (the file holds HF-named tensors; the client writes and removes it, so
-                        both processes must see the same filesystem, e.g. one machine)
+                        both processes must see the same filesystem, e.g. one machine;
+                        "version" is the trainer's policy version, optional: without it the
+                        version goes up by one)
   POST /shutdown        → stops the server
 Errors answer 400 (bad request) or 500 with {"error": "one line"}.
+
+Versions: the weights the server booted from are version 0. Generates and weight loads take
+one lock, so a generate that started before an update finishes on, and reports, the old version.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ticgrpo.rollout.vllm.backend import SEED_LIMIT
 from ticgrpo.rollout.vllm.weights import read_weights_file
 
 SERVER_MODULE = "ticgrpo.rollout.vllm.server"  # how it starts: `python -m ticgrpo.rollout.vllm.server`
@@ -55,38 +64,52 @@ def check_generate(payload: Any) -> dict[str, Any]:
         raise BadRequest("n must be a positive integer")
     if not isinstance(payload["max_tokens"], int) or payload["max_tokens"] < 1:
         raise BadRequest("max_tokens must be a positive integer")
+    seed = payload.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT):
+        raise BadRequest(f"seed must be null or an integer in [0, 2^62), got {seed!r}")
     return payload
 
 
+def check_update(payload: Any) -> tuple[str, int | None]:
+    """(weights file, requested version or None) of an /update_weights body."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("path"), str):
+        raise BadRequest("update_weights needs {'path': '<file>.safetensors'} (and optionally 'version': V)")
+    version = payload.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 0):
+        raise BadRequest(f"version must be a non-negative integer (the trainer's policy version), got {version!r}")
+    return payload["path"], version
+
+
 class Server:
+    """The endpoints over one backend (a `LocalBackend`, which counts its weight versions)."""
+
     def __init__(self, backend: Any, model_path: str) -> None:
         self.backend = backend
         self.model_path = model_path
-        self.lock = threading.Lock()
-        self.weight_version = 0
+        self.lock = threading.Lock()  # one engine call at a time: generates and weight loads in order
 
     def handle(self, method: str, path: str, payload: Any) -> tuple[int, dict]:
         if method == "GET" and path == "/health":
-            return 200, {"status": "ok", "model": self.model_path, "weight_version": self.weight_version}
+            return 200, {"status": "ok", "model": self.model_path, "weight_version": self.backend.weight_version}
         if method == "POST" and path == "/generate":
             req = check_generate(payload)
-            options = {k: req[k] for k in REQUIRED if k not in ("prompts", "n")}
+            options = {k: req[k] for k in REQUIRED if k not in ("prompts", "n")} | {"seed": req.get("seed")}
             with self.lock:
-                outputs = self.backend.generate(req["prompts"], req["n"], options)
+                generation = self.backend.generate(req["prompts"], req["n"], options)
             return 200, {
-                "outputs": [[{"token_ids": ids, "logprobs": lps} for ids, lps in row] for row in outputs]
+                "outputs": [[{"token_ids": ids, "logprobs": lps} for ids, lps in row]
+                            for row in generation.completions],
+                "weight_version": generation.weight_version,
             }
         if method == "POST" and path == "/update_weights":
-            if not isinstance(payload, dict) or not isinstance(payload.get("path"), str):
-                raise BadRequest("update_weights needs {'path': '<file>.safetensors'}")
+            weights_path, version = check_update(payload)
             try:
-                tensors = read_weights_file(payload["path"])
+                tensors = read_weights_file(weights_path)
             except FileNotFoundError:
-                raise BadRequest(f"no such weights file: {payload['path']}") from None
+                raise BadRequest(f"no such weights file: {weights_path}") from None
             with self.lock:
-                self.backend.load_weights(tensors)
-                self.weight_version += 1
-            return 200, {"status": "ok", "tensors": len(tensors), "weight_version": self.weight_version}
+                loaded = self.backend.load_weights(tensors, version)
+            return 200, {"status": "ok", "tensors": len(tensors), "weight_version": loaded}
         raise LookupError(f"no endpoint {method} {path}")
 
 
