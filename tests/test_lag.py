@@ -32,9 +32,10 @@ TOKENIZER = make_tiny_tokenizer()
 ROWS = [{"prompt": f"What is {i} + {j}?", "answer": str(i + j)} for i in range(10) for j in range(10)]
 
 
-def sevens(prompts, completions, **kwargs):
-    """Reward: the fraction of the characters '7' in the completion (varies within a group)."""
-    return [c.count("7") / max(len(c), 1) for c in completions]
+def variety(prompts, completions, **kwargs):
+    """Reward: distinct characters per character of the completion (differs within every group of a
+    random tiny model's completions, so every step moves the weights)."""
+    return [len(set(c)) / max(len(c), 1) for c in completions]
 
 
 def config(tmp_path: Path, **sections) -> dict:
@@ -63,7 +64,7 @@ def model(double: bool = False):
 
 def trainer(tmp_path: Path, double: bool = False, **sections) -> Trainer:
     return Trainer(load_config(config(tmp_path, **sections)), model=model(double), tokenizer=make_tiny_tokenizer(),
-                   train_rows=ROWS, eval_rows=ROWS[:4], reward_fns=[(sevens, 1.0)])
+                   train_rows=ROWS, eval_rows=ROWS[:4], reward_fns=[(variety, 1.0)])
 
 
 def timeless(record: dict) -> dict:
@@ -84,6 +85,7 @@ def test_lagged_source_at_lag_0_is_the_classic_loop(tmp_path):
         assert torch.equal(a, b), name
     assert [timeless(m) for m in sync.history] == [timeless(m) for m in queued.history]
     assert all(m["staleness_mean"] == 0.0 and m["staleness/hist_0"] == 8.0 for m in queued.history)
+    assert all(m["grad_norm"] > 0 for m in queued.history)  # the weights moved every step
 
 
 def test_batch_of_step_t_is_sampled_by_the_weights_of_step_t_minus_k(tmp_path):
@@ -95,6 +97,7 @@ def test_batch_of_step_t_is_sampled_by_the_weights_of_step_t_minus_k(tmp_path):
                   checkpoint={"every_steps": 1, "keep_last": 0})
     assert isinstance(run.source, LaggedSource)
     run.train()
+    assert all(m["grad_norm"] > 0 for m in run.history)  # every version's weights differ
     assert [m["staleness_mean"] for m in run.history] == [float(min(t, k)) for t in range(steps)]
     assert [m["staleness_max"] for m in run.history] == [float(min(t, k)) for t in range(steps)]
     assert all(m[f"staleness/hist_{min(t, k)}"] == 8.0 and m["stale_dropped"] == 0.0
@@ -146,8 +149,30 @@ LAG_CHAIN = [
 ]
 
 
+# A reward that varies within a group on a random tiny model (configs/tiny.yaml's math rewards are all 0
+# there, so its weights would never move and "bit-identical weights" would say nothing).
+REWARD_MODULE = '''
+def variety(prompts, completions, **kwargs):
+    return [len(set(c)) / max(len(c), 1) for c in completions]
+'''
+
+
+def _lag_config(folder: Path) -> Path:
+    """configs/tiny.yaml with the `variety` reward, from a module beside the config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "lag_rewards.py").write_text(REWARD_MODULE)
+    text = (ROOT / "configs" / "tiny.yaml").read_text()
+    text = text.replace("""  rewards:
+    - {name: math_correctness, weight: 1.0}
+    - {name: answer_format, weight: 0.5}""", """  rewards:
+    - {name: "lag_rewards:variety", weight: 1.0}""")
+    assert "lag_rewards:variety" in text
+    (folder / "lag.yaml").write_text(text)
+    return folder / "lag.yaml"
+
+
 def _lag_cmd(out: Path, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "ticgrpo.cli", "train", "--config", str(ROOT / "configs" / "tiny.yaml"),
+    cmd = [sys.executable, "-m", "ticgrpo.cli", "train", "--config", str(_lag_config(out.parent / "config")),
            "--output-dir", str(out)]
     for item in LAG_OVERRIDES:
         cmd += ["--set", item]
@@ -189,6 +214,7 @@ def test_kill9_during_a_lagged_run_then_resume_is_bit_identical(tmp_path):
     assert [r["step"] for r in records] == list(range(1, LAG_STEPS + 1))
     assert records == ref_records
     assert [r["staleness_mean"] for r in records] == [0.0, 1.0, 2.0, 2.0, 2.0]
+    assert all(r["grad_norm"] > 0 for r in records)  # the weights moved every step
 
 
 # ---------------------------------------------------------------------- the config
