@@ -230,3 +230,28 @@ def test_lag_validates_and_a_max_staleness_below_it_is_one_line(capsys):
     assert err.count("\n") == 1 and "rollout.max_staleness=1 is below rollout.lag=2" in err, err
     with pytest.raises(ConfigError, match=r"rollout\.max_staleness >= 2"):
         load_config(ROOT / "configs" / "tiny.yaml", ["rollout.lag=2", "rollout.max_staleness=1"])
+
+
+# ---------------------------------------------------------------------- curves.png
+
+
+def test_curves_get_a_staleness_panel_only_for_stale_runs(tmp_path):
+    """A third panel (staleness, ESS) appears for a lagged or corrected run, not for the on-policy
+    loop, whose staleness is always 0."""
+    from matplotlib.image import imread
+
+    from ticgrpo.reports.plots import has_offpolicy_metrics, plot_curves
+
+    def width(records: list[dict], name: str) -> int:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return imread(plot_curves(folder)).shape[1]
+
+    base = [{"step": t + 1, "reward_mean": 0.1 * t, "reward_std": 0.05} for t in range(6)]
+    on_policy = [{**r, "staleness_mean": 0.0, "staleness_max": 0.0} for r in base]
+    lagged = [{**r, "staleness_mean": float(min(t, 2)), "staleness_max": float(min(t, 2))} for t, r in enumerate(base)]
+    weighted = [{**r, "offpolicy/ess": 0.9} for r in on_policy]
+    assert [has_offpolicy_metrics(m) for m in (on_policy, lagged, weighted)] == [False, True, True]
+    assert width(on_policy, "sync") == 1100  # figsize 11 in at 100 dpi: two panels
+    assert width(lagged, "lagged") == width(weighted, "weighted") == 1650  # three panels

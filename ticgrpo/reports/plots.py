@@ -24,42 +24,82 @@ def pyplot() -> Any:
 
 
 def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Plot reward (mean ± std band) and eval accuracy / mean@k of a run; returns the PNG path."""
+    """Plot reward (mean ± std band) and eval accuracy / mean@k of a run, and for a run trained on
+    stale samples (some staleness above 0, or off-policy correction weights) a third panel with the
+    staleness and the weights' effective sample size; returns the PNG path."""
     plt = pyplot()
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "curves.png"
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     evals = read_jsonl(run_dir / "eval.jsonl")
-    fig, (ax_r, ax_e) = plt.subplots(1, 2, figsize=(11, 4))
-    if metrics:
-        steps = [m["step"] for m in metrics]
-        mean = [m.get("reward_mean", float("nan")) for m in metrics]
-        std = [m.get("reward_std", 0.0) for m in metrics]
-        ax_r.plot(steps, mean, label="reward mean")
-        low = [a - b for a, b in zip(mean, std, strict=True)]
-        high = [a + b for a, b in zip(mean, std, strict=True)]
-        ax_r.fill_between(steps, low, high, alpha=0.2, label="± std")
-        if len(mean) >= 5:
-            w = max(len(mean) // 10, 2)
-            smooth = [sum(mean[max(0, i - w + 1): i + 1]) / len(mean[max(0, i - w + 1): i + 1])
-                      for i in range(len(mean))]
-            ax_r.plot(steps, smooth, label=f"moving mean ({w})")
-        ax_r.legend()
-    ax_r.set_xlabel("step")
-    ax_r.set_ylabel("training reward")
-    ax_r.set_title("reward")
-    if evals:
-        steps = [e["step"] for e in evals]
-        for key in sorted({k for e in evals for k in e if k == "accuracy" or k.startswith("mean_at_")}):
-            ax_e.plot(steps, [e.get(key, float("nan")) for e in evals], marker="o", label=key)
-        ax_e.legend()
-    ax_e.set_xlabel("step")
-    ax_e.set_ylabel("held-out")
-    ax_e.set_title("held-out accuracy")
+    offpolicy = has_offpolicy_metrics(metrics)
+    fig, axs = plt.subplots(1, 3 if offpolicy else 2, figsize=(16.5 if offpolicy else 11, 4), squeeze=False)
+    _reward_panel(axs[0][0], metrics)
+    _heldout_panel(axs[0][1], evals)
+    if offpolicy:
+        _offpolicy_panel(axs[0][2], metrics)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def has_offpolicy_metrics(metrics: list[dict]) -> bool:
+    """A run that trained on stale rows or weighted its samples: every run logs staleness (0 for
+    the on-policy loop, whose panel would be a flat line), so the panel needs a staleness above 0
+    or an ESS."""
+    return any(m.get("staleness_max", 0.0) > 0 or "offpolicy/ess" in m for m in metrics)
+
+
+def _reward_panel(axis: Any, metrics: list[dict]) -> None:
+    if metrics:
+        steps = [m["step"] for m in metrics]
+        mean = [m.get("reward_mean", float("nan")) for m in metrics]
+        std = [m.get("reward_std", 0.0) for m in metrics]
+        axis.plot(steps, mean, label="reward mean")
+        low = [a - b for a, b in zip(mean, std, strict=True)]
+        high = [a + b for a, b in zip(mean, std, strict=True)]
+        axis.fill_between(steps, low, high, alpha=0.2, label="± std")
+        if len(mean) >= 5:
+            w = max(len(mean) // 10, 2)
+            smooth = [sum(mean[max(0, i - w + 1): i + 1]) / len(mean[max(0, i - w + 1): i + 1])
+                      for i in range(len(mean))]
+            axis.plot(steps, smooth, label=f"moving mean ({w})")
+        axis.legend()
+    axis.set_xlabel("step")
+    axis.set_ylabel("training reward")
+    axis.set_title("reward")
+
+
+def _heldout_panel(axis: Any, evals: list[dict]) -> None:
+    if evals:
+        steps = [e["step"] for e in evals]
+        for key in sorted({k for e in evals for k in e if k == "accuracy" or k.startswith("mean_at_")}):
+            axis.plot(steps, [e.get(key, float("nan")) for e in evals], marker="o", label=key)
+        axis.legend()
+    axis.set_xlabel("step")
+    axis.set_ylabel("held-out")
+    axis.set_title("held-out accuracy")
+
+
+def _offpolicy_panel(axis: Any, metrics: list[dict]) -> None:
+    """Staleness (policy versions, left axis) and the correction weights' ESS (in (0, 1], right axis)."""
+    steps = [m["step"] for m in metrics]
+    lines = []
+    for key, style in (("staleness_mean", "-"), ("staleness_max", "--")):
+        if any(key in m for m in metrics):
+            lines += axis.plot(steps, [m.get(key, float("nan")) for m in metrics], style, label=key)
+    axis.set_xlabel("step")
+    axis.set_ylabel("staleness (policy versions)")
+    axis.set_title("stale samples")
+    if any("offpolicy/ess" in m for m in metrics):
+        ess_axis = axis.twinx()
+        lines += ess_axis.plot(steps, [m.get("offpolicy/ess", float("nan")) for m in metrics], ":", color="C3",
+                               label="offpolicy/ess")
+        ess_axis.set_ylim(0.0, 1.05)
+        ess_axis.set_ylabel("effective sample size")
+    if lines:
+        axis.legend(lines, [line.get_label() for line in lines])
 
 
 AXES = {"step": "training step", "samples": "completions generated", "time": "training wall time (s)"}
