@@ -241,6 +241,25 @@ def test_a_run_saved_with_the_old_options_form_still_matches(tmp_path):
     assert plan_comparison(base_config(), "tic_ratio_only", "0", tmp_path / "cmp").runs[0].status == "done"
 
 
+def test_a_run_saved_with_behavior_correction_still_matches(tmp_path):
+    """Run folders written before algorithm.offpolicy_correction (behavior_correction: null,
+    behavior_correction_cap: 2.0, as docs/results/*/config.yaml hold them) are still done."""
+    plan = plan_comparison(base_config(), "grpo", "0", tmp_path / "cmp")
+    run = plan.runs[0]
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / MARKER).write_text(json.dumps({"algorithm": "grpo", "seed": 0}))
+    (run.run_dir / DONE_MARKER).write_text("{}")
+    saved = yaml.safe_load(config_to_yaml(run.config))
+    del saved["algorithm"]["offpolicy_correction"]
+    saved["algorithm"].update(behavior_correction=None, behavior_correction_cap=2.0)
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert plan_comparison(base_config(), "grpo", "0", tmp_path / "cmp").runs[0].status == "done"
+    saved["algorithm"]["behavior_correction"] = "token"  # a corrected run is not this uncorrected one
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match=r"different config.*algorithm\.offpolicy_correction"):
+        plan_comparison(base_config(), "grpo", "0", tmp_path / "cmp")
+
+
 def test_run_saved_before_a_config_key_existed_still_matches(tmp_path):
     """A finished run whose config.yaml predates a key (now at its default) is not 'different';
     a real difference still is."""
@@ -250,7 +269,7 @@ def test_run_saved_before_a_config_key_existed_still_matches(tmp_path):
     (run.run_dir / MARKER).write_text(json.dumps({"algorithm": "grpo", "seed": 0}))
     (run.run_dir / DONE_MARKER).write_text("{}")
     saved = yaml.safe_load(config_to_yaml(run.config))
-    del saved["algorithm"]["behavior_correction_cap"], saved["rollout"]["vllm"]  # keys added later
+    del saved["algorithm"]["offpolicy_correction"], saved["rollout"]["vllm"]  # keys added later
     (run.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
     assert plan_comparison(base_config(), "grpo", "0", tmp_path / "cmp").runs[0].status == "done"
     saved["optim"]["lr"] = 0.5

@@ -99,7 +99,8 @@ ERRORS = [
     (["optim.max_grad_norm=.inf"], "optim.max_grad_norm must be a finite number"),
     (["rollout.temperature=.inf"], "rollout.temperature must be a finite number"),
     (["eval.temperature=.nan"], "eval.temperature must be a finite number"),
-    (["algorithm.behavior_correction_cap=.inf"], "algorithm.behavior_correction_cap must be a finite number"),
+    (["rollout.lag=1", "algorithm.offpolicy_correction={name: token_tis, cap: .inf}"],
+     "algorithm.offpolicy_correction.cap must be a finite number"),
     (["algorithm.rewards=[{name: math_correctness, weight: .inf}]"], "algorithm.rewards[0].weight must be a finite"),
     (["algorithm.objective.epsilon_high=.inf"], "algorithm.objective.epsilon_high must be a finite"),
     # the schema's own messages, down into the mappings passed on as keyword arguments

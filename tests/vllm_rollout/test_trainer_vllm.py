@@ -1,6 +1,6 @@
 """`ticgrpo train` with `rollout.engine: vllm` (colocated, real vLLM on CPU): the trainer samples
-with vLLM, logs the behaviour-log-prob mismatch, applies TIS, and pushes its weights into the
-engine after every optimizer step."""
+with vLLM, logs the behaviour-log-prob mismatch, applies TIS (algorithm.offpolicy_correction),
+and pushes its weights into the engine after every optimizer step."""
 
 from __future__ import annotations
 
@@ -47,14 +47,15 @@ def _model_dir(tmp_path, tok, factory):
 def _check_mismatch(record):
     # fp32 on both sides: the engine's and the trainer's log-probs agree to rounding
     assert 0 <= record["mismatch/kl_k3"] < 1e-6 and record["mismatch/abs_diff_max"] < 1e-3
-    assert record["mismatch/weight_mean"] == pytest.approx(1.0, abs=1e-3)
-    assert record["mismatch/truncated_frac"] == 0
+    assert record["offpolicy/weight_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert record["offpolicy/truncated_frac"] == 0 and record["offpolicy/masked_frac"] == 0
+    assert record["offpolicy/ess"] == pytest.approx(1.0, abs=1e-3) and record["offpolicy/kl_k3"] < 1e-6
     assert record["num_sequences"] == 8 and torch.isfinite(torch.tensor(record["loss"]))
 
 
 def test_train_command_path_with_token_tis(tmp_path, tiny_tok, tiny_factory):
     """The whole `train()` loop: logs, evaluation through the vLLM engine, engine closed at the end."""
-    cfg = _config(tmp_path, _model_dir(tmp_path, tiny_tok, tiny_factory), behavior_correction="token")
+    cfg = _config(tmp_path, _model_dir(tmp_path, tiny_tok, tiny_factory), offpolicy_correction="token_tis")
     result = Trainer(cfg, reward_fns=[(digit_count, 1.0)]).train()
     assert result.steps == 2
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -68,7 +69,7 @@ def test_train_command_path_with_token_tis(tmp_path, tiny_tok, tiny_factory):
 def test_engine_follows_the_trained_weights_with_sequence_tis(tmp_path, tiny_tok, tiny_factory):
     from ticgrpo.rollout import HFGenerateEngine, SamplingParams
 
-    cfg = _config(tmp_path, _model_dir(tmp_path, tiny_tok, tiny_factory), behavior_correction="sequence")
+    cfg = _config(tmp_path, _model_dir(tmp_path, tiny_tok, tiny_factory), offpolicy_correction="sequence_tis")
     trainer = Trainer(cfg, reward_fns=[(digit_count, 1.0)])
     try:
         start = {k: v.clone() for k, v in trainer.model.state_dict().items()}

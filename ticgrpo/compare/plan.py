@@ -44,6 +44,7 @@ from ticgrpo.config import (
     read_yaml_mapping,
 )
 from ticgrpo.config.algorithms import ALGORITHMS, algorithm_names, get_algorithm, plain_settings
+from ticgrpo.config.schema import saved_correction_form
 
 MARKER = "compare.json"  # identity of a run folder: algorithm, seed, resolved algorithm spec
 DONE_MARKER = "compare_done.json"  # written after the run finished
@@ -275,7 +276,7 @@ def _with_defaults(saved: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """A saved config with this version's defaults filled in, so that a key added to ticgrpo
     since that run (at its default) is not a difference. Unreadable configs stay as saved."""
     try:
-        return load_config(_nested_options(saved), [], str(run_dir)).to_dict()
+        return load_config(_saved_corrections(_nested_options(saved)), [], str(run_dir)).to_dict()
     except ConfigError:
         return saved
 
@@ -293,6 +294,12 @@ def _nested_options(saved: dict[str, Any]) -> dict[str, Any]:
         if options and (node is None or isinstance(node, str)):
             section[method] = {"name": node, **options} if node is not None else dict(options)
     return {**saved, "algorithm": section}
+
+
+def _saved_corrections(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before algorithm.offpolicy_correction (behavior_correction*), in today's form."""
+    section = saved.get("algorithm")
+    return {**saved, "algorithm": saved_correction_form(section)} if isinstance(section, dict) else saved
 
 
 def _fingerprint(config_dict: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Every key of `ticgrpo.config.schema` (type, default, range or choices, description), the keys
 of the mappings passed on as keyword arguments (model.lora, rollout.vllm, algorithm.igrpo, the
-data sources), and the options of every registered objective and advantage estimator.
+data sources), and the options of every registered objective, advantage estimator and off-policy
+correction.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from ticgrpo.config.schema import AdvantageChoice, ObjectiveChoice, PassedOn, TrainConfig
+from ticgrpo.config.schema import AdvantageChoice, CorrectionChoice, ObjectiveChoice, PassedOn, TrainConfig
 
 _BOUNDS = (
     (annotated_types.Ge, "ge", ">="),
@@ -65,7 +66,7 @@ def _default(info: FieldInfo) -> Any:
         value = info.default_factory()  # type: ignore[call-arg]
     else:
         value = None if info.default is PydanticUndefined else info.default
-    if isinstance(value, ObjectiveChoice):
+    if isinstance(value, (ObjectiveChoice, CorrectionChoice)):
         return value.name
     if isinstance(value, AdvantageChoice):
         return None  # the objective's default
@@ -90,15 +91,16 @@ def _format(value: Any) -> str:
 
 
 # the method nodes: a name or a mapping naming the method, with its options beside the name
-_METHOD_TYPES = {
+_METHOD_TYPES: dict[Any, str] = {
     ObjectiveChoice: "name \\| {name, <option>: ...}",
+    CorrectionChoice: "name \\| {name, <option>: ...}",
     AdvantageChoice: "null \\| name \\| {name, <option>: ...}",
 }
 
 
 def _row(key: str, info: FieldInfo, required: bool = False) -> str:
     kind, limits = _type_and_limits(info.annotation, list(info.metadata))
-    kind = _METHOD_TYPES.get(info.annotation, kind)  # type: ignore[call-overload]
+    kind = _METHOD_TYPES.get(info.annotation, kind)
     default = "(required)" if required else f"`{_format(_default(info))}`"
     description = (info.description or "").replace("|", "\\|")
     return f"| `{key}` | {kind} | {default} | {', '.join(limits)} | {description} |"
@@ -163,6 +165,25 @@ def _method_options() -> list[str]:
     lines += ["## Advantage options (`algorithm.advantage: {name: <advantage>, <option>: ...}`)", ""]
     for name in ADVANTAGES.names():
         lines += _options_table(name, ADVANTAGES.spec(name).options)
+    return lines + _correction_options()
+
+
+def _correction_options() -> list[str]:
+    from ticgrpo.core.corrections import CORRECTIONS
+
+    lines = [
+        "## Off-policy correction options (`algorithm.offpolicy_correction: {name: <correction>, <option>: ...}`)",
+        "",
+        "What each correction estimates and how it composes with each objective: [offpolicy.md](offpolicy.md); "
+        "formulas and references: [objectives.md](objectives.md).",
+        "",
+    ]
+    for name in CORRECTIONS.names():
+        spec = CORRECTIONS.spec(name)
+        unit = "per sequence" if spec.sequence_level else "per token"
+        title = f"{name} (bypass: no weights)" if not spec.decoupled else f"{name} (weights {unit})"
+        has_options = bool(dataclasses.fields(spec.options))
+        lines += _options_table(title, spec.options) if has_options else [f"### {title}", "", "No options.", ""]
     return lines
 
 

@@ -341,6 +341,93 @@ def resolve_methods(algo: dict) -> dict:
     return algo
 
 
+DEFAULT_CORRECTION = "none"  # bypass: the objective's own ratio against the sampling policy
+
+
+def _correction_options(name: str, overrides: dict | None = None) -> Any:
+    from ticgrpo.core.corrections import make_correction_options
+
+    return make_correction_options(name, overrides)
+
+
+class CorrectionChoice(BaseModel):
+    """`algorithm.offpolicy_correction`: a registered correction and its validated options.
+
+    In YAML a name (`token_tis`) or a mapping naming it with its options (`{name: token_tis, cap: 3}`).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    name: str = DEFAULT_CORRECTION
+    options: Any = Field(default_factory=lambda: _correction_options(DEFAULT_CORRECTION))
+
+    @model_serializer
+    def _yaml_form(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {"name": self.name, **dataclasses.asdict(self.options)}
+
+
+def resolve_correction(node: Any) -> CorrectionChoice:
+    """An `algorithm.offpolicy_correction` node (null, a name or a mapping) as a CorrectionChoice."""
+    from ticgrpo.core.corrections import CORRECTIONS
+
+    name, overrides = method_node("algorithm.offpolicy_correction", node)
+    name = name or DEFAULT_CORRECTION
+    if name not in CORRECTIONS:
+        raise ConfigError(f"algorithm.offpolicy_correction: {unknown_value(name, CORRECTIONS.names())}")
+    try:
+        options = _correction_options(name, overrides)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"algorithm.offpolicy_correction: {exc}") from None
+    return CorrectionChoice(name=name, options=options)
+
+
+# the keys of the vLLM-only truncated importance sampling that offpolicy_correction replaced
+REMOVED_CORRECTION_KEYS = ("behavior_correction", "behavior_correction_cap")
+_RENAMED_CORRECTIONS = {None: "none", "token": "token_tis", "sequence": "sequence_tis"}
+
+
+def _new_correction_node(section: dict) -> dict[str, Any]:
+    """The offpolicy_correction node that means what a section's behavior_correction* keys meant."""
+    old = section.get("behavior_correction")
+    name = _RENAMED_CORRECTIONS.get(old, old) if isinstance(old, (str, type(None))) else old
+    node: dict[str, Any] = {"name": name}
+    if name in ("token_tis", "sequence_tis") and "behavior_correction_cap" in section:
+        node["cap"] = section["behavior_correction_cap"]
+    return node
+
+
+def _removed_correction_error(section: dict) -> ConfigError:
+    """The one-line error for behavior_correction / behavior_correction_cap, spelling out the new form."""
+    import yaml
+
+    node = _new_correction_node(section)
+    if node["name"] == "none" and "behavior_correction_cap" in section:
+        # a cap alone: the user wants a truncation; name the two that take it
+        node = {"name": "token_tis", "cap": section["behavior_correction_cap"]}
+    spelling = yaml.safe_dump(node, default_flow_style=True, sort_keys=False).strip()
+    removed = " / ".join(f"algorithm.{key}" for key in REMOVED_CORRECTION_KEYS if key in section)
+    other = " (or sequence_tis)" if "behavior_correction" not in section else ""
+    return ConfigError(
+        f"{removed} was replaced by algorithm.offpolicy_correction: {spelling}{other} "
+        f"(--set algorithm.offpolicy_correction={node['name']}; docs/offpolicy.md)"
+    )
+
+
+def saved_correction_form(section: dict[str, Any]) -> dict[str, Any]:
+    """A saved `algorithm:` section (a run folder written before offpolicy_correction) in today's
+    form: behavior_correction: null + behavior_correction_cap: C → offpolicy_correction: none,
+    behavior_correction: token → {name: token_tis, cap: C}."""
+    if not any(key in section for key in REMOVED_CORRECTION_KEYS):
+        return section
+    section = dict(section)
+    node = _new_correction_node(section)
+    for key in REMOVED_CORRECTION_KEYS:
+        section.pop(key, None)
+    section.setdefault("offpolicy_correction", node)
+    return section
+
+
 class AlgorithmConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
     preset: Text | None = Field(default=None,
@@ -386,11 +473,10 @@ class AlgorithmConfig(BaseModel):
     reward_timeout_s: Number | None = Field(default=300.0, gt=0,
         description="seconds a reward call may take (training and eval rewards); past it the call is abandoned and "
         "counts as a reward error of every sample of the call; null = no limit")
-    behavior_correction: Text | None = Field(default=None,
-        description="with an engine that reports behaviour log-probs (vLLM): token or sequence truncated importance "
-        "sampling, w = min(π_old/μ, C), folded into the advantages (ticgrpo.core.mismatch); "
-        "sequence-level objectives need sequence; null = off")
-    behavior_correction_cap: Number = Field(default=2.0, ge=1, description="C: importance weights are truncated at C")
+    offpolicy_correction: CorrectionChoice = Field(default_factory=CorrectionChoice,
+        description="how stale or engine-sampled rows are corrected (docs/offpolicy.md): none (the objective's own "
+        "ratio against the sampler's log-probs), token_tis, sequence_tis, token_mask, sequence_mask, "
+        "offpolicy_sequence_mask, drop_stale; a name or {name: ..., <option>: ...} (ticgrpo.core.corrections)")
 
     @model_validator(mode="before")
     @classmethod
@@ -399,14 +485,19 @@ class AlgorithmConfig(BaseModel):
             return data
         return resolve_methods(data)
 
-    @field_validator("behavior_correction")
+    @model_validator(mode="before")
     @classmethod
-    def _known_correction(cls, mode: str | None) -> str | None:
-        from ticgrpo.core.mismatch import MODES
+    def _removed_correction_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in REMOVED_CORRECTION_KEYS:
+                if key in data:
+                    raise _removed_correction_error(data)
+        return data
 
-        if mode is not None and mode not in MODES:
-            raise ValueError(unknown_value(mode, MODES))
-        return mode
+    @field_validator("offpolicy_correction", mode="before")
+    @classmethod
+    def _correction(cls, node: Any) -> Any:
+        return node if isinstance(node, CorrectionChoice) else resolve_correction(node)
 
     @model_validator(mode="after")
     def _rules(self) -> AlgorithmConfig:
@@ -547,7 +638,7 @@ class TrainConfig(BaseModel):
         check_output_dir("output_dir", self.output_dir)
         self._check_batch_sizes()
         self._check_staleness()
-        self._check_behavior_correction()
+        self._check_offpolicy_correction()
         return self
 
     def _check_batch_sizes(self) -> None:
@@ -600,25 +691,15 @@ class TrainConfig(BaseModel):
                 f"rollout.max_staleness >= {r.weight_sync_every - 1} or lower rollout.weight_sync_every"
             )
 
-    def _check_behavior_correction(self) -> None:
-        from ticgrpo.core.mismatch import CORRECTIONS
-        from ticgrpo.core.objectives import OBJECTIVES
+    def _check_offpolicy_correction(self) -> None:
+        from ticgrpo.core.corrections import CORRECTIONS
 
-        a = self.algorithm
-        if a.behavior_correction is None:
-            return
-        if self.rollout.engine == "hf":
+        name, r = self.algorithm.offpolicy_correction.name, self.rollout
+        if CORRECTIONS.spec(name).decoupled and r.engine == "hf" and r.lag == 0 and r.mode == "sync":
             raise ConfigError(
-                "algorithm.behavior_correction corrects an inference engine's sampling; the hf engine "
-                "samples from the training model itself: set rollout.engine: vllm or drop the correction"
-            )
-        if (
-            not CORRECTIONS.spec(a.behavior_correction).sequence_level
-            and OBJECTIVES.spec(a.objective.name).sequence_advantages
-        ):
-            raise ConfigError(
-                f"algorithm.behavior_correction: token weights need a token-level objective; "
-                f"{a.objective.name} uses one advantage per sequence: use sequence"
+                f"algorithm.offpolicy_correction: {name}, but nothing to correct: the hf engine samples every batch "
+                f"with the current weights; set rollout.lag, rollout.mode: async or rollout.engine: vllm (or "
+                f"offpolicy_correction: none)"
             )
 
 
@@ -627,6 +708,7 @@ __all__ = [
     "AlgorithmConfig",
     "CheckpointConfig",
     "ConfigError",
+    "CorrectionChoice",
     "DataConfig",
     "EvalConfig",
     "LoggingConfig",
@@ -639,5 +721,7 @@ __all__ = [
     "ValidationError",
     "WeightedReward",
     "check_output_dir",
+    "resolve_correction",
     "resolve_methods",
+    "saved_correction_form",
 ]

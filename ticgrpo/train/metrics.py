@@ -115,25 +115,26 @@ _STEP: tuple[tuple[str, Reduction, str], ...] = (
     ("conflict_frac", M, "gtpo: fraction of tokens shared by completions of opposite advantage"),
     ("entropy_filtered_frac", M, "gtpo: fraction of tokens filtered out by the entropy threshold"),
     ("entropy_mean", M, "gtpo: mean token entropy the objective read"),
-    # an inference engine's behaviour log-probs (ticgrpo.core.mismatch)
-    ("mismatch/kl_k3", M, "k3 estimate of KL(μ ‖ π_old) per token between engine and trainer"),
-    ("mismatch/abs_diff_mean", M, "mean |ℓ^old − ℓ^μ| over tokens"),
-    ("mismatch/abs_diff_max", MAX, "largest |ℓ^old − ℓ^μ|"),
-    ("mismatch/weight_mean", M, "mean truncated importance weight (algorithm.behavior_correction)"),
-    ("mismatch/truncated_frac", M, "fraction of importance weights truncated at the cap"),
+    # an inference engine's log-probs μ against the trainer's under the same weights (ticgrpo.train.offpolicy)
+    ("mismatch/kl_k3", M, "k3 estimate of KL(μ ‖ π_trainer) per token between engine and trainer"),
+    ("mismatch/abs_diff_mean", M, "mean |ℓ^trainer − ℓ^μ| over tokens"),
+    ("mismatch/abs_diff_max", MAX, "largest |ℓ^trainer − ℓ^μ|"),
     # stale samples (ticgrpo.train.sources, ticgrpo.train.offpolicy; docs/offpolicy.md)
     ("staleness_mean", M, "mean staleness of the batch's rows: this step minus the policy version that sampled them"),
     ("staleness_max", MAX, "largest staleness of a row of the batch"),
     ("staleness/hist_{k}", SUM, "rows of the batch sampled exactly k policy versions ago"),
     ("stale_dropped", SUM, "samples dropped because they were older than rollout.max_staleness (or drop_stale)"),
     ("queue_depth", M, "async: batches waiting in the producer's queue when the trainer took one"),
-    ("offpolicy/ess", M, "effective sample size of the correction weights, (Σw)²/(n·Σw²), in (0, 1]"),
-    ("offpolicy/weight_mean", M, "mean correction weight (after truncation or masking)"),
+    ("offpolicy/ess", M, "effective sample size of the correction weights, (Σw)²/(n·Σw²), in [0, 1] (1: no "
+                         "weights or equal weights; 0: every weight 0) (algorithm.offpolicy_correction)"),
+    ("offpolicy/weight_mean", M, "mean correction weight that multiplied the advantages (after truncation or "
+                                 "masking; per sequence for a sequence-advantage objective)"),
     ("offpolicy/ratio_min", MIN, "smallest raw importance ratio π_prox/μ before truncation or masking"),
     ("offpolicy/ratio_max", MAX, "largest raw importance ratio π_prox/μ before truncation or masking"),
     ("offpolicy/truncated_frac", M, "fraction of weights truncated at the cap (token_tis, sequence_tis)"),
     ("offpolicy/masked_frac", M, "fraction of tokens or sequences the correction zeroed (masks, drop_stale)"),
-    ("offpolicy/kl_k3", M, "k3 estimate of KL(μ ‖ π_prox) per token between the sampling and the current weights"),
+    ("offpolicy/kl_k3", M, "k3 estimate of KL(μ ‖ π_prox) per token between the sampling distribution and the "
+                           "current weights"),
 )
 
 _EVAL: tuple[tuple[str, Reduction, str], ...] = (
