@@ -25,7 +25,10 @@ from ticgrpo.rollout.base import RolloutBatch, SamplingParams
 
 class ProducerFailed(RuntimeError):
     """The producer died, hung past rollout.producer_timeout_s or raised; the message is one line
-    naming the producer (e.g. "HF rollout producer (pid 1234)") and what happened."""
+    naming the producer (e.g. "HF rollout producer (pid 1234)") and what happened. The trainer stops
+    (its checkpoints intact); `ticgrpo train` prints the line and exits with 5."""
+
+    exit_code = 5  # 2: bad input, 3: the run halted itself, 4: a checkpoint write failed
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class RolloutJob:
     prompts: list[str]  # formatted prompt texts, one per group
     num_generations: int  # G
     params: SamplingParams
-    seed: int  # torch seed the producer sets before sampling the job
+    seed: int  # the job's sampling seed (the HF producer seeds each generate call from it, as GroupSampler does)
     generation_batch_size: int | None = None  # sequences per generate() call, as rollout.generation_batch_size
 
 
