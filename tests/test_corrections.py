@@ -30,6 +30,7 @@ from ticgrpo.core.objectives import OBJECTIVES, compute_loss, make_objective_con
 from ticgrpo.rollout import RolloutBatch
 from ticgrpo.testing import make_tiny_model, make_tiny_tokenizer
 from ticgrpo.train import Trainer
+from ticgrpo.train.metrics import is_declared
 from ticgrpo.train.offpolicy import prepare_old_logprobs
 from ticgrpo.train.step import StepSettings, TrainingBatch, fixed_logprobs
 
@@ -486,6 +487,7 @@ def test_lagged_training_with_every_correction(tmp_path, objective, correction):
     trainer.train()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 4 and [r["staleness_max"] for r in records] == [0, 1, 2, 2]
+    assert [k for r in records for k in r if k != "step" and not is_declared(k)] == []
     for record in records:
         numbers = [v for v in record.values() if isinstance(v, (int, float))]
         assert all(math.isfinite(v) for v in numbers), record
