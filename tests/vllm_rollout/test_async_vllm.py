@@ -371,3 +371,67 @@ def test_killing_the_server_stops_training_with_producer_failed(tmp_path: Path, 
     assert last is not None
     verify_checkpoint(last)
     assert read_model_state(last)
+
+
+# ---------------------------------------------------------------- what a push costs (SmolLM2)
+
+
+def test_weight_push_cost_on_smollm2(tmp_path: Path, smol: tuple[str, Any, Any],
+                                     arithmetic_prompts: list[str]) -> None:
+    """The bundled SmolLM2-135M served in bf16, the trainer's fp32 copy pushed through the producer:
+    the rows after the push are sampled by the pushed weights; prints what the push costs."""
+    from ticgrpo.rollout.vllm.weights import trainer_weights, weights_file
+
+    path, model, tok = smol
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "server.log", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ticgrpo.rollout.vllm.server", "--model", path, "--port", str(port),
+             "--dtype", "bfloat16", "--max-model-len", "1024"],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+        )
+    served = Served(proc, url, Path(path), tmp_path / "server.log")
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.model.norm.weight.mul_(1.3)  # sharper next-token distributions everywhere
+    try:
+        deadline = time.time() + 300
+        while True:
+            assert proc.poll() is None, served.log.read_text()[-3000:]
+            try:
+                producer = VLLMProducer(server_engine(model, tok, url))
+                break
+            except ConnectionError:
+                assert time.time() < deadline, "the vLLM server did not come up"
+                time.sleep(1.0)
+        start = time.monotonic()
+        producer.start(model)
+        start_seconds = time.monotonic() - start
+        params = SamplingParams(max_new_tokens=32, temperature=1.0)
+        prompts = arithmetic_prompts[:8]
+        producer.submit(RolloutJob(0, prompts, 2, params, seed=5))
+        before = wait_for(producer)
+        start = time.monotonic()
+        producer.push_weights(changed, version=1)
+        push_seconds = time.monotonic() - start
+        producer.submit(RolloutJob(1, prompts, 2, params, seed=5))
+        after = wait_for(producer)
+        with weights_file(trainer_weights(changed)) as file:
+            start = time.monotonic()
+            assert producer.client.load_weights_file(file, 1) == 1
+            load_seconds = time.monotonic() - start
+        producer.close()
+    finally:
+        stop_server(served)
+    assert (before.version, after.version) == (0, 1)
+    assert after.rollout.behavior_logprobs is not None
+    mask = after.rollout.completion_mask.bool()
+    to_changed = (trainer_logprobs(changed, after.rollout, 1.0) - after.rollout.behavior_logprobs)[mask].abs().mean()
+    to_original = (trainer_logprobs(model, after.rollout, 1.0) - after.rollout.behavior_logprobs)[mask].abs().mean()
+    size_mb = sum(t.numel() * t.element_size() for _, t in trainer_weights(model)) / 2**20
+    print(f"\n[smollm2 push] {size_mb:.0f} MiB fp32; start (write + load) {start_seconds:.2f} s; push_weights on the "
+          f"trainer's thread {push_seconds:.2f} s; the server's load of a written file {load_seconds:.2f} s; "
+          f"jobs of 16 rows {before.seconds:.2f} s / {after.seconds:.2f} s; mean |Δ log p| after the push: "
+          f"to the pushed model {to_changed:.4f}, to the old {to_original:.4f}")
+    assert to_changed < 0.1 and to_original > 3 * to_changed

@@ -70,10 +70,23 @@ def weights_file(named_tensors: NamedTensors, folder: str | None = None) -> Iter
     tmp = tempfile.mkdtemp(prefix="ticgrpo-weights-", dir=base)
     path = os.path.join(tmp, "weights.safetensors")
     try:
-        save_file({name: t.detach().contiguous().cpu() for name, t in named_tensors}, path)
+        save_file(_unshared(named_tensors), path)
         yield path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _unshared(named_tensors: NamedTensors) -> dict[str, torch.Tensor]:
+    """CPU tensors by name, a name whose storage another name already holds (tied embeddings:
+    lm_head.weight is embed_tokens.weight) as a copy: safetensors refuses shared storage."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in named_tensors:
+        t = tensor.detach().contiguous().cpu()
+        pointer = t.untyped_storage().data_ptr()
+        out[name] = t.clone() if pointer in seen else t
+        seen.add(pointer)
+    return out
 
 
 def read_weights_file(path: str) -> NamedTensors:
