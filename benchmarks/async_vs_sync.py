@@ -20,6 +20,7 @@ them alike.
 
     python benchmarks/async_vs_sync.py                       # tiny-test model (seconds per run)
     python benchmarks/async_vs_sync.py --model smollm2-135m-instruct --steps 6 --max-new-tokens 32
+    python benchmarks/async_vs_sync.py --push-cost --model smollm2-135m-instruct   # one weight push, timed
 """
 
 from __future__ import annotations
@@ -77,6 +78,39 @@ def run_variant(name: str, args: argparse.Namespace, folder: Path) -> dict:
     }
 
 
+def push_cost(args: argparse.Namespace) -> None:
+    """Seconds of HFProducer.push_weights (the trainer's side of a weight push) for the model, and
+    of the worker's copy into its model at its next job (inside that job's sampling seconds)."""
+    import torch
+
+    from ticgrpo.config import load_config
+    from ticgrpo.rollout import HFGenerateEngine
+    from ticgrpo.rollout.producers.hf import HFProducer, HFWorkerSpec, trainable_weights
+    from ticgrpo.train.components import step_settings
+    from ticgrpo.train.setup import load_model
+
+    torch.set_num_threads(1)
+    cfg = load_config({"model": {"name": args.model, "chat_template": False}})
+    model, tokenizer = load_model(cfg)
+    size = sum(p.numel() * p.element_size() for p in trainable_weights(model).values())
+    producer = HFProducer(HFWorkerSpec.of_engine(HFGenerateEngine(model, tokenizer), step_settings(cfg, None),
+                                                 "cpu", 1))
+    try:
+        start = time.perf_counter()
+        producer.start(model)
+        started = time.perf_counter() - start
+        seconds = []
+        for version in range(1, args.repeats + 2):
+            start = time.perf_counter()
+            producer.push_weights(model, version)
+            seconds.append(time.perf_counter() - start)
+    finally:
+        producer.close()
+    print(f"{args.model}: {size / 2**20:.0f} MiB of trainable weights; producer start (spawn, copy, load) "
+          f"{started:.1f} s; push_weights median {statistics.median(seconds[1:]):.3f} s over {args.repeats} "
+          f"(first {seconds[0]:.3f} s)")
+
+
 def report(trials: list[dict], variants: list[str]) -> None:
     def median(variant: str, key: str) -> float:
         return statistics.median(t[key] for t in trials if t["variant"] == variant)
@@ -108,7 +142,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write every trial here")
+    parser.add_argument("--push-cost", action="store_true", help="only time the HF producer's weight push")
     args = parser.parse_args()
+    if args.push_cost:
+        push_cost(args)
+        return
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
