@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
               f"and counted in eval.json (ids: {', '.join(skipped[:5])})", file=sys.stderr)
     policy = load_policy(args.model, args.dtype, args.seed)
     formatter = policy.formatter(args.chat_template, args.system_prompt)
-    engine = make_engine(args.engine, policy, args.seed)
+    engine = make_engine(args.engine, policy, args.seed, args.dtype)
     try:
         records = generate_and_judge(engine, rows, [formatter({"prompt": row.prompt}) for row in rows], settings,
                                      progress=args.progress)
@@ -198,7 +198,9 @@ def _load_checkpoint(folder: Path) -> Policy:
     return Policy(model, tokenizer, None, config.model.chat_template, config.model.system_prompt)
 
 
-def make_engine(kind: str, policy: Policy, seed: int) -> Any:
+def make_engine(kind: str, policy: Policy, seed: int, dtype: str = "float32") -> Any:
+    """HF generate on the loaded model, or vLLM (weights from the model's folder when it has one,
+    in `dtype`, so that both engines decode the same weights)."""
     import torch
 
     if kind == "hf":
@@ -211,7 +213,7 @@ def make_engine(kind: str, policy: Policy, seed: int) -> Any:
         from ticgrpo.rollout.vllm import VLLMEngine
     except ImportError as exc:
         raise UsageError(f"--engine vllm needs vLLM ({exc}); run ticgrpo from .venv-vllm (docs/vllm.md)") from None
-    options: dict[str, Any] = {"seed": seed}
+    options: dict[str, Any] = {"seed": seed, "dtype": dtype}
     if policy.path is not None:
         options["model_path"] = policy.path  # else the engine saves the loaded model first
     return VLLMEngine(policy.model, policy.tokenizer, **options)
