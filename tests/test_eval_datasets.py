@@ -164,8 +164,13 @@ def test_bad_data_specs_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_a_hub_id_offline_is_a_one_line_error(monkeypatch) -> None:
+    import datasets
+    import huggingface_hub
+
+    # read at import time by both libraries: the variables alone come too late in this process
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match=r"cannot load dataset 'no-such-org/no-such-set'.*pass a local") as info:
         load_eval_rows("gsm8k:no-such-org/no-such-set")
     assert "\n" not in str(info.value)
