@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The vLLM rollout engine's tests, against real vLLM (CPU build) in .venv-vllm:
-# layout vs HFGenerateEngine, greedy agreement, behaviour log-probs, weight updates, server mode.
+# layout vs HFGenerateEngine, greedy agreement, behaviour log-probs, weight updates, server mode,
+# asynchronous rollouts through the server (weight versions, the vLLM producer, async training).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
