@@ -192,14 +192,20 @@ def load_eval_rows(spec: str, split: str | None = None, config: str | None = Non
         if num_examples is not None and "num_eval" not in options:
             # the held-out split is generated in order: its first rows do not depend on num_eval
             options["num_eval"] = max(num_examples, 100)
-        rows = [EvalRow(row["prompt"], canonical_answer(row.get("answer")), row.get("answer"), str(row.get("id", i)))
-                for i, row in enumerate(load_dataset_source(options))]
+        rows = eval_rows_from_records(load_dataset_source(options))
         return rows[:num_examples] if num_examples is not None else rows, name, 96
     benchmark = BENCHMARKS.spec(name)
     raw = read_records(argument, split or benchmark.split, config if config is not None else benchmark.hub_config)
     if num_examples is not None:
         raw = raw[:num_examples]
     return benchmark_rows(benchmark, raw, argument), name, benchmark.max_new_tokens
+
+
+def eval_rows_from_records(records: list[dict]) -> list[EvalRow]:
+    """`EvalRow`s of rows in ticgrpo's data form ({prompt, answer, id?}, what `load_dataset_source`
+    returns, e.g. the trainer's held-out rows); a missing or empty answer gives gold None."""
+    return [EvalRow(row["prompt"], canonical_answer(row.get("answer")), row.get("answer"), str(row.get("id", i)))
+            for i, row in enumerate(records)]
 
 
 def benchmark_rows(benchmark: BenchmarkSpec, records: list[dict], where: str) -> list[EvalRow]:
