@@ -107,7 +107,7 @@ def test_producer_samples_with_the_weights_it_was_sent_and_tags_their_version():
     assert not producer_processes()
 
 
-def test_a_worker_exception_comes_back_as_one_line_naming_the_producer():
+def test_a_worker_exception_comes_back_as_one_line_naming_the_producer_which_restarts():
     model = make_tiny_model(seed=0, tokenizer=TOKENIZER)
     settings = StepSettings("tic_grpo", make_objective_config("tic_grpo"), max_new_tokens=6)
     producer = HFProducer(HFWorkerSpec.of_engine(HFGenerateEngine(model, TOKENIZER), settings, "cpu", 1), 30.0)
@@ -117,11 +117,17 @@ def test_a_worker_exception_comes_back_as_one_line_naming_the_producer():
         producer.submit(RolloutJob(0, [], G, SamplingParams(max_new_tokens=6), seed=0))  # no prompts: it raises
         with pytest.raises(ProducerFailed) as failed:
             producer.poll(30.0)
+        producer.start(model)  # a restart replaces the failed worker with a fresh one
+        assert producer.pid != pid
+        producer.submit(RolloutJob(1, ["What is 1 + 2?"], G, SamplingParams(max_new_tokens=6), seed=0))
+        again = producer.poll(30.0)
     finally:
         producer.close()
     message = str(failed.value)
     assert message.startswith(f"HF rollout producer (pid {pid}) failed: ") and "\n" not in message
     assert failed.value.exit_code == 5
+    assert again is not None and again.index == 1 and len(again.rollout) == G
+    assert not producer_processes()
 
 
 # ---------------------------------------------------------------------- training runs

@@ -86,10 +86,17 @@ class HFProducer:
         self._ctx = mp.get_context("spawn")  # never fork a process that holds torch threads (or CUDA)
         self._process: SpawnProcess | None = None
         self._weights: dict[str, torch.Tensor] = {}
+        self._lock: Any = None
+        self._version: Any = None
+        self._jobs: Any = None
+        self._results: Any = None
+
+    def _open_channels(self) -> None:
+        """Fresh queues, lock and version counter: each start gets its own (close() closes them)."""
         self._lock = self._ctx.Lock()
         self._version = self._ctx.Value("q", 0, lock=False)  # guarded by _lock
-        self._jobs: Any = self._ctx.Queue()
-        self._results: Any = self._ctx.Queue()
+        self._jobs = self._ctx.Queue()
+        self._results = self._ctx.Queue()
 
     @property
     def pid(self) -> int | None:
@@ -99,6 +106,8 @@ class HFProducer:
         """Spawn the worker with a copy of `model` (version 0) and wait until it has loaded it."""
         from ticgrpo.rollout.producers import hf_worker
 
+        self.close()  # a restart replaces the worker it had
+        self._open_channels()
         trainable = trainable_weights(model).items()
         self._weights = {n: p.detach().to("cpu", copy=True).share_memory_() for n, p in trainable}
         self._process = self._ctx.Process(target=hf_worker.main, name="ticgrpo-hf-producer", daemon=True,
@@ -157,9 +166,12 @@ class HFProducer:
             if process.is_alive():
                 process.kill()  # also ends a SIGSTOPped process
                 process.join(CLOSE_JOIN_S)
+            self.name = f"{self.name.partition(' (')[0]} (pid {process.pid}, closed)"
         for q in (self._jobs, self._results):
-            q.cancel_join_thread()  # never block interpreter exit on a pipe nobody reads
-            q.close()
+            if q is not None:
+                q.cancel_join_thread()  # never block interpreter exit on a pipe nobody reads
+                q.close()
+        self._jobs = self._results = None
 
     def _receive(self, timeout: float) -> tuple[str, Any] | None:
         """The worker's next message, checking every POLL_SLICE_S that it is alive."""
