@@ -255,3 +255,51 @@ def test_curves_get_a_staleness_panel_only_for_stale_runs(tmp_path):
     assert [has_offpolicy_metrics(m) for m in (on_policy, lagged, weighted)] == [False, True, True]
     assert width(on_policy, "sync") == 1100  # figsize 11 in at 100 dpi: two panels
     assert width(lagged, "lagged") == width(weighted, "weighted") == 1650  # three panels
+
+
+# ---------------------------------------------------------------------- two processes
+
+
+@pytest.mark.slow
+def test_two_process_lagged_run_resumes_each_process_queue(tmp_path):
+    """Each process queues its own share of the lagged batches; a checkpoint holds every process's
+    queue and a resume with the same processes ends where an uninterrupted run does. A resume with
+    another number of processes is a one-line refusal (exit 2) that writes nothing."""
+    from test_distributed import ACCELERATE, free_port
+    from test_distributed import config as two_process_config
+
+    def launch(cfg: dict, name: str, processes: int, resume: bool = False) -> subprocess.CompletedProcess:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(json.dumps({**cfg, "output_dir": str(tmp_path / name)}))  # JSON is YAML
+        train = ["-m", "ticgrpo.cli", "train", "--config", str(path), *(["--resume"] if resume else [])]
+        cmd = [sys.executable, *train] if processes == 1 else [
+            ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), *train]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+    cfg = two_process_config(tmp_path)
+    cfg["rollout"] = {**cfg["rollout"], "lag": 2}
+    cfg["eval"] = {**cfg["eval"], "at_start": False, "at_end": False}
+    cfg["checkpoint"] = {"every_steps": 1, "keep_last": 0, "save_final": False}
+    cfg["max_steps"] = 4
+    full = launch(cfg, "full", 2)
+    assert full.returncode == 0, full.stderr[-3000:]
+    part = launch({**cfg, "max_steps": 2}, "part", 2)
+    assert part.returncode == 0, part.stderr[-3000:]
+    queues = torch.load(tmp_path / "part" / "checkpoints" / "step-0002" / ckpt.SOURCE_FILE, weights_only=True)
+    assert len(queues) == 2 and all([e["step"] for e in q["pending"]] == [2, 3] for q in queues)
+    assert queues[0]["pending"][0]["rows"] != queues[1]["pending"][0]["rows"]  # each process its own groups
+    logged = (tmp_path / "part" / "metrics.jsonl").read_bytes()
+    refused = launch(cfg, "part", 1, resume=True)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr[-3000:]
+    assert "holds the queued batches of 2 process(es)" in refused.stderr
+    assert (tmp_path / "part" / "metrics.jsonl").read_bytes() == logged
+    resumed = launch(cfg, "part", 2, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = ckpt.read_model_state(tmp_path / "full" / "checkpoints" / "step-0004")
+    b = ckpt.read_model_state(tmp_path / "part" / "checkpoints" / "step-0004")
+    for name, value in a.items():
+        assert torch.equal(value, b[name]), name
+    assert _records(tmp_path / "part") == _records(tmp_path / "full")
+    assert [r["staleness_mean"] for r in _records(tmp_path / "part")] == [0.0, 1.0, 2.0, 2.0]
