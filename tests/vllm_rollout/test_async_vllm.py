@@ -255,6 +255,10 @@ def test_a_dead_or_frozen_server_is_reported_in_bounded_time(tmp_path: Path, tin
         own.proc.send_signal(signal.SIGCONT)
         with pytest.raises(ProducerFailed):  # it stays failed
             producer.submit(job(0, GREEDY))
+        producer.start(model, version=4)  # started again: a fresh thread and queues
+        producer.submit(job(1, GREEDY))
+        again = wait_for(producer)
+        assert (again.index, again.version) == (1, 4)
         producer.close()
 
         # killed (SIGKILL) during a job
@@ -334,6 +338,22 @@ def test_async_training_with_the_vllm_producer(tmp_path: Path, served: Served, c
     print(f"\n[async vllm, {correction}] staleness_max per step", [r["staleness_max"] for r in logged],
           "dropped", [r["stale_dropped"] for r in logged],
           "offpolicy/ess", [round(r["offpolicy/ess"], 4) for r in logged])
+
+
+def test_resumed_async_run_reloads_the_server_with_the_resumed_version(tmp_path: Path, served: Served) -> None:
+    from ticgrpo.train import Trainer
+
+    cfg = async_config(tmp_path, served)
+    cfg["checkpoint"] = {"every_steps": 1, "keep_last": 0, "save_final": False}
+    first = Trainer({**cfg, "max_steps": 2}, reward_fns=[(digit_count, 1.0)]).train()
+    assert first.steps == 2
+    # the server now holds version 2; a resumed run's producer reloads it with the checkpoint's weights
+    resumed = Trainer(cfg, reward_fns=[(digit_count, 1.0)]).train(resume=True)
+    assert resumed.steps == 4
+    logged = records(tmp_path)
+    assert [r["step"] for r in logged] == [1, 2, 3, 4]
+    assert logged[2]["staleness_max"] == 0  # step 3's batch was sampled by the resumed weights (version 2)
+    assert all(r["staleness_max"] <= 1 and math.isfinite(r["loss"]) for r in logged)
 
 
 def test_killing_the_server_stops_training_with_producer_failed(tmp_path: Path, tiny_tok: Any,

@@ -93,9 +93,13 @@ class VLLMProducer:
 
     def start(self, model: Any, version: int = 0) -> None:
         """Load ``model``'s weights into the server as ``version`` (a server that served another run
-        holds other weights) and start the thread."""
+        holds other weights) and start the thread. Starting again (a resumed source, or after a
+        failure) first closes the previous thread and starts from empty queues."""
         if self.thread is not None:
-            raise RuntimeError(f"{self.name} is already started")
+            self.close()
+        self.jobs, self.results, self.weights = queue.Queue(), queue.Queue(), queue.Queue()
+        self.stop = threading.Event()
+        self.thread, self.failure = None, None
         try:
             with weights_file(trainer_weights(model), self.client.weights_dir) as path:
                 self.client.load_weights_file(path, version)
