@@ -169,3 +169,30 @@ def test_resume_into_another_model_is_refused_before_anything_is_written(tmp_pat
         line = _error_line(capsys)
         assert "model.name ('tiny-test' -> 'smollm2-135m-instruct')" in line and "another --output-dir" in line
         assert _tree(out) == before
+
+
+def test_a_folder_written_by_an_earlier_version_resumes_without_a_config_change(tmp_path, capsys):
+    """config.yaml of earlier versions held `objective_options` / `advantage_options` beside the
+    method names and `behavior_correction*` (today: options nested under the method, and
+    algorithm.offpolicy_correction). Such a folder resumes as it is: the saved config is read in
+    today's form, so none of those keys counts as a change of the trajectory."""
+    out = tmp_path / "run"
+    assert main(_args(out, "--set", "algorithm.objective={name: grpo, epsilon_high: 0.3}")) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    algo = saved["algorithm"]
+    objective = algo["objective"]
+    algo["objective"] = objective.pop("name")
+    algo["objective_options"] = objective
+    algo["advantage"], algo["advantage_options"] = None, {}
+    del algo["offpolicy_correction"]
+    algo["behavior_correction"], algo["behavior_correction_cap"] = None, 2.0
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    capsys.readouterr()
+    assert main(_args(out, "--resume", "--set", "algorithm.objective={name: grpo, epsilon_high: 0.3}", steps=3)) == 0
+    assert f"resuming {out} from step 2" in capsys.readouterr().out
+    [record] = [json.loads(x) for x in (out / run_folder.CONFIG_CHANGES_FILE).read_text().splitlines()]
+    assert list(record["changes"]) == ["max_steps"]  # the extension, nothing of the old forms
+    # a real difference in an option is still one
+    assert main(_args(out, "--resume", "--set", "algorithm.objective={name: grpo, epsilon_high: 0.25}",
+                      steps=4)) == 2
+    assert "algorithm.objective.epsilon_high (0.3 -> 0.25)" in _error_line(capsys)

@@ -340,6 +340,26 @@ def test_async_training_with_the_vllm_producer(tmp_path: Path, served: Served, c
           "offpolicy/ess", [round(r["offpolicy/ess"], 4) for r in logged])
 
 
+def test_evaluation_of_an_async_run_samples_from_the_current_weights(tmp_path: Path, served: Served) -> None:
+    """The held-out evaluation goes through the producer's server, which holds the weights of the
+    last push (older with weight_sync_every 2, and never the final step's): the trainer pushes
+    θ_t, tagged t, before it evaluates, so the server holds the final version afterwards and its
+    greedy completions are those of the trained weights."""
+    from ticgrpo.train import Trainer
+
+    cfg = async_config(tmp_path, served, weight_sync_every=2, max_staleness=2)
+    cfg["eval"] = {"every_steps": 0, "at_start": False, "at_end": True}
+    trainer = Trainer(cfg, reward_fns=[(digit_count, 1.0)])
+    result = trainer.train()
+    assert result.steps == 4 and result.evals and result.evals[-1]["step"] == 4
+    client = HTTPBackend(served.url)
+    assert client.health()["weight_version"] == 4
+    engine = server_engine(trainer.model, trainer.tokenizer, served.url)
+    prompts = [trainer.format_prompt(row) for row in trainer.eval_rows]
+    hf = HFGenerateEngine(trainer.model, trainer.tokenizer).generate(prompts, 1, GREEDY)
+    assert engine.generate(prompts, 1, GREEDY).completions == hf.completions
+
+
 def test_resumed_async_run_reloads_the_server_with_the_resumed_version(tmp_path: Path, served: Served) -> None:
     from ticgrpo.train import Trainer
 

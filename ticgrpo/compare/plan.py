@@ -44,7 +44,8 @@ from ticgrpo.config import (
     read_yaml_mapping,
 )
 from ticgrpo.config.algorithms import ALGORITHMS, algorithm_names, get_algorithm, plain_settings
-from ticgrpo.config.schema import saved_correction_form
+from ticgrpo.config.loading import upgrade_saved_config
+from ticgrpo.config.schema import REMOVED_OPTION_KEYS
 
 MARKER = "compare.json"  # identity of a run folder: algorithm, seed, resolved algorithm spec
 DONE_MARKER = "compare_done.json"  # written after the run finished
@@ -54,7 +55,6 @@ COMPARISON_FILE = "comparison.json"  # at the top of the output folder: what was
 _REPLACED = ("objective", "advantage")
 _SPEC_EXTRA = ("description", "set", "add_rewards")
 # keys of configs written before the options nested under their method (saved run folders, old specs)
-_LEGACY_OPTIONS = {"objective_options": "objective", "advantage_options": "advantage"}
 _COMPARE_KEYS = ("base", "algorithms", "run", "seeds")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # sections of the resolved config that do not change results (ignored when checking a run folder)
@@ -150,8 +150,8 @@ def resolve_algorithm(name: str, custom: dict[str, Any] | None = None) -> dict[s
 def _check_keys(name: str, spec: dict[str, Any]) -> None:
     allowed = set(AlgorithmConfig.model_fields) | set(_SPEC_EXTRA)
     for key in spec:
-        if key in _LEGACY_OPTIONS:
-            method = _LEGACY_OPTIONS[key]
+        if key in REMOVED_OPTION_KEYS:
+            method = REMOVED_OPTION_KEYS[key]
             raise ConfigError(f"compare.algorithms.{name}.{key} is gone: nest the options under the {method}, "
                               f"e.g. {method}: {{name: ..., <option>: ...}}")
         if key not in allowed:
@@ -276,30 +276,9 @@ def _with_defaults(saved: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """A saved config with this version's defaults filled in, so that a key added to ticgrpo
     since that run (at its default) is not a difference. Unreadable configs stay as saved."""
     try:
-        return load_config(_saved_corrections(_nested_options(saved)), [], str(run_dir)).to_dict()
+        return load_config(upgrade_saved_config(saved), [], str(run_dir)).to_dict()
     except ConfigError:
         return saved
-
-
-def _nested_options(saved: dict[str, Any]) -> dict[str, Any]:
-    """A config saved before the options nested under their method, in today's form
-    (`objective: x` + `objective_options: {...}` → `objective: {name: x, ...}`)."""
-    section = saved.get("algorithm")
-    if not isinstance(section, dict) or not any(key in section for key in _LEGACY_OPTIONS):
-        return saved
-    section = dict(section)
-    for key, method in _LEGACY_OPTIONS.items():
-        options = section.pop(key, None) or {}
-        node = section.get(method)
-        if options and (node is None or isinstance(node, str)):
-            section[method] = {"name": node, **options} if node is not None else dict(options)
-    return {**saved, "algorithm": section}
-
-
-def _saved_corrections(saved: dict[str, Any]) -> dict[str, Any]:
-    """A config saved before algorithm.offpolicy_correction (behavior_correction*), in today's form."""
-    section = saved.get("algorithm")
-    return {**saved, "algorithm": saved_correction_form(section)} if isinstance(section, dict) else saved
 
 
 def _fingerprint(config_dict: dict[str, Any]) -> dict[str, Any]:

@@ -21,10 +21,12 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from ticgrpo.config.schema import (
+    REMOVED_OPTION_KEYS,
     ConfigError,
     TrainConfig,
     describe,
     method_name,
+    saved_correction_form,
     unknown_value,
 )
 
@@ -224,6 +226,23 @@ def validated(model: type[BaseModel], raw: dict, prefix: str = "") -> Any:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(one_line(exc, model, prefix)) from None
+
+
+def upgrade_saved_config(saved: dict) -> dict:
+    """A config.yaml written by an earlier version of ticgrpo, in today's form: options nested
+    under their method (`objective: x` + `objective_options: {...}` → `objective: {name: x, ...}`)
+    and behavior_correction* as algorithm.offpolicy_correction. Run folders stay readable by
+    `--resume`, `ticgrpo compare` and `ticgrpo report`; new configs get the one-line errors."""
+    section = saved.get("algorithm")
+    if not isinstance(section, dict):
+        return saved
+    section = saved_correction_form(dict(section))
+    for key, method in REMOVED_OPTION_KEYS.items():
+        options = section.pop(key, None) or {}
+        node = section.get(method)
+        if options and (node is None or isinstance(node, str)):
+            section[method] = {"name": node, **options} if node is not None else dict(options)
+    return {**saved, "algorithm": section}
 
 
 def config_to_yaml(config: TrainConfig) -> str:

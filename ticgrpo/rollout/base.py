@@ -194,9 +194,9 @@ class RolloutEngine(ABC):
     #: True when `generate` fills `RolloutBatch.behavior_logprobs`.
     provides_behavior_logprobs: bool = False
 
-    def update_weights(self, model: object) -> None:  # noqa: B027 (a no-op by design)
-        """Push the trainer's current weights into the engine; engines that sample from the
-        training model itself need nothing."""
+    def update_weights(self, model: object, version: int | None = None) -> None:  # noqa: B027 (a no-op by design)
+        """Push the trainer's current weights (policy version `version`) into the engine; engines
+        that sample from the training model itself need nothing."""
 
     def close(self) -> None:  # noqa: B027 (a no-op by design)
         """Release the engine's resources (processes, memory); a no-op by default."""

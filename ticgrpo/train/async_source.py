@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ticgrpo.config import ConfigError
-from ticgrpo.rollout.base import RolloutBatch, SamplingParams
+from ticgrpo.rollout.base import RolloutBatch, RolloutEngine, SamplingParams
 from ticgrpo.rollout.producers.base import ProducedRollout, Producer, ProducerFailed, RolloutJob
 from ticgrpo.train.prompts import PromptStream, sampling_seed
 from ticgrpo.train.sampling import Collected, PlainSampling
@@ -118,6 +118,14 @@ class AsyncSource:
             start = time.perf_counter()
             self.producer.push_weights(model, version)
             self.push_seconds = time.perf_counter() - start
+
+    def prepare_eval(self, model: Any, version: int) -> None:
+        """The trainer's engine may be the producer's (a vLLM server holding the weights of the
+        last push, which may be older): give it the current weights, tagged with their version, so
+        that the evaluation scores θ_t and later jobs report the version they really used."""
+        engine = self.sampling.groups.engine
+        if isinstance(engine, RolloutEngine):
+            engine.update_weights(model, version=version)
 
     def stream_state(self, stream: PromptStream) -> dict[str, Any]:
         """The position after the last consumed batch's rows: the rows of queued jobs are taken

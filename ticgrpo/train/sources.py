@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 
 class WeightSink(Protocol):
-    def update_weights(self, model: object) -> None: ...
+    def update_weights(self, model: object, version: int | None = None) -> None: ...
 
 
 class BatchSource(Protocol):
@@ -55,6 +55,11 @@ class BatchSource(Protocol):
     def state(self) -> dict[str, Any]: ...
 
     def load_state(self, state: dict[str, Any], model: Any) -> None: ...
+
+    def prepare_eval(self, model: Any, version: int) -> None:
+        """Before a held-out evaluation with the trainer's engine: make it sample from the
+        current weights."""
+        ...
 
     def close(self) -> None: ...
 
@@ -125,6 +130,9 @@ class SynchronousSource:
     def load_state(self, state: dict[str, Any], model: Any) -> None:
         self.engine.update_weights(model)  # an inference engine still holds the initial weights
 
+    def prepare_eval(self, model: Any, version: int) -> None:
+        """Nothing to do: the engine got the current weights after the last optimizer step."""
+
     def close(self) -> None:
         """Nothing of its own to release (the trainer closes the engine)."""
 
@@ -187,6 +195,9 @@ class LaggedSource:
             self.version, self.next_step = int(state["version"]), int(state["next_step"])
             self.pending = {int(entry["step"]): collected_from_state(entry, device) for entry in state["pending"]}
         self.engine.update_weights(model)  # an inference engine still holds the initial weights
+
+    def prepare_eval(self, model: Any, version: int) -> None:
+        """Nothing to do: the engine got the current weights after the last optimizer step."""
 
     def close(self) -> None:
         self.pending.clear()

@@ -267,6 +267,7 @@ class Trainer:
         if not self.eval_rows:
             return {}
         rows = self.dist.uneven_share(self.eval_rows)  # each process evaluates its share
+        self.source.prepare_eval(self.model, self.step)
         result = evaluate(
             self.engine, rows, [self.format_prompt(r) for r in rows], self.eval_scorer,
             self.eval_scorer.max_new_tokens, e.batch_size, e.correct_threshold, e.mean_at_k,
