@@ -228,21 +228,29 @@ def _objective_options(name: str, overrides: dict | None = None) -> Any:
     return make_objective_config(name, overrides)
 
 
-class ObjectiveChoice(BaseModel):
-    """`algorithm.objective`: a registered objective and its validated options (defaults filled).
-
-    In YAML a name (`cispo`) or a mapping naming it with its options (`{name: cispo, epsilon_high: 0.3}`).
-    """
+class MethodChoice(BaseModel):
+    """A registered method and its validated options (a dataclass, defaults filled); written to
+    YAML as one mapping `{name: ..., <option>: ...}`."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
-    name: str = DEFAULT_OBJECTIVE
-    options: Any = Field(default_factory=lambda: _objective_options(DEFAULT_OBJECTIVE))
+    name: str
+    options: Any
 
     @model_serializer
     def _yaml_form(self) -> dict[str, Any]:
         import dataclasses
 
         return {"name": self.name, **dataclasses.asdict(self.options)}
+
+
+class ObjectiveChoice(MethodChoice):
+    """`algorithm.objective`: a registered objective and its validated options.
+
+    In YAML a name (`cispo`) or a mapping naming it with its options (`{name: cispo, epsilon_high: 0.3}`).
+    """
+
+    name: str = DEFAULT_OBJECTIVE
+    options: Any = Field(default_factory=lambda: _objective_options(DEFAULT_OBJECTIVE))
 
 
 class AdvantageChoice(BaseModel):
@@ -350,21 +358,14 @@ def _correction_options(name: str, overrides: dict | None = None) -> Any:
     return make_correction_options(name, overrides)
 
 
-class CorrectionChoice(BaseModel):
+class CorrectionChoice(MethodChoice):
     """`algorithm.offpolicy_correction`: a registered correction and its validated options.
 
     In YAML a name (`token_tis`) or a mapping naming it with its options (`{name: token_tis, cap: 3}`).
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
     name: str = DEFAULT_CORRECTION
     options: Any = Field(default_factory=lambda: _correction_options(DEFAULT_CORRECTION))
-
-    @model_serializer
-    def _yaml_form(self) -> dict[str, Any]:
-        import dataclasses
-
-        return {"name": self.name, **dataclasses.asdict(self.options)}
 
 
 def resolve_correction(node: Any) -> CorrectionChoice:

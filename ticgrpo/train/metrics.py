@@ -93,8 +93,9 @@ _STEP: tuple[tuple[str, Reduction, str], ...] = (
     ("rollout_tokens_per_s", SUM, "completion tokens sampled per second of rollout"),
     ("train_tokens_per_s", SUM, "tokens forwarded and backpropagated per second of training"),
     ("time_{stage}", M, "seconds spent in one stage of the step (rollout, reward, drafts, old_logprobs, "
-                        "forward_backward, optimizer, train, step; async: rollout is the producer's sampling, "
-                        "rollout_wait the trainer's wait for it, weight_push the previous step's push)"),
+                        "forward_backward, optimizer, train, step; lag: sampler_logprobs; async: rollout is the "
+                        "producer's sampling, rollout_wait the trainer's wait for it, weight_push the previous "
+                        "step's push)"),
     # the objectives (ticgrpo.core.objectives), reduced over micro-batches and processes
     ("kl", M, "mean per-token KL estimate to the reference policy (β > 0)"),
     ("ratio_mean", M, "mean token ratio ρ = π_θ/π_old"),
