@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -288,6 +288,21 @@ def method_node(key: str, node: Any) -> tuple[str | None, dict[str, Any]]:
     return name, options
 
 
+def resolve_method(key: str, node: Any, default: str, names: Iterable[str],
+                   make_options: Callable[[str, dict], Any]) -> tuple[str, Any]:
+    """(name, validated options) of a method node (null, a name or a mapping) whose names are
+    `names`; an unknown name or a bad option is a one-line ConfigError naming `key`."""
+    name, overrides = method_node(key, node)
+    name = name or default
+    names = list(names)
+    if name not in names:
+        raise ConfigError(f"{key}: {unknown_value(name, names)}")
+    try:
+        return name, make_options(name, overrides)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
 def method_name(node: Any) -> Any:
     return node.get("name") if isinstance(node, dict) else node
 
@@ -328,14 +343,8 @@ def resolve_methods(algo: dict) -> dict:
         if removed in algo:
             raise _removed_options_error(algo, removed, key)
     algo = dict(algo)
-    name, overrides = method_node("algorithm.objective", algo.get("objective"))
-    name = name or DEFAULT_OBJECTIVE
-    if name not in OBJECTIVES:
-        raise ConfigError(f"algorithm.objective: {unknown_value(name, OBJECTIVES.names())}")
-    try:
-        options = _objective_options(name, overrides)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"algorithm.objective: {exc}") from None
+    name, options = resolve_method("algorithm.objective", algo.get("objective"), DEFAULT_OBJECTIVE,
+                                   OBJECTIVES.names(), _objective_options)
     algo["objective"] = ObjectiveChoice(name=name, options=options)
     advantage, advantage_options = method_node("algorithm.advantage", algo.get("advantage"))
     if advantage is not None and advantage not in ADVANTAGES:
@@ -372,14 +381,8 @@ def resolve_correction(node: Any) -> CorrectionChoice:
     """An `algorithm.offpolicy_correction` node (null, a name or a mapping) as a CorrectionChoice."""
     from ticgrpo.core.corrections import CORRECTIONS
 
-    name, overrides = method_node("algorithm.offpolicy_correction", node)
-    name = name or DEFAULT_CORRECTION
-    if name not in CORRECTIONS:
-        raise ConfigError(f"algorithm.offpolicy_correction: {unknown_value(name, CORRECTIONS.names())}")
-    try:
-        options = _correction_options(name, overrides)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"algorithm.offpolicy_correction: {exc}") from None
+    name, options = resolve_method("algorithm.offpolicy_correction", node, DEFAULT_CORRECTION, CORRECTIONS.names(),
+                                   _correction_options)
     return CorrectionChoice(name=name, options=options)
 
 
