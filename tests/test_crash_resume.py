@@ -8,7 +8,6 @@ crash_point): the training process SIGKILLs itself at the n-th arrival at <point
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from crash_env import crash_env
 
 from ticgrpo.train import checkpoint as ckpt
 from ticgrpo.train.logging import RunLogger
@@ -47,14 +47,6 @@ def _cmd(out: Path, resume: bool) -> list[str]:
     return [*cmd, "--resume"] if resume else cmd
 
 
-def _env(crash: str | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != ckpt.CRASH_ENV}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    if crash is not None:
-        env[ckpt.CRASH_ENV] = crash
-    return env
-
-
 def _final_state(out: Path) -> tuple[dict, dict]:
     last = out / "checkpoints" / f"step-{MAX_STEPS:04d}"
     ckpt.verify_checkpoint(last)
@@ -62,11 +54,11 @@ def _final_state(out: Path) -> tuple[dict, dict]:
 
 
 def test_kill9_at_many_points_then_resume_is_bit_identical(tmp_path):
-    reference = subprocess.Popen(_cmd(tmp_path / "ref", False), env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+    reference = subprocess.Popen(_cmd(tmp_path / "ref", False), env=crash_env(), cwd=ROOT, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
     out = tmp_path / "crashy"
     for i, (point, nth) in enumerate(CHAIN):
-        run = subprocess.run(_cmd(out, resume=i > 0), env=_env(f"{point}:{nth}"), cwd=ROOT, capture_output=True,
+        run = subprocess.run(_cmd(out, resume=i > 0), env=crash_env(f"{point}:{nth}"), cwd=ROOT, capture_output=True,
                              text=True, timeout=300)
         assert run.returncode == -signal.SIGKILL, (point, run.returncode, run.stderr[-2000:])
     root = out / "checkpoints"
@@ -78,7 +70,7 @@ def test_kill9_at_many_points_then_resume_is_bit_identical(tmp_path):
     victim.write_bytes(bytes(data))
     with open(out / "metrics.jsonl", "a") as f:  # a torn last log line, as from a kill mid-write
         f.write('{"step": 9, "loss": 0.')
-    final = subprocess.run(_cmd(out, resume=True), env=_env(), cwd=ROOT, capture_output=True, text=True,
+    final = subprocess.run(_cmd(out, resume=True), env=crash_env(), cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
     warnings = [line for line in final.stderr.splitlines() if "skipping corrupt checkpoint" in line]
@@ -222,13 +214,13 @@ def test_every_crash_point_is_in_a_kill_and_resume_chain():
 
 def test_kill9_at_every_point_then_resume_leaves_logs_equal_to_an_uninterrupted_run(tmp_path):
     reference = tmp_path / "ref"
-    ref_run = subprocess.Popen(_end_cmd(reference, False), env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+    ref_run = subprocess.Popen(_end_cmd(reference, False), env=crash_env(), cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     logs = ("metrics.jsonl", "eval.jsonl", "samples.jsonl")
     out = tmp_path / "crashy"
     left = []  # the logs each killed run left
     for i, (point, nth) in enumerate(END_CHAIN):
-        run = subprocess.run(_end_cmd(out, resume=i > 0), env=_env(f"{point}:{nth}"), cwd=ROOT,
+        run = subprocess.run(_end_cmd(out, resume=i > 0), env=crash_env(f"{point}:{nth}"), cwd=ROOT,
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == -signal.SIGKILL, (point, run.returncode, run.stderr[-2000:])
         left.append((point, {name: _log_records(out / name) for name in logs}))
@@ -238,7 +230,7 @@ def test_kill9_at_every_point_then_resume_leaves_logs_equal_to_an_uninterrupted_
     for point, records in left:  # whatever a killed run left is the start of the uninterrupted run's log
         for name, got in records.items():
             assert got == expected[name][: len(got)], (point, name)
-    final = subprocess.run(_end_cmd(out, resume=True), env=_env(), cwd=ROOT, capture_output=True, text=True,
+    final = subprocess.run(_end_cmd(out, resume=True), env=crash_env(), cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
     assert f"resuming {out} from step {END_STEPS}" in final.stdout
@@ -250,7 +242,7 @@ def test_kill9_at_every_point_then_resume_leaves_logs_equal_to_an_uninterrupted_
     assert {**done, "final_dir": None} == {**ref_done, "final_dir": None}
     # Resuming the finished run says so and changes nothing in the folder.
     before = _tree_state(out)
-    again = subprocess.run(_end_cmd(out, resume=True), env=_env(), cwd=ROOT, capture_output=True, text=True,
+    again = subprocess.run(_end_cmd(out, resume=True), env=crash_env(), cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.strip() == f"{out}: the run already finished at step {END_STEPS}; nothing to do " \

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from crash_env import crash_env
 
 from ticgrpo.cli import main
 from ticgrpo.config import ConfigError, load_config
@@ -179,28 +180,20 @@ def _lag_cmd(out: Path, resume: bool) -> list[str]:
     return [*cmd, "--resume"] if resume else cmd
 
 
-def _env(crash: str | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != ckpt.CRASH_ENV}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    if crash is not None:
-        env[ckpt.CRASH_ENV] = crash
-    return env
-
-
 def _records(out: Path) -> list[dict]:
     return [timeless(json.loads(line)) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_kill9_during_a_lagged_run_then_resume_is_bit_identical(tmp_path):
-    reference = subprocess.Popen(_lag_cmd(tmp_path / "ref", False), env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+    reference = subprocess.Popen(_lag_cmd(tmp_path / "ref", False), env=crash_env(), cwd=ROOT, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
     out = tmp_path / "crashy"
     for i, (point, nth) in enumerate(LAG_CHAIN):
-        run = subprocess.run(_lag_cmd(out, resume=i > 0), env=_env(f"{point}:{nth}"), cwd=ROOT,
+        run = subprocess.run(_lag_cmd(out, resume=i > 0), env=crash_env(f"{point}:{nth}"), cwd=ROOT,
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == -signal.SIGKILL, (point, run.returncode, run.stderr[-2000:])
     assert (out / "checkpoints" / "step-0003" / ckpt.SOURCE_FILE).is_file()
-    final = subprocess.run(_lag_cmd(out, resume=True), env=_env(), cwd=ROOT, capture_output=True, text=True,
+    final = subprocess.run(_lag_cmd(out, resume=True), env=crash_env(), cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
     assert reference.wait(timeout=300) == 0, (reference.stderr.read() if reference.stderr else "")[-2000:]
