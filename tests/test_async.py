@@ -183,7 +183,10 @@ def stop_producer_at_third_call(prompts, completions, **kwargs):
 
 def test_a_hung_producer_stops_the_run_after_producer_timeout_s(tmp_path):
     trainer = make_trainer(config(tmp_path, queue_size=1, producer_timeout_s=2), reward=stop_producer_at_third_call)
-    with pytest.raises(ProducerFailed, match=r"HF rollout producer \(pid \d+\) produced no rollout in 2 s") as failed:
+    # SIGSTOP can land while the producer holds the shared weight buffer: the trainer's next push then
+    # times out on the buffer instead of on the queue; both are the same bounded, named failure.
+    hung = r"HF rollout producer \(pid \d+\) (produced no rollout in 2 s|held the weight buffer for over 2 s)"
+    with pytest.raises(ProducerFailed, match=hung) as failed:
         trainer.train()
     waited = time.monotonic() - stop_producer_at_third_call.stopped_at
     assert 2 <= waited < 2 + 8, waited  # the timeout, plus the step in progress and stopping the process
