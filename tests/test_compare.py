@@ -241,6 +241,25 @@ def test_a_run_saved_with_the_old_options_form_still_matches(tmp_path):
     assert plan_comparison(base_config(), "tic_ratio_only", "0", tmp_path / "cmp").runs[0].status == "done"
 
 
+def test_a_run_saved_with_eval_mean_at_k_still_matches(tmp_path):
+    """Run folders written before eval.ks (eval.mean_at_k: k) read as eval.ks: [k] (0: [])."""
+    plan = plan_comparison(base_config(), "grpo", "0", tmp_path / "cmp")
+    run = plan.runs[0]
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / MARKER).write_text(json.dumps({"algorithm": "grpo", "seed": 0}))
+    (run.run_dir / DONE_MARKER).write_text("{}")
+    saved = yaml.safe_load(config_to_yaml(run.config))
+    for key in ("ks", "metrics", "save_samples"):
+        del saved["eval"][key]
+    saved["eval"]["mean_at_k"] = 0
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert plan_comparison(base_config(), "grpo", "0", tmp_path / "cmp").runs[0].status == "done"
+    saved["eval"]["mean_at_k"] = 4  # four sampled completions per prompt: not this run
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match=r"different config.*eval\.ks"):
+        plan_comparison(base_config(), "grpo", "0", tmp_path / "cmp")
+
+
 def test_a_run_saved_with_behavior_correction_still_matches(tmp_path):
     """Run folders written before algorithm.offpolicy_correction (behavior_correction: null,
     behavior_correction_cap: 2.0, as docs/results/*/config.yaml hold them) are still done."""

@@ -155,7 +155,7 @@ def test_torn_last_jsonl_line_is_dropped_on_resume(tmp_path):
 END_STEPS = 3
 END_OVERRIDES = [
     f"max_steps={END_STEPS}", "checkpoint.every_steps=1", "checkpoint.keep_last=2", "checkpoint.save_final=true",
-    "eval.at_start=true", "eval.at_end=true", "eval.every_steps=2", "eval.num_examples=2", "eval.mean_at_k=0",
+    "eval.at_start=true", "eval.at_end=true", "eval.every_steps=2", "eval.num_examples=2", "eval.ks=[]",
     "logging.progress_bar=false", "logging.plot=false", "rollout.max_new_tokens=6",
 ]
 # Every crash point, in the order a chain of runs reaches them; run i+1 resumes what run i left.
@@ -236,6 +236,12 @@ def test_kill9_at_every_point_then_resume_leaves_logs_equal_to_an_uninterrupted_
     assert f"resuming {out} from step {END_STEPS}" in final.stdout
     for name in logs:
         assert _log_records(out / name) == expected[name], name
+    # each evaluation's own folder (summary and completions) too, byte for byte
+    evals = sorted(str(p.relative_to(reference)) for p in (reference / "evals").rglob("*") if p.is_file())
+    assert evals == [f"evals/step-{s:04d}/{f}" for s in (0, 2, END_STEPS) for f in ("eval.json", "samples.jsonl")]
+    assert sorted(str(p.relative_to(out)) for p in (out / "evals").rglob("*") if p.is_file()) == evals
+    for name in evals:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     for name in sorted(p.name for p in (reference / "final").iterdir()):
         assert (out / "final" / name).read_bytes() == (reference / "final" / name).read_bytes(), name
     done, ref_done = (json.loads((d / "finished.json").read_text()) for d in (out, reference))

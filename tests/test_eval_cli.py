@@ -42,7 +42,8 @@ def test_tiny_model_end_to_end(tmp_path: Path, capsys) -> None:
     for sample in samples:
         assert sample["prompt"].startswith("<|im_start|>user") and sample["gold"].isdigit()
         assert len(sample["samples"]) == 2 and set(sample["greedy"]) == {"text", "answer", "correct", "length",
-                                                                          "truncated"}
+                                                                          "truncated", "reward"}
+        assert sample["greedy"]["reward"] is None  # judged by comparing answers; a run's evals/ hold rewards
     # the same seed gives the same samples
     again = tmp_path / "again"
     assert main(["eval", *TINY, "--k", "1,2", "--num-examples", "4", "--max-new-tokens", "8", "--out", str(again)]) == 0
@@ -115,7 +116,8 @@ def _train_tiny_run(run: Path) -> None:
                  "--set", "max_steps=2",
                  "--set", "rollout.prompts_per_step=2", "--set", "rollout.num_generations=4",
                  "--set", "rollout.max_new_tokens=8", "--set", "optim.lr=0.01", "--set", "eval.every_steps=0",
-                 "--set", "eval.at_start=false", "--set", "eval.num_examples=8", "--set", "checkpoint.every_steps=2",
+                 "--set", "eval.at_start=false", "--set", "eval.num_examples=8", "--set", "eval.ks=[2]",
+                 "--set", "checkpoint.every_steps=2",
                  "--set", "logging.progress_bar=false", "--set", "logging.plot=false"])
     assert code == 0
 
@@ -124,6 +126,8 @@ def test_checkpoint_and_final_equal_the_trainers_own_evaluation(tmp_path: Path, 
     run = tmp_path / "run"
     _train_tiny_run(run)
     trained = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()][-1]
+    in_training = json.loads((run / "evals" / "step-0002" / "eval.json").read_text())
+    trained_samples = [json.loads(line) for line in (run / "evals" / "step-0002" / "samples.jsonl").open()]
     common = ["--data", "arithmetic:level=2", "--num-examples", "8", "--max-new-tokens", "8", "--batch-size", "32",
               "--k", "2", "--no-progress"]
     texts = {}
@@ -137,6 +141,12 @@ def test_checkpoint_and_final_equal_the_trainers_own_evaluation(tmp_path: Path, 
         if model == "tiny-test":  # the untrained weights (the run's seed 0): other samples
             break
         assert report["metrics"]["greedy_accuracy"]["value"] == pytest.approx(trained["accuracy"]), model
+        # the sampled metrics too: the run's evaluation is seeded with the run's seed (0, --seed's default)
+        assert report["metrics"] == in_training["metrics"], model
+        assert report["constant_baseline"] == in_training["constant_baseline"]
+        assert [[c["text"] for c in s["samples"]] for s in samples] == [
+            [c["text"] for c in s["samples"]] for s in trained_samples]
+        assert trained["pass@2"] == report["metrics"]["pass@2"]["value"]
         assert sum(g["length"] for g in greedy) / 8 == pytest.approx(trained["completion_length_mean"]), model
         assert sum(g["truncated"] for g in greedy) / 8 == pytest.approx(trained["truncated_frac"]), model
     assert texts["step-0002"] == texts["final"] == texts["run"] != texts["tiny-test"]
@@ -151,7 +161,8 @@ def test_bundled_smollm2_on_a_few_problems_equals_the_trainers_evaluation(tmp_pa
     evaluation of the same weights (a run of 0 steps evaluates the initial model) is not 0 = 0."""
     run = tmp_path / "run"
     assert main(["train", "--output-dir", str(run), "--set", "max_steps=0", "--set", "rollout.max_new_tokens=32",
-                 "--set", "eval.num_examples=4", "--set", "eval.batch_size=32", "--set", "checkpoint.save_final=false",
+                 "--set", "eval.num_examples=4", "--set", "eval.batch_size=32", "--set", "eval.ks=[1,2]",
+                 "--set", "checkpoint.save_final=false",
                  "--set", "logging.progress_bar=false", "--set", "logging.plot=false"]) == 0
     trained = json.loads((run / "eval.jsonl").read_text().splitlines()[0])
     out = tmp_path / "eval"
@@ -164,4 +175,7 @@ def test_bundled_smollm2_on_a_few_problems_equals_the_trainers_evaluation(tmp_pa
     assert sum(s["greedy"]["answer"] is not None for s in samples) >= 3
     assert report["metrics"]["greedy_accuracy"]["value"] == pytest.approx(trained["accuracy"])
     assert sum(s["greedy"]["length"] for s in samples) / 4 == pytest.approx(trained["completion_length_mean"])
+    # and the sampled metrics, with their intervals: the trainer's evaluation is seeded by the run's seed
+    assert report["metrics"] == json.loads((run / "evals" / "step-0000" / "eval.json").read_text())["metrics"]
+    assert report["metrics"]["pass@2"]["value"] == trained["pass@2"]
     assert "pass@2" in capsys.readouterr().out

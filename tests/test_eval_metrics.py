@@ -147,3 +147,15 @@ def test_summary_counts_skipped_rows_and_refuses_an_empty_set() -> None:
     assert "2 rows skipped: their gold answer cannot be parsed" in format_table(summary)
     with pytest.raises(ValueError, match="all 3 rows lack a parseable gold answer"):
         summarize([], EvalSettings(), skipped=["a", "b", "c"])
+
+
+def test_problems_without_a_gold_answer_have_no_baseline_but_keep_their_metrics() -> None:
+    """A reward-judged task (in training, eval.reward decides) may have no gold answers at all."""
+    records = [ProblemRecord(str(i), "prompt", None, Completion("x", None, i == 0, 3, False, 1.0 * (i == 0)),
+                             [Completion("y", None, False, 4, False, 0.0)] * 2) for i in range(4)]
+    assert constant_baseline([None, "3", None, "3", "5"]) == ("3", 2 / 3)  # only rows with a gold answer count
+    summary = summarize(records, EvalSettings(ks=(2,)))
+    assert summary["constant_baseline"]["answer"] is None and math.isnan(summary["constant_baseline"]["score"])
+    assert summary["metrics"]["greedy_accuracy"]["value"] == 0.25
+    assert not summary["metrics"]["greedy_accuracy"]["at_or_below_baseline"] and summary["answers"]["gold"] == []
+    assert "constant baseline: none (no problem has a gold answer" in format_table(summary)

@@ -61,7 +61,7 @@ def test_dapo_aime_recipe_dry_run_on_the_real_schemas(tmp_path: Path) -> None:
                     cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "dry run: 4 training rows and 30 eval rows load" in done.stderr
-    assert "mean_at_k: 32" in done.stdout
+    assert "ks:\n  - 32\n" in done.stdout
 
 
 @pytest.mark.slow

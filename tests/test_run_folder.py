@@ -19,7 +19,7 @@ from ticgrpo.cli import main
 from ticgrpo.train import run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["logging.progress_bar=false", "logging.plot=false", "eval.num_examples=2", "eval.mean_at_k=0",
+QUICK = ["logging.progress_bar=false", "logging.plot=false", "eval.num_examples=2", "eval.ks=[]",
          "rollout.max_new_tokens=6", "checkpoint.every_steps=1"]
 
 

@@ -78,7 +78,7 @@ def grads(model) -> list[torch.Tensor]:
 
 
 def test_train_eval_save_reload(tmp_path):
-    result = make_trainer(tmp_path, eval={"every_steps": 2, "mean_at_k": 2}).train()
+    result = make_trainer(tmp_path, eval={"every_steps": 2, "ks": [1, 2]}).train()
     run = Path(result.output_dir)
     assert result.steps == 3
     for name in ("config.yaml", "metrics.jsonl", "eval.jsonl", "samples.jsonl", "curves.png"):
@@ -92,7 +92,12 @@ def test_train_eval_save_reload(tmp_path):
         assert key in metrics[0], key
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [0, 2, 3]  # before, every 2, at the end
-    assert "accuracy" in evals[0] and "mean_at_2" in evals[0]
+    assert {"accuracy", "constant_baseline", "pass@1", "pass@2", "maj@2", "avg@2"} <= set(evals[0])
+    for record in evals:  # every evaluation keeps its summary (with intervals) and its completions
+        folder = run / "evals" / f"step-{record['step']:04d}"
+        summary = json.loads((folder / "eval.json").read_text())
+        assert summary["metrics"]["avg@2"]["value"] == record["avg@2"] and "low" in summary["metrics"]["pass@2"]
+        assert len((folder / "samples.jsonl").read_text().splitlines()) == 6  # the 6 held-out rows
     assert load_config(run / "config.yaml").rollout.num_generations == 4  # the resolved config reloads
     assert result.final_dir is not None
     reloaded = AutoModelForCausalLM.from_pretrained(result.final_dir)
@@ -269,7 +274,7 @@ def test_cli_tiny_config_end_to_end_and_resume(tmp_path, capsys):
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "tiny"
     args = ["train", "--config", str(root / "configs" / "tiny.yaml"), "--output-dir", str(out),
-            "--set", "logging.progress_bar=false", "--set", "eval.mean_at_k=0", "--set", "eval.num_examples=4",
+            "--set", "logging.progress_bar=false", "--set", "eval.ks=[]", "--set", "eval.num_examples=4",
             "--set", "rollout.max_new_tokens=8"]
     assert main([*args, "--set", "max_steps=2"]) == 0
     assert (out / "final" / "config.json").is_file() and (out / "checkpoints" / "step-0002").is_dir()
@@ -278,9 +283,15 @@ def test_cli_tiny_config_end_to_end_and_resume(tmp_path, capsys):
     assert steps == [1, 2, 3]
     # the closing summary reads the whole eval log, including the records before the resume
     evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith(f"held-out accuracy {evals[0]['accuracy']:.2f} (step 0) → ")
-    assert f"(step {evals[-1]['step']})" in last
+    summary, warning = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert summary.startswith(f"held-out accuracy {evals[0]['accuracy']:.2f} (step 0) → ")
+    assert f"(step {evals[-1]['step']})" in summary
+    # the random tiny model answers nothing right: at or below always giving the commonest answer
+    answer = json.loads((out / "evals" / "step-0003" / "eval.json").read_text())["constant_baseline"]["answer"]
+    assert evals[-1]["accuracy"] <= evals[-1]["constant_baseline"] and evals[-1]["constant_baseline"] > 0
+    assert warning.startswith(f"warning: held-out accuracy {evals[-1]['accuracy']:.2f} at step 3 is at or below "
+                              f"the constant baseline {evals[-1]['constant_baseline']:.2f} (always answering "
+                              f"{answer!r})")
 
 
 @pytest.mark.parametrize("lora", [None, {"r": 4, "lora_alpha": 8}])
@@ -348,10 +359,11 @@ def test_every_objectives_metrics_are_declared():
 
 def test_every_trainer_metric_is_declared_and_reduced_as_declared(tmp_path):
     """Drafts, dynamic sampling and ESPO together: every key of the step and of the evaluation is declared."""
+    from ticgrpo.eval.metrics import EVAL_METRICS as EVAL_REGISTRY
     from ticgrpo.train.metrics import EVAL_METRICS, Reduction, is_declared, metric_spec
     from ticgrpo.train.step import reduce_metrics
 
-    trainer = make_trainer(tmp_path, max_steps=1, eval={"mean_at_k": 2},
+    trainer = make_trainer(tmp_path, max_steps=1, eval={"ks": [2], "metrics": list(EVAL_REGISTRY.names())},
                            algorithm={"dynamic_sampling": True, "igrpo": {"num_drafts": 2}, "espo_delta": 0.5,
                                       "num_iterations": 2, "num_minibatches": 2, "overlong_reward": True})
     metrics = trainer.train_step()
@@ -360,7 +372,7 @@ def test_every_trainer_metric_is_declared_and_reduced_as_declared(tmp_path):
         assert key in metrics, key
     assert [k for k in metrics if not is_declared(k)] == []
     evals = trainer.run_eval()
-    assert "mean_at_2" in evals and [k for k in evals if not is_declared(k, EVAL_METRICS)] == []
+    assert {"avg@2", "mean_length"} <= set(evals) and [k for k in evals if not is_declared(k, EVAL_METRICS)] == []
     assert metric_spec("reward/x_fraction_std").name == "reward/{reward}_std"
     assert metric_spec("ratio_min").reduction is Reduction.MIN
     assert reduce_metrics({"ratio_min": [0.9, 0.8], "ratio_max": [1.1, 1.2], "kl": [1.0, 2.0]}) == {

@@ -230,9 +230,11 @@ def validated(model: type[BaseModel], raw: dict, prefix: str = "") -> Any:
 
 def upgrade_saved_config(saved: dict) -> dict:
     """A config.yaml written by an earlier version of ticgrpo, in today's form: options nested
-    under their method (`objective: x` + `objective_options: {...}` → `objective: {name: x, ...}`)
-    and behavior_correction* as algorithm.offpolicy_correction. Run folders stay readable by
-    `--resume`, `ticgrpo compare` and `ticgrpo report`; new configs get the one-line errors."""
+    under their method (`objective: x` + `objective_options: {...}` → `objective: {name: x, ...}`),
+    behavior_correction* as algorithm.offpolicy_correction, and eval.mean_at_k as eval.ks. Run
+    folders stay readable by `--resume`, `ticgrpo compare` and `ticgrpo report`; new configs get
+    the one-line errors."""
+    saved = _saved_eval_form(saved)
     section = saved.get("algorithm")
     if not isinstance(section, dict):
         return saved
@@ -243,6 +245,18 @@ def upgrade_saved_config(saved: dict) -> dict:
         if options and (node is None or isinstance(node, str)):
             section[method] = {"name": node, **options} if node is not None else dict(options)
     return {**saved, "algorithm": section}
+
+
+def _saved_eval_form(saved: dict) -> dict:
+    """eval.mean_at_k: k (k sampled completions, their mean accuracy) is eval.ks: [k] (avg@k)."""
+    section = saved.get("eval")
+    if not isinstance(section, dict) or "mean_at_k" not in section:
+        return saved
+    section = dict(section)
+    k = section.pop("mean_at_k")
+    if isinstance(k, int) and k > 0:
+        section.setdefault("ks", [k])
+    return {**saved, "eval": section}
 
 
 def config_to_yaml(config: TrainConfig) -> str:

@@ -550,6 +550,9 @@ class OptimConfig(BaseModel):
         "(exit 3), last checkpoint intact")
 
 
+DEFAULT_EVAL_METRICS = ("pass@k", "maj@k", "avg@k")
+
+
 class EvalConfig(BaseModel):
     model_config = SECTION
     every_steps: Integer = Field(default=25, ge=0,
@@ -563,9 +566,41 @@ class EvalConfig(BaseModel):
         default="math_correctness", description="reward that scores the held-out completions"
     )
     correct_threshold: Number = Field(default=1.0, description="a completion is correct when its reward >= this")
-    mean_at_k: Integer = Field(default=0, ge=0,
-        description="k sampled completions per prompt for mean@k; 0 = greedy only")
-    temperature: Number | None = Field(default=None, gt=0, description="for mean@k; null = rollout.temperature")
+    ks: list[Annotated[Integer, Field(ge=1)]] = Field(default_factory=list,
+        description="the k of the @k metrics, e.g. [1, 8]: max(ks) sampled completions per prompt besides the "
+        "greedy one; [] = greedy only")
+    metrics: list[Text] = Field(default_factory=lambda: list(DEFAULT_EVAL_METRICS),
+        description="metrics logged to eval.jsonl and eval/... per k of eval.ks (ticgrpo.eval.metrics: pass@k, "
+        "maj@k, avg@k, greedy_accuracy, mean_length, truncation_rate); evals/step-N/eval.json holds all of them")
+    save_samples: Flag = Field(default=True,
+        description="write every held-out completion to evals/step-N/samples.jsonl")
+    temperature: Number | None = Field(default=None, gt=0,
+        description="of the eval.ks samples; null = rollout.temperature")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_mean_at_k(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "mean_at_k" in data:
+            k = data["mean_at_k"]
+            spelled = f"eval.ks: [{k}]" if isinstance(k, int) and not isinstance(k, bool) and k > 0 else "eval.ks: []"
+            raise ConfigError(f"eval.mean_at_k was replaced by eval.ks: write {spelled} (avg@k is mean@k; pass@k "
+                              f"and maj@k are logged too, eval.metrics)")
+        return data
+
+    @field_validator("ks")
+    @classmethod
+    def _sorted_ks(cls, ks: list[int]) -> list[int]:
+        return sorted(set(ks))
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, names: list[str]) -> list[str]:
+        from ticgrpo.eval.metrics import EVAL_METRICS
+
+        for name in names:
+            if name not in EVAL_METRICS:
+                raise ValueError(unknown_value(name, EVAL_METRICS.names()))
+        return list(dict.fromkeys(names))
 
 
 class LoggingConfig(BaseModel):

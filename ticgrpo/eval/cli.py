@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -12,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ticgrpo.errors import UsageError
-
-OUTPUT_FILES = ("eval.json", "samples.jsonl")
+from ticgrpo.eval.files import EVAL_FILES, write_eval_files
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -74,7 +72,7 @@ def output_folder(args: argparse.Namespace) -> Path:
         f"{_slug(args.data)}"
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file; choose a folder (it is created if missing)")
-    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
+    existing = [name for name in EVAL_FILES if (out / name).exists()]
     if existing and not args.overwrite:
         raise UsageError(f"--out {str(out)!r} already holds {', '.join(existing)}; pass --overwrite to replace "
                          f"them or choose another --out")
@@ -102,28 +100,18 @@ def run(args: argparse.Namespace) -> int:
     formatter = policy.formatter(args.chat_template, args.system_prompt)
     engine = make_engine(args.engine, policy, args.seed, args.dtype)
     try:
-        records = generate_and_judge(engine, rows, [formatter({"prompt": row.prompt}) for row in rows], settings,
-                                     progress=args.progress)
+        judged = [row for row in rows if row.gold is not None]
+        records = generate_and_judge(engine, judged, [formatter({"prompt": row.prompt}) for row in judged],
+                                     settings, progress=args.progress)
     finally:
         engine.close()
     summary = summarize(records, settings, skipped)
     report = {"model": args.model, "data": args.data, "dataset": data_name,
               "settings": {**settings.__dict__, "ks": list(ks), "engine": args.engine}, **summary}
-    write_outputs(out, report, [record.to_json() for record in records])
+    write_eval_files(out, report, records)
     print(format_table(summary))
     print(f"wrote {out / 'eval.json'} and {out / 'samples.jsonl'}")
     return 0
-
-
-def write_outputs(out: Path, report: dict, samples: list[dict]) -> None:
-    """eval.json and samples.jsonl, each written to a temporary file and renamed into place."""
-    out.mkdir(parents=True, exist_ok=True)
-    texts = {"eval.json": json.dumps(report, indent=1, allow_nan=True) + "\n",
-             "samples.jsonl": "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)}
-    for name, text in texts.items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
 
 
 class Policy:

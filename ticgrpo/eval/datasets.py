@@ -21,7 +21,7 @@ import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ticgrpo.registry import Registry
@@ -35,12 +35,14 @@ NUMBER_RE = re.compile(r"^-?\d+(?:\.\d+)?$")
 @dataclass(frozen=True)
 class EvalRow:
     """One problem: the prompt (a string or chat messages), its canonical gold answer (None when
-    the dataset's answer field could not be parsed), the raw answer field and an id."""
+    the dataset's answer field could not be parsed), the raw answer field and an id; `record`:
+    the row in ticgrpo's data form it was made from (what a reward reads), when it was one."""
 
     prompt: str | list[dict]
     gold: str | None
     raw_gold: Any
     id: str
+    record: dict | None = field(default=None, compare=False, repr=False)
 
 
 def canonical_answer(text: Any) -> str | None:
@@ -204,8 +206,8 @@ def load_eval_rows(spec: str, split: str | None = None, config: str | None = Non
 def eval_rows_from_records(records: list[dict]) -> list[EvalRow]:
     """`EvalRow`s of rows in ticgrpo's data form ({prompt, answer, id?}, what `load_dataset_source`
     returns, e.g. the trainer's held-out rows); a missing or empty answer gives gold None."""
-    return [EvalRow(row["prompt"], canonical_answer(row.get("answer")), row.get("answer"), str(row.get("id", i)))
-            for i, row in enumerate(records)]
+    return [EvalRow(row["prompt"], canonical_answer(row.get("answer")), row.get("answer"), str(row.get("id", i)),
+                    record=row) for i, row in enumerate(records)]
 
 
 def benchmark_rows(benchmark: BenchmarkSpec, records: list[dict], where: str) -> list[EvalRow]:

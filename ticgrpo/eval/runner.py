@@ -4,18 +4,20 @@
     summary = summarize(records, settings)                               # metrics, intervals, baseline
 
 Per problem: one greedy completion (unless ``settings.greedy`` is off) and n = max(ks) sampled
-completions at ``settings.temperature``. The final answer of a completion is
-`ticgrpo.rewards.math.extract_final_answer` (the text after the last 'Answer:', else the last
-\\boxed{}, else the last number) and it is correct when `answers_match` says it equals the gold
-answer (exact for numbers, math-verify otherwise): the same judgement as the `math_correctness`
-reward, so `ticgrpo eval` and the in-training evaluation of a built-in task agree.
+completions at ``settings.temperature``. A `Judge` gives each completion its verdict. The default,
+`answer_judge`, extracts the final answer with `ticgrpo.rewards.math.extract_final_answer` (the
+text after the last 'Answer:', else the last \\boxed{}, else the last number) and calls it correct
+when `answers_match` says it equals the gold answer (exact for numbers, math-verify otherwise):
+the judgement of the `math_correctness` reward. The in-training evaluation passes a judge that
+scores with the run's eval reward instead (`ticgrpo.train.evaluate`), with the same generation,
+metrics and files, so `ticgrpo eval` on a checkpoint reproduces the trainer's numbers.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -60,19 +62,35 @@ class EvalSettings:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """A judged completion: its extracted final answer (canonical form; None = none found), whether
+    it is correct, and the reward that decided it (None when a judge compares answers only)."""
+
+    answer: str | None
+    correct: bool
+    reward: float | None = None
+
+
+# judge(batch, rows, per_prompt) → one Verdict per completion of `batch` (prompt-major: the
+# per_prompt completions of rows[0] first)
+Judge = Callable[[RolloutBatch, Sequence[EvalRow], int], list[Verdict]]
+
+
+@dataclass(frozen=True)
 class Completion:
     text: str
     answer: str | None  # the extracted final answer, canonical form; None = none found
     correct: bool
     length: int
     truncated: bool
+    reward: float | None = None
 
 
 @dataclass(frozen=True)
 class ProblemRecord:
     id: str
-    prompt: str
-    gold: str
+    prompt: str | list[dict]
+    gold: str | None  # None: the row has no gold answer (a reward-judged task without one)
     greedy: Completion | None
     samples: list[Completion] = field(default_factory=list)
 
@@ -80,33 +98,49 @@ class ProblemRecord:
         return asdict(self)
 
 
-def judge(text: str, gold: str) -> tuple[str | None, bool]:
-    """(canonical extracted answer, correct) of a completion against the gold answer."""
+def final_answer(text: str) -> str | None:
+    """The canonical extracted final answer of a completion (None when it has none)."""
+    from ticgrpo.rewards.math import extract_final_answer
+
+    return canonical_answer(extract_final_answer(text))
+
+
+def answer_judge(batch: RolloutBatch, rows: Sequence[EvalRow], per_prompt: int) -> list[Verdict]:
+    """Correct when the extracted final answer equals the row's gold answer (`answers_match`)."""
     from ticgrpo.rewards.math import answers_match, extract_final_answer
 
-    extracted = extract_final_answer(text)
-    return canonical_answer(extracted), answers_match(extracted, gold)
+    verdicts = []
+    for index, text in enumerate(batch.completions):
+        gold = rows[index // per_prompt].gold
+        if gold is None:
+            raise ValueError(f"row {rows[index // per_prompt].id!r} has no gold answer to compare with")
+        extracted = extract_final_answer(text)
+        verdicts.append(Verdict(canonical_answer(extracted), answers_match(extracted, gold)))
+    return verdicts
 
 
-def _completions(batch: RolloutBatch, golds: Sequence[str], per_prompt: int) -> list[list[Completion]]:
+def _completions(batch: RolloutBatch, rows: Sequence[EvalRow], per_prompt: int,
+                 judge: Judge) -> list[list[Completion]]:
     """The batch's completions, judged, grouped by prompt (rows are prompt-major)."""
     lengths, truncated = batch.completion_lengths.tolist(), batch.truncated.tolist()
-    grouped: list[list[Completion]] = [[] for _ in golds]
-    for index, text in enumerate(batch.completions):
-        problem = index // per_prompt
-        answer, correct = judge(text, golds[problem])
-        grouped[problem].append(Completion(text, answer, correct, int(lengths[index]), bool(truncated[index])))
+    verdicts = judge(batch, rows, per_prompt)
+    grouped: list[list[Completion]] = [[] for _ in rows]
+    for index, (text, verdict) in enumerate(zip(batch.completions, verdicts, strict=True)):
+        grouped[index // per_prompt].append(Completion(text, verdict.answer, verdict.correct, int(lengths[index]),
+                                                       bool(truncated[index]), verdict.reward))
     return grouped
 
 
 def generate_and_judge(engine: RolloutEngine, rows: Sequence[EvalRow], prompt_texts: Sequence[str],
-                       settings: EvalSettings, progress: bool = False) -> list[ProblemRecord]:
-    """One `ProblemRecord` per row with a gold answer (rows with ``gold=None`` are skipped: the
-    caller counts them). Runs under a forked torch RNG seeded with ``settings.seed``, so the
-    samples depend only on the seed (and the batch size) and the caller's RNG is untouched."""
+                       settings: EvalSettings, judge: Judge = answer_judge,
+                       progress: bool = False) -> list[ProblemRecord]:
+    """One `ProblemRecord` per row (`answer_judge` needs a gold answer in every row: the CLI
+    leaves out, and counts, the rows whose gold answer could not be parsed). Runs under a forked
+    torch RNG seeded with ``settings.seed``, so the samples depend only on the seed (and the
+    batch size) and the caller's RNG is untouched."""
     from tqdm.auto import tqdm
 
-    kept = [(row, text) for row, text in zip(rows, prompt_texts, strict=True) if row.gold is not None]
+    kept = list(zip(rows, prompt_texts, strict=True))
     n = settings.num_samples
     records: list[ProblemRecord] = []
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
@@ -115,18 +149,18 @@ def generate_and_judge(engine: RolloutEngine, rows: Sequence[EvalRow], prompt_te
         torch.manual_seed(settings.seed)
         for start in range(0, len(kept), settings.batch_size):
             chunk = kept[start : start + settings.batch_size]
-            texts, golds = [text for _, text in chunk], [str(row.gold) for row, _ in chunk]
+            texts, chunk_rows = [text for _, text in chunk], [row for row, _ in chunk]
             greedy: list[list[Completion]] = [[] for _ in chunk]
             if settings.greedy:
                 params = SamplingParams(max_new_tokens=settings.max_new_tokens, greedy=True)
-                greedy = _completions(engine.generate(texts, 1, params), golds, 1)
+                greedy = _completions(engine.generate(texts, 1, params), chunk_rows, 1, judge)
             sampled: list[list[Completion]] = [[] for _ in chunk]
             if n > 0:
                 params = SamplingParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                                         top_p=settings.top_p)
-                sampled = _completions(engine.generate(texts, n, params), golds, n)
+                sampled = _completions(engine.generate(texts, n, params), chunk_rows, n, judge)
             for (row, text), first, samples in zip(chunk, greedy, sampled, strict=True):
-                records.append(ProblemRecord(row.id, text, str(row.gold), first[0] if first else None, samples))
+                records.append(ProblemRecord(row.id, text, row.gold, first[0] if first else None, samples))
             bar.update(len(chunk))
     return records
 
@@ -148,10 +182,12 @@ def outcomes(records: Sequence[ProblemRecord], num_samples: int) -> Outcomes:
     )
 
 
-def constant_baseline(golds: Sequence[str]) -> tuple[str | None, float]:
+def constant_baseline(golds: Sequence[str | None]) -> tuple[str | None, float]:
     """(the most common gold answer, the fraction of problems it answers): the score of a model
     that always gives that one answer, whatever the metric (it never varies across samples). A
-    tie goes to the answer met first."""
+    tie goes to the answer met first. Problems without a gold answer (None) are left out; with
+    none left the baseline is (None, NaN)."""
+    golds = [g for g in golds if g is not None]
     if not golds:
         return None, math.nan
     counts = Counter(golds)
@@ -199,7 +235,7 @@ def summarize(records: Sequence[ProblemRecord], settings: EvalSettings, skipped:
         "metrics": metrics,
         "constant_baseline": {"answer": base_answer, "score": base_score},
         "answers": {
-            "gold": answer_distribution([r.gold for r in records]),
+            "gold": answer_distribution([r.gold for r in records if r.gold is not None]),
             "greedy": answer_distribution(greedy_answers) if greedy_answers else [],
             "samples": answer_distribution(sampled_answers) if sampled_answers else [],
         },
@@ -217,8 +253,11 @@ def format_table(summary: dict) -> str:
         flag = "  <= constant baseline" if m.get("at_or_below_baseline") else ""
         lines.append(f"{name:<18}{m['value'] * scale:>8.1f}  {span:<17}{baseline}{flag}")
     base = summary["constant_baseline"]
-    lines.append(f"constant baseline: always answering {base['answer']!r} scores {base['score'] * 100:.1f} "
-                 f"(rates in points, lengths in tokens)")
+    if base["answer"] is None:
+        lines.append("constant baseline: none (no problem has a gold answer; rates in points, lengths in tokens)")
+    else:
+        lines.append(f"constant baseline: always answering {base['answer']!r} scores {base['score'] * 100:.1f} "
+                     f"(rates in points, lengths in tokens)")
     for kind in ("gold", "greedy", "samples"):
         if summary["answers"][kind]:
             shown = ", ".join(f"{answer!r}×{count}" for answer, count in summary["answers"][kind])

@@ -71,11 +71,17 @@ def _reward_panel(axis: Any, metrics: list[dict]) -> None:
     axis.set_title("reward")
 
 
+AT_K_PREFIXES = ("pass@", "maj@", "avg@", "mean_at_")  # mean_at_k: eval.jsonl of runs before eval.ks
+
+
 def _heldout_panel(axis: Any, evals: list[dict]) -> None:
     if evals:
         steps = [e["step"] for e in evals]
-        for key in sorted({k for e in evals for k in e if k == "accuracy" or k.startswith("mean_at_")}):
+        for key in sorted({k for e in evals for k in e if k == "accuracy" or k.startswith(AT_K_PREFIXES)}):
             axis.plot(steps, [e.get(key, float("nan")) for e in evals], marker="o", label=key)
+        if any("constant_baseline" in e for e in evals):  # what always giving the most common answer scores
+            axis.plot(steps, [e.get("constant_baseline", float("nan")) for e in evals], ":", color="gray",
+                      label="constant baseline")
         axis.legend()
     axis.set_xlabel("step")
     axis.set_ylabel("held-out")

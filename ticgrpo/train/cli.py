@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -57,9 +58,8 @@ def run(args: argparse.Namespace) -> int:
     final = f", final model in {result.final_dir}" if result.final_dir else ""
     print(f"trained {result.steps} steps in {(time.monotonic() - started) / 60:.1f} min; "
           f"outputs in {result.output_dir}{final}")
-    accuracy = accuracy_summary(Path(result.output_dir) / "eval.jsonl")
-    if accuracy:
-        print(accuracy)
+    for line in accuracy_summary(Path(result.output_dir) / "eval.jsonl"):
+        print(line)
     return 0
 
 
@@ -82,15 +82,29 @@ def check_rewards_and_data(config: TrainConfig, config_dir: Path | None) -> str:
     return f"dry run: {len(train_rows)} training rows and {len(eval_rows)} eval rows load; rewards import: {checked}"
 
 
-def accuracy_summary(eval_log: Path) -> str | None:
-    """'held-out accuracy A (step s) → B (step t), ±N points' from a run's eval.jsonl."""
+def accuracy_summary(eval_log: Path) -> list[str]:
+    """The run summary's evaluation lines, from a run's eval.jsonl: 'held-out accuracy A (step s)
+    → B (step t), ±N points' and a warning when the last accuracy is at or below the constant
+    baseline (the score of always giving the most common gold answer)."""
     from ticgrpo.reports.io import read_jsonl
+    from ticgrpo.train.logging import EVALS_FOLDER
 
     records = [r for r in read_jsonl(eval_log) if "accuracy" in r]
-    if len(records) < 2:
-        return None
+    if not records:
+        return []
     first, last = records[0], records[-1]
-    delta = 100 * (last["accuracy"] - first["accuracy"])
-    return (f"held-out accuracy {first['accuracy']:.2f} (step {first['step']}) → "
-            f"{last['accuracy']:.2f} (step {last['step']}): {delta:+.1f} points "
-            f"on {int(last.get('num_examples', 0))} problems")
+    lines = []
+    if len(records) >= 2:
+        delta = 100 * (last["accuracy"] - first["accuracy"])
+        lines.append(f"held-out accuracy {first['accuracy']:.2f} (step {first['step']}) → "
+                     f"{last['accuracy']:.2f} (step {last['step']}): {delta:+.1f} points "
+                     f"on {int(last.get('num_examples', 0))} problems")
+    baseline = last.get("constant_baseline")
+    if isinstance(baseline, (int, float)) and last["accuracy"] <= baseline:
+        details = eval_log.parent / EVALS_FOLDER / f"step-{last['step']:04d}" / "eval.json"
+        answer = json.loads(details.read_text())["constant_baseline"]["answer"] if details.is_file() else None
+        always = f"always answering {answer!r}" if answer is not None else "always the most common gold answer"
+        lines.append(f"warning: held-out accuracy {last['accuracy']:.2f} at step {last['step']} is at or below the "
+                     f"constant baseline {baseline:.2f} ({always}): the model may have learned the common answer, "
+                     f"not the task; see the answer distribution in {details}")
+    return lines

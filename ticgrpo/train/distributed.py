@@ -177,19 +177,6 @@ class Distributed:
         everyone = self.all_gather(metrics)
         return {key: float(reduce_values(key, [m[key] for m in everyone if key in m])) for key in metrics}
 
-    def combine_evals(self, result: dict[str, float]) -> dict[str, float]:
-        """Evaluation results of every process's share, weighted by `num_examples`."""
-        if not self.enabled:
-            return result
-        parts = [r for r in self.all_gather(result) if r]
-        total = sum(r["num_examples"] for r in parts)
-        if not total:
-            return {}
-        out = {key: sum(r[key] * r["num_examples"] for r in parts) / total
-               for key in parts[0] if key != "num_examples"}
-        out["num_examples"] = float(total)
-        return out
-
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist

@@ -1,67 +1,82 @@
-"""Held-out evaluation: greedy accuracy (and sampled mean@k) on held-out prompts.
+"""Held-out evaluation during training: the `ticgrpo eval` runner, judged by the run's eval reward.
 
-A completion is correct when the eval reward (scored by a `ticgrpo.rewards.scoring.Scorer`,
-as training scores) is at least `correct_threshold` (by default `math_correctness` >= 1).
+    settings = eval_settings(config, max_new_tokens)
+    records = evaluate(engine, rows, prompt_texts, ScorerJudge(scorer, threshold), settings)
+    summary = summarize(records, settings)           # what evals/step-N/eval.json holds
+    record = eval_log_record(records, summary, settings, config.eval.metrics)   # one eval.jsonl line
+
+A completion is correct when its eval reward (scored by a `ticgrpo.rewards.scoring.Scorer`, as
+training scores; by default `math_correctness`) is at least `eval.correct_threshold`.
+Generation, metrics and intervals are `ticgrpo.eval.runner`'s, seeded with the run's seed at
+every evaluation (the same samples' randomness at every step: differences between steps come
+from the weights), so `ticgrpo eval --model RUN/final --seed SEED` with the same settings
+reproduces the numbers of the run's last evaluation.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-import torch
-
+from ticgrpo.config import TrainConfig
+from ticgrpo.eval.datasets import EvalRow, eval_rows_from_records
+from ticgrpo.eval.metrics import metric_names
+from ticgrpo.eval.runner import EvalSettings, ProblemRecord, Verdict, final_answer, generate_and_judge
 from ticgrpo.rewards.scoring import Scorer
-from ticgrpo.rollout.base import RolloutEngine, SamplingParams
+from ticgrpo.rollout.base import RolloutBatch, RolloutEngine
 
 
-def evaluate(
-    engine: RolloutEngine,
-    rows: list[dict],
-    prompt_texts: list[str],
-    scorer: Scorer,
-    max_new_tokens: int,
-    batch_size: int = 32,
-    correct_threshold: float = 1.0,
-    mean_at_k: int = 0,
-    temperature: float = 1.0,
-) -> dict[str, float]:
-    """Greedy accuracy (and mean@k of k samples at `temperature`) on held-out `rows`.
+@dataclass(frozen=True)
+class ScorerJudge:
+    """Judges completions by a reward: correct when reward >= correct_threshold. The extracted
+    final answer is still recorded, for maj@k and the answer distributions."""
 
-    Runs under a forked RNG so evaluating never changes the training trajectory.
-    """
-    if not rows:
-        return {}
-    correct, rewards, lengths, truncated = [], [], [], []
-    sampled_correct: list[float] = []
-    with torch.random.fork_rng(devices=_cuda_devices()):
-        for s in range(0, len(rows), batch_size):
-            chunk_rows, chunk_texts = rows[s : s + batch_size], prompt_texts[s : s + batch_size]
-            greedy = engine.generate(chunk_texts, 1, SamplingParams(max_new_tokens=max_new_tokens, greedy=True))
-            scored = scorer.score(greedy, chunk_rows, 1).batch
-            rewards += scored.rewards.tolist()
-            correct += [float(r >= correct_threshold) for r in scored.rewards.tolist()]
-            lengths += greedy.completion_lengths.tolist()
-            truncated += greedy.truncated.float().tolist()
-            if mean_at_k > 0:
-                params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
-                sampled = engine.generate(chunk_texts, mean_at_k, params)
-                scored = scorer.score(sampled, chunk_rows, mean_at_k).batch
-                sampled_correct += [float(r >= correct_threshold) for r in scored.rewards.tolist()]
+    scorer: Scorer
+    correct_threshold: float
+
+    def __call__(self, batch: RolloutBatch, rows: Sequence[EvalRow], per_prompt: int) -> list[Verdict]:
+        records = [row.record if row.record is not None else {"prompt": row.prompt} for row in rows]
+        rewards = self.scorer.score(batch, records, per_prompt).batch.rewards.tolist()
+        return [Verdict(final_answer(text), reward >= self.correct_threshold, float(reward))
+                for text, reward in zip(batch.completions, rewards, strict=True)]
+
+
+def eval_settings(config: TrainConfig, max_new_tokens: int) -> EvalSettings:
+    """The runner's settings of a run's held-out evaluation (eval.*, rollout.temperature/top_p)."""
+    e = config.eval
+    return EvalSettings(ks=tuple(e.ks), temperature=e.temperature or config.rollout.temperature,
+                        top_p=config.rollout.top_p, max_new_tokens=max_new_tokens, greedy=True,
+                        batch_size=e.batch_size, seed=config.seed)
+
+
+def evaluate(engine: RolloutEngine, rows: Sequence[dict], prompt_texts: Sequence[str], judge: ScorerJudge,
+             settings: EvalSettings) -> list[ProblemRecord]:
+    """One `ProblemRecord` per held-out row (ticgrpo's data form): a greedy completion and
+    max(eval.ks) samples."""
+    return generate_and_judge(engine, eval_rows_from_records(list(rows)), prompt_texts, settings, judge)
+
+
+def eval_log_record(records: Sequence[ProblemRecord], summary: dict, settings: EvalSettings,
+                    metrics: Sequence[str]) -> dict[str, float]:
+    """The flat eval.jsonl record: the greedy completions' accuracy, reward_mean,
+    completion_length_mean and truncated_frac, num_examples, the constant baseline, and the
+    value of each metric named in `metrics` (registry names, reported per k: pass@k → pass@8)."""
+    greedy = [r.greedy for r in records if r.greedy is not None]
     out = {
-        "accuracy": _mean(correct),
-        "reward_mean": _mean(rewards),
-        "completion_length_mean": _mean(lengths),
-        "truncated_frac": _mean(truncated),
-        "num_examples": float(len(rows)),
+        "accuracy": _mean([float(c.correct) for c in greedy]),
+        "reward_mean": _mean([float(c.reward) for c in greedy if c.reward is not None]),
+        "completion_length_mean": _mean([float(c.length) for c in greedy]),
+        "truncated_frac": _mean([float(c.truncated) for c in greedy]),
+        "num_examples": float(len(records)),
+        "constant_baseline": float(summary["constant_baseline"]["score"]),
     }
-    if mean_at_k > 0:
-        out[f"mean_at_{mean_at_k}"] = _mean(sampled_correct)
+    for spec, k in metric_names(settings.ks, settings.num_samples):
+        name = spec.reported_name(k)
+        if spec.name in metrics and name in summary["metrics"]:
+            out[name] = float(summary["metrics"][name]["value"])
     return out
 
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
-
-
-def _cuda_devices() -> list[int]:
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []

@@ -1,4 +1,4 @@
-"""Run outputs: metrics.jsonl, eval.jsonl, samples.jsonl, optional TensorBoard / W&B, and a
+"""Run outputs: metrics.jsonl, eval.jsonl, samples.jsonl, evals/step-NNNN/, optional TensorBoard / W&B, and a
 tqdm progress bar."""
 
 from __future__ import annotations
@@ -7,16 +7,19 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ticgrpo.eval.files import write_eval_files
 from ticgrpo.rewards.scoring import ScoredRollout
 
 logger = logging.getLogger(__name__)
 
 LOG_FILES = ("metrics.jsonl", "eval.jsonl", "samples.jsonl")
+EVALS_FOLDER = "evals"  # evals/step-NNNN/{eval.json,samples.jsonl}: one folder per held-out evaluation
 PROGRESS_KEYS = (("reward_mean", "reward"), ("completion_length_mean", "len"), ("loss", "loss"))
 
 
@@ -97,9 +100,15 @@ class RunLogger:
             self._bar.set_postfix(shown, refresh=False)
             self._bar.update(1)
 
-    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+    def log_eval(self, step: int, metrics: dict[str, float], summary: dict | None = None,
+                 records: Sequence[Any] | None = None) -> None:
+        """One eval.jsonl line; with `summary`, also evals/step-NNNN/eval.json (intervals, baseline,
+        answer distributions) and, with `records`, that folder's samples.jsonl (every completion).
+        A resumed run redoes the evaluations after its checkpoint: it rewrites their folders."""
         self.last_eval = dict(metrics)
         self._append("eval.jsonl", {"step": step, **metrics})
+        if summary is not None:
+            write_eval_files(self.run_dir / EVALS_FOLDER / f"step-{step:04d}", {"step": step, **summary}, records)
         self._scalars("eval", step, metrics)
         if self._bar is not None:
             self._bar.write(f"eval step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

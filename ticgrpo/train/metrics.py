@@ -145,7 +145,13 @@ _EVAL: tuple[tuple[str, Reduction, str], ...] = (
     ("completion_length_mean", M, "mean greedy completion length in tokens"),
     ("truncated_frac", M, "fraction of greedy completions cut at the token limit"),
     ("num_examples", SUM, "held-out prompts evaluated"),
-    ("mean_at_{k}", M, "fraction correct over k sampled completions per prompt (eval.mean_at_k)"),
+    ("constant_baseline", M, "the score of always giving the most common gold answer (compare accuracy with it)"),
+    ("pass@{k}", M, "unbiased pass@k, 1 − C(n−c, k)/C(n, k) from n = max(eval.ks) samples (eval.metrics)"),
+    ("maj@{k}", M, "majority vote over the extracted answers of k samples is correct (eval.metrics)"),
+    ("avg@{k}", M, "mean correctness of k samples per prompt; the former mean@k (eval.metrics)"),
+    ("greedy_accuracy", M, "the same as accuracy, under the eval registry's name (eval.metrics)"),
+    ("mean_length", M, "mean length of the greedy and sampled completions, in tokens (eval.metrics)"),
+    ("truncation_rate", M, "fraction of the greedy and sampled completions cut at the token limit (eval.metrics)"),
 )
 
 
@@ -154,7 +160,7 @@ def _table(rows: tuple[tuple[str, Reduction, str], ...]) -> Mapping[str, MetricS
 
 
 METRICS: Mapping[str, MetricSpec] = _table(_STEP)  # metrics.jsonl: one record per training step
-EVAL_METRICS: Mapping[str, MetricSpec] = _table(_EVAL)  # eval.jsonl; processes combine them weighted by examples
+EVAL_METRICS: Mapping[str, MetricSpec] = _table(_EVAL)  # eval.jsonl (ticgrpo.train.evaluate.eval_log_record)
 
 
 def _family_pattern(name: str) -> re.Pattern[str]:

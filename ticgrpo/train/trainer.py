@@ -30,6 +30,7 @@ import torch
 
 from ticgrpo.config import TrainConfig, config_to_yaml, load_config
 from ticgrpo.core.advantages import AdvantageResult, compute_advantages
+from ticgrpo.eval.runner import summarize
 from ticgrpo.rewards.scoring import ScoredRollout
 from ticgrpo.train import checkpoint as ckpt
 from ticgrpo.train import run_folder
@@ -43,7 +44,7 @@ from ticgrpo.train.components import (
     training_rewards,
 )
 from ticgrpo.train.distributed import join_training_job
-from ticgrpo.train.evaluate import evaluate
+from ticgrpo.train.evaluate import ScorerJudge, eval_log_record, eval_settings, evaluate
 from ticgrpo.train.inner_loop import optimize
 from ticgrpo.train.logging import NullLogger, RunLogger, samples, step_metrics
 from ticgrpo.train.offpolicy import prepare_old_logprobs
@@ -263,18 +264,19 @@ class Trainer:
         return replace(everyone, advantages=everyone.advantages[start : start + len(rewards)])
 
     def run_eval(self) -> dict[str, float]:
-        e = self.config.eval
+        """Evaluates the held-out rows (each process its share; every process then summarises
+        all of them), logs eval.jsonl and evals/step-N/, and returns the eval.jsonl record."""
         if not self.eval_rows:
             return {}
-        rows = self.dist.uneven_share(self.eval_rows)  # each process evaluates its share
+        rows = self.dist.uneven_share(self.eval_rows)
         self.source.prepare_eval(self.model, self.step)
-        result = evaluate(
-            self.engine, rows, [self.format_prompt(r) for r in rows], self.eval_scorer,
-            self.eval_scorer.max_new_tokens, e.batch_size, e.correct_threshold, e.mean_at_k,
-            e.temperature or self.config.rollout.temperature,
-        ) if rows else {}
-        result = self.dist.combine_evals(result)
-        self.logger.log_eval(self.step, result)
+        settings = eval_settings(self.config, self.eval_scorer.max_new_tokens)
+        judge = ScorerJudge(self.eval_scorer, self.config.eval.correct_threshold)
+        mine = evaluate(self.engine, rows, [self.format_prompt(row) for row in rows], judge, settings)
+        records = [record for share in self.dist.all_gather(mine) for record in share]  # in row order
+        summary = summarize(records, settings)
+        result = eval_log_record(records, summary, settings, self.config.eval.metrics)
+        self.logger.log_eval(self.step, result, summary, records if self.config.eval.save_samples else None)
         self.evals.append({"step": self.step, **result})
         return result
 
