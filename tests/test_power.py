@@ -58,6 +58,7 @@ def test_plan_pairs_uses_the_shared_seeds_and_alpha_over_m():
     assert ab.seeds == 3 and ab.mean_difference == pytest.approx(0.1) and ab.sd == pytest.approx(0.1)
     assert ab.seeds_to_detect == seeds_for_difference(0.1, 0.1, 0.025)  # α/m with m = 2
     assert ac.seeds == 2
+    assert difference_power(10, 0.1, ab.detectable_at_planned, 0.025) == pytest.approx(0.8, abs=1e-6)
 
 
 def test_the_command_on_a_committed_summary_and_its_errors(tmp_path):

@@ -2,6 +2,7 @@
 
     seeds_for_difference(sd=0.2, delta=0.1, alpha=0.05, power=0.8)   # detect a true difference δ
     seeds_for_equivalence(sd=0.2, margin=0.05, alpha=0.05, power=0.8)  # show |difference| < margin
+    detectable_difference(n=10, sd=0.2, alpha=0.05, power=0.8)          # what 10 seeds can detect
 
 `sd` is the standard deviation of the per-seed differences (arm A − arm B on the same seed),
 which pairing makes smaller than either arm's spread. Both functions return the smallest number
@@ -71,6 +72,18 @@ def seeds_for_equivalence(sd: float, margin: float, alpha: float = 0.05, power: 
     return _smallest_n(lambda n: equivalence_power(n, sd, margin, alpha), power)
 
 
+def detectable_difference(n: int, sd: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference the paired t-test detects with `power` from n seeds."""
+    _check(sd, 1.0, alpha, power, "delta")
+    low, high = 0.0, sd
+    while difference_power(n, sd, high, alpha) < power:
+        high *= 2
+    for _ in range(60):  # bisection to far below any reported precision
+        middle = (low + high) / 2
+        low, high = (middle, high) if difference_power(n, sd, middle, alpha) < power else (low, middle)
+    return high
+
+
 def _check(sd: float, size: float, alpha: float, power: float, name: str) -> None:
     if not sd > 0 or not size > 0:
         raise ValueError(f"sd and {name} must be > 0, got sd={sd}, {name}={size}")
@@ -87,10 +100,11 @@ class PairPlan:
     sd: float  # of the per-seed differences
     seeds_to_detect: int
     seeds_for_equivalence: int
+    detectable_at_planned: float  # the difference detectable with the planned number of seeds
 
 
 def plan_pairs(finals: dict[str, dict[int, float]], pairs: Sequence[tuple[str, str]], delta: float, margin: float,
-               alpha: float = 0.05, power: float = 0.8) -> list[PairPlan]:
+               alpha: float = 0.05, power: float = 0.8, planned_seeds: int = 10) -> list[PairPlan]:
     """Per pair of arms (final metric per seed), the observed paired sd and the seeds needed at α/m."""
     level = alpha / len(pairs)
     plans = []
@@ -102,7 +116,8 @@ def plan_pairs(finals: dict[str, dict[int, float]], pairs: Sequence[tuple[str, s
         mean = sum(differences) / len(differences)
         sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (len(differences) - 1))
         plans.append(PairPlan(a, b, len(shared), mean, sd, seeds_for_difference(sd, delta, level, power),
-                              seeds_for_equivalence(sd, margin, level, power)))
+                              seeds_for_equivalence(sd, margin, level, power),
+                              detectable_difference(planned_seeds, sd, level, power)))
     return plans
 
 
@@ -134,21 +149,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--margin", type=float, default=0.05, help="equivalence margin (default 0.05)")
     parser.add_argument("--alpha", type=float, default=0.05, help="family-wise level (default 0.05)")
     parser.add_argument("--power", type=float, default=0.8, help="target power (default 0.8)")
+    parser.add_argument("--seeds", type=int, default=10, help="planned seeds: the difference they detect (default 10)")
     args = parser.parse_args(argv)
     try:
         finals = final_accuracies(json.loads(Path(args.summary).read_text()))
         pairs = _pairs(args.pairs, sorted(finals))
-        plans = plan_pairs(finals, pairs, args.delta, args.margin, args.alpha, args.power)
+        if args.seeds < 2:
+            raise ValueError(f"--seeds must be >= 2, got {args.seeds}")
+        plans = plan_pairs(finals, pairs, args.delta, args.margin, args.alpha, args.power, args.seeds)
     except (OSError, ValueError, KeyError) as exc:
         print(f"power: error: {exc}", file=sys.stderr)
         return 2
     level = args.alpha / len(plans)
     print(f"| A − B | seeds | mean diff | sd of diffs | seeds to detect {args.delta:g} | seeds for TOST "
-          f"±{args.margin:g} |")
-    print("|---|---|---|---|---|---|")
+          f"±{args.margin:g} | detectable with {args.seeds} seeds |")
+    print("|---|---|---|---|---|---|---|")
     for p in plans:
         print(f"| {p.a} − {p.b} | {p.seeds} | {p.mean_difference:+.3f} | {p.sd:.3f} | {p.seeds_to_detect} | "
-              f"{p.seeds_for_equivalence} |")
+              f"{p.seeds_for_equivalence} | {p.detectable_at_planned:.3f} |")
     print(f"two-sided paired t-test and paired TOST, power {args.power:g}, each at α/m = {level:.4g} "
           f"(m = {len(plans)} comparisons; Bonferroni bounds Holm)")
     return 0
