@@ -3,9 +3,10 @@
     python -m ticgrpo.cli lab bias --policy tabular --steps 0,1,2,4,8,16 --out docs/lab/bias
     python -m ticgrpo.cli lab bias --objectives all --out docs/lab/objectives   # every supported objective
     python -m ticgrpo.cli lab converge --seeds 0,1,2,3,4 --iterations 60 --out docs/lab/converge
+    python -m ticgrpo.cli lab factorial --out docs/lab/factorial   # ratio × clip × aggregation × advantage
 
 Each writes results.json (every number), report.md (tables) and PNG plots into --out. The
-experiment flags are the fields of `BiasConfig` / `ConvergeConfig` (name, type, default and
+experiment flags are the fields of `BiasConfig` / `ConvergeConfig` / `FactorialConfig` (name, type, default and
 help from the field), so a default is written once, in the dataclass.
 """
 
@@ -24,12 +25,19 @@ from ticgrpo.errors import UsageError
 from ticgrpo.lab.bias import BiasConfig, run_bias
 from ticgrpo.lab.bias_report import summary_lines, write_bias_outputs
 from ticgrpo.lab.converge import ConvergeConfig, run_converge, write_converge_outputs
+from ticgrpo.lab.factorial import FactorialConfig, check_factorial, run_factorial, write_factorial_outputs
+from ticgrpo.lab.factorial import summary_lines as factorial_summary_lines
 from ticgrpo.lab.options import check_options, flag
 from ticgrpo.lab.variants import get_variant
 
 EXPERIMENTS: dict[str, tuple[type, str, str]] = {
     "bias": (BiasConfig, "what each estimator estimates as θ leaves θ_old", "outputs/lab/bias"),
     "converge": (ConvergeConfig, "training curves of exact J over seeds", "outputs/lab/converge"),
+    "factorial": (
+        FactorialConfig,
+        "ratio × clip × aggregation × advantage, lr tuned per arm, paired effects",
+        "outputs/lab/factorial",
+    ),
 }
 
 
@@ -43,6 +51,16 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
 def _name_list(text: str) -> tuple[str, ...]:
     values = tuple(x.strip() for x in text.split(",") if x.strip())
     if not values:
@@ -50,7 +68,14 @@ def _name_list(text: str) -> tuple[str, ...]:
     return values
 
 
-_PARSERS: dict[Any, Any] = {int: int, float: float, str: str, tuple[int, ...]: _int_list, tuple[str, ...]: _name_list}
+_PARSERS: dict[Any, Any] = {
+    int: int,
+    float: float,
+    str: str,
+    tuple[int, ...]: _int_list,
+    tuple[float, ...]: _float_list,
+    tuple[str, ...]: _name_list,
+}
 
 
 def _shown(value: Any) -> str:
@@ -87,6 +112,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--out", type=Path, default=Path(out), help=f"output folder (default {out})")
 
 
+def _variant_names(config: Any) -> tuple[str, ...]:
+    """The algorithm names an experiment's config asks for (the factorial builds its own arms)."""
+    if isinstance(config, BiasConfig):
+        return tuple(config.objectives)
+    if isinstance(config, ConvergeConfig):
+        return tuple(config.algorithms)
+    return ()
+
+
 def _config(args: argparse.Namespace) -> Any:
     """The experiment's config from the flags, checked: one-line UsageError naming the flag."""
     check_output_dir("--out", args.out)  # before the experiment runs, not when its results are written
@@ -94,7 +128,9 @@ def _config(args: argparse.Namespace) -> Any:
     try:
         config = config_from_args(config_cls, args)
         check_options(config, as_flags=True)
-        for name in config.objectives if isinstance(config, BiasConfig) else config.algorithms:
+        if isinstance(config, FactorialConfig):
+            check_factorial(config)
+        for name in _variant_names(config):
             get_variant(name)  # ValueError naming the choices
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -109,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
         results = run_bias(config, progress=progress)
         files = write_bias_outputs(results, args.out)
         print("\n".join(summary_lines(results)))
+    elif isinstance(config, FactorialConfig):
+        results = run_factorial(config, progress=progress)
+        files = write_factorial_outputs(results, args.out)
+        print("\n".join(factorial_summary_lines(results)))
     else:
         results = run_converge(config, progress=progress)
         files = write_converge_outputs(results, args.out)

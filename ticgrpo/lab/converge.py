@@ -25,7 +25,7 @@ from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives import compute_loss
 from ticgrpo.lab.enumerate import enumerate_trajectories
 from ticgrpo.lab.estimators import Problem, exact_objective, group_advantages, kl_divergence, sample_groups
-from ticgrpo.lab.options import ProblemConfig, check_options, option
+from ticgrpo.lab.options import ProblemConfig, SpaceConfig, check_options, option
 from ticgrpo.lab.policies import make_policy
 from ticgrpo.lab.rewards import make_rewards
 from ticgrpo.lab.variants import Variant, get_variant
@@ -140,15 +140,26 @@ def train(
     return {"J": curve, "kl_per_iteration": kls}
 
 
+def make_problem(cfg: SpaceConfig, reward: str) -> Problem:
+    """The enumerable problem of `cfg` (space, policy) under reward `reward`."""
+    space = enumerate_trajectories(cfg.vocab, cfg.max_len)
+    return Problem(space, make_policy(cfg.policy, space, cfg.init_scale), make_rewards(reward, space))
+
+
+def mean_over_training(curves: np.ndarray) -> np.ndarray:
+    """Mean exact J over iterations 1..N of each curve [..., N+1] (the area under the curve: the
+    speed of convergence; iteration 0, the shared initial J, is left out)."""
+    return np.asarray(curves)[..., 1:].mean(axis=-1)
+
+
 def run_converge(cfg: ConvergeConfig, progress: bool = True) -> dict[str, Any]:
     """Every algorithm × seed; the same seed gives the same θ_init and sampler seed to each algorithm."""
     from tqdm import tqdm
 
     check_options(cfg)
     variants = [get_variant(a) for a in cfg.algorithms]
-    space = enumerate_trajectories(cfg.vocab, cfg.max_len)
-    policy = make_policy(cfg.policy, space, cfg.init_scale)
-    problem = Problem(space, policy, make_rewards(cfg.reward, space))
+    problem = make_problem(cfg, cfg.reward)
+    space, policy = problem.space, problem.policy
     total = len(variants) * len(cfg.seeds) * cfg.iterations
     runs: dict[str, dict[str, Any]] = {}
     with tqdm(total=total, desc="lab converge", disable=not progress, leave=False) as bar:
@@ -187,9 +198,9 @@ def summarise(runs: dict[str, dict[str, Any]], cfg: ConvergeConfig) -> dict[str,
         curves = np.array([run["seeds"][str(s)]["J"] for s in cfg.seeds])  # [S, I+1]
         mean, half = t_half_width(curves)
         final_m, final_h = t_half_width(curves[:, -1])
-        auc_m, auc_h = t_half_width(curves[:, 1:].mean(axis=1))
+        auc_m, auc_h = t_half_width(mean_over_training(curves))
         diff_m, diff_h = t_half_width(curves[:, -1] - ref[:, -1])
-        auc_diff_m, auc_diff_h = t_half_width(curves[:, 1:].mean(axis=1) - ref[:, 1:].mean(axis=1))
+        auc_diff_m, auc_diff_h = t_half_width(mean_over_training(curves) - mean_over_training(ref))
         kl_m, _ = t_half_width(np.array([run["seeds"][str(s)]["kl_per_iteration"] for s in cfg.seeds]))
         out[name] = {
             "J_mean": mean.tolist(),

@@ -59,16 +59,23 @@ def check_options(config: Any, as_flags: bool = False) -> None:
 
 
 @dataclass
-class ProblemConfig:
-    """The enumerable problem and the group/optimizer settings every lab experiment shares."""
+class SpaceConfig:
+    """The enumerable trajectory space, its policy and the group size: shared by every lab experiment,
+    including those (`lab factorial`) that sweep the reward and the learning rate themselves."""
 
     policy: str = option("tabular", "policy parametrisation", choices=lambda: POLICIES)
     vocab: int = option(4, "vocabulary size V including EOS", minimum=2)
     max_len: int = option(5, "max completion length L", minimum=1)
-    reward: str = option("target", "reward of a trajectory", choices=lambda: REWARDS.names())
     group_size: int = option(8, "G, completions per group", minimum=2)
-    lr: float = option(0.05, "learning rate of the inner steps", above=0)
     init_scale: float = option(1.0, "scale of the random initial θ")
 
 
-__all__ = ["ProblemConfig", "check_options", "flag", "option"]
+@dataclass
+class ProblemConfig(SpaceConfig):
+    """One enumerable problem (one reward) and one learning rate."""
+
+    reward: str = option("target", "reward of a trajectory", choices=lambda: REWARDS.names())
+    lr: float = option(0.05, "learning rate of the inner steps", above=0)
+
+
+__all__ = ["ProblemConfig", "SpaceConfig", "check_options", "flag", "option"]

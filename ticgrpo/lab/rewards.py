@@ -7,9 +7,13 @@
 | `short`  | (L − |o|) / (L − 1)   (1 for an immediate EOS, 0 at max length)             |
 | `long`   | (|o| − 1) / (L − 1)                                                         |
 | `count_short` | ½·count + ½·short (a trade-off between length and content)             |
+| `first`  | 1 if o_1 = `symbol` (default 1), else 0                                     |
 
-All are length-dependent in some way, so completions of different lengths get different
-rewards and the 1/|o| factor of `seq-mean-token-mean` matters.
+The first five are length-dependent, so completions of different lengths get different
+rewards and the 1/|o| factor of `seq-mean-token-mean` matters. `first` is the length-neutral
+control: given a first token other than EOS, the reward does not depend on the length, and the
+rewarded completions have every length 2..L (the one length-1 completion, an immediate EOS,
+scores 0 because its first token is EOS, not because it is short).
 """
 
 from __future__ import annotations
@@ -71,6 +75,14 @@ def long_reward(space: TrajectorySpace) -> Tensor:
 def count_short_reward(space: TrajectorySpace, symbol: int = 1) -> Tensor:
     """½ (count of `symbol`)/L + ½ (L − |o|)/(L − 1)."""
     return 0.5 * count_reward(space, symbol) + 0.5 * short_reward(space)
+
+
+@REWARDS.register("first")
+def first_token_reward(space: TrajectorySpace, symbol: int = 1) -> Tensor:
+    """1 if the first token is `symbol`, else 0: length-neutral (see the module doc)."""
+    if not 1 <= symbol < space.vocab_size:
+        raise ValueError(f"symbol must be in 1..{space.vocab_size - 1}, got {symbol}")
+    return (space.tokens[:, 0] == symbol).to(torch.float64)
 
 
 def make_rewards(name: str, space: TrajectorySpace) -> Tensor:

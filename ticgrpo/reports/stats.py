@@ -5,6 +5,8 @@
     welch_t_test(a, b)  -> TestResult(statistic, p_value, df)  # unequal variances, two-sided
     paired_t_test(a, b) -> TestResult                          # a[i], b[i] share seed i
     permutation_test(a, b) -> TestResult                       # exact (or seeded sampling) on the mean difference
+    paired_difference(d, margin) -> PairedDifference           # mean of paired differences: t interval, p, TOST
+    holm_adjust([p1, p2, ...]) -> [p1', p2', ...]              # Holm's step-down family-wise correction
 
 The guards in front of scipy say *why* a result is undefined (too few values, zero variance) in
 `TestResult.note`, which the report prints next to the dash.
@@ -130,9 +132,61 @@ def permutation_test(
     return TestResult(observed, float(result.pvalue), math.nan, len(a), len(b), note)
 
 
+@dataclass(frozen=True)
+class PairedDifference:
+    """The mean of paired differences d[i] = a[i] − b[i] (one per seed) and its tests."""
+
+    mean: float
+    low: float  # Student-t confidence interval of the mean
+    high: float
+    p_value: float  # two-sided one-sample t-test of mean(d) == 0; nan when undefined
+    equivalence_p_value: float  # TOST: max of the one-sided p-values of mean(d) > −margin, < +margin
+    margin: float
+    n: int
+    note: str = ""
+
+
+def paired_difference(
+    differences: Sequence[float] | np.ndarray, margin: float, confidence: float = 0.95
+) -> PairedDifference:
+    """Interval, difference test and equivalence test (TOST, ±`margin`) of the mean difference.
+
+    Equivalence is shown at level α when `equivalence_p_value` < α, i.e. when the (1 − 2α)
+    interval lies inside (−margin, +margin). Undefined (nan, with `note`) for fewer than 2
+    values or zero variance: the t statistic has no scale then.
+    """
+    d = np.asarray([float(v) for v in differences], dtype=np.float64)
+    n = int(d.size)
+    mean, low, high = t_interval(d.tolist(), confidence)
+    if n < 2 or bool(np.all(d == d[0])):  # identical values: np.std would round to a spurious > 0
+        note = "needs >= 2 differences" if n < 2 else "zero variance of the differences"
+        return PairedDifference(mean, low, high, math.nan, math.nan, margin, n, note)
+    p_value = float(stats.ttest_1samp(d, 0.0).pvalue)
+    above_lower = float(stats.ttest_1samp(d, -margin, alternative="greater").pvalue)
+    below_upper = float(stats.ttest_1samp(d, margin, alternative="less").pvalue)
+    return PairedDifference(mean, low, high, p_value, max(above_lower, below_upper), margin, n)
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (same order); nan stays nan and does not count in the family.
+
+    Rejecting where the adjusted p < α controls the family-wise error rate at α for any dependence.
+    """
+    finite = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (len(finite) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
 __all__ = [
+    "PairedDifference",
     "TestResult",
+    "holm_adjust",
     "mean_std",
+    "paired_difference",
     "paired_t_test",
     "permutation_test",
     "t_half_width",
