@@ -297,6 +297,28 @@ def test_run_saved_before_a_config_key_existed_still_matches(tmp_path):
         plan_comparison(base_config(), "grpo", "0", tmp_path / "cmp")
 
 
+def test_preregistered_config_splits_the_ratio_from_the_aggregation_at_two_lags(tmp_path):
+    """docs/results.md's pre-registered arms are the runs configs/preregistered.yaml plans."""
+    root = Path(__file__).resolve().parents[1]
+    plan = plan_comparison(root / "configs" / "preregistered.yaml", None, None, tmp_path / "prereg")
+    assert plan.seeds == list(range(10)) and len(plan.algorithms) == 12 and len(plan.runs) == 120
+    configs = {run.algorithm: run.config for run in plan.runs if run.seed == 0}
+    options = {name: c.algorithm.objective.options for name, c in configs.items()}
+    assert options["grpo"].aggregation == "seq-mean-token-mean"
+    assert options["grpo_sum"].aggregation == "seq-mean-token-sum"
+    assert options["grpo_sum"].epsilon_low == options["grpo_sum"].epsilon_high == 0.2  # the clip stays
+    assert options["tic_grpo_len"].length_normalize and not options["tic_grpo"].length_normalize
+    assert options["tic_ratio_only"].epsilon_high is None
+    for name, config in configs.items():
+        assert config.rollout.lag == (4 if name.endswith("_lag4") else 0), name
+        assert config.max_steps == 40 and config.eval.num_examples == 300 and config.eval.every_steps == 4
+        if name.endswith("_lag4"):  # the same arm as at lag 0, apart from the lag
+            base = configs[name.removesuffix("_lag4")]
+            assert config.algorithm.objective == base.algorithm.objective, name
+            advantage, base_advantage = config.algorithm.advantage, base.algorithm.advantage
+            assert (advantage.name, advantage.options) == (base_advantage.name, base_advantage.options), name
+
+
 def test_ablation_config_plans_the_paper_ablation(tmp_path):
     root = Path(__file__).resolve().parents[1]
     plan = plan_comparison(root / "configs" / "ablation.yaml", None, None, tmp_path / "abl")
