@@ -179,3 +179,15 @@ def test_cli_bad_values_are_one_line(tmp_path, capsys, argv: list[str], message:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_defaults_are_the_dataclass_defaults() -> None:
+    import argparse
+
+    from ticgrpo.lab.cli import add_parser, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    assert config_from_args(FactorialConfig, parser.parse_args(["lab", "factorial"])) == FactorialConfig()
+    given = config_from_args(FactorialConfig, parser.parse_args(["lab", "factorial", "--lrs", "0.5,1e-3"]))
+    assert given.lrs == (0.5, 0.001)

@@ -5,7 +5,8 @@ J(θ) = Σ_o π_θ(o) r(o) and ∇J(θ) are exact, and the expectation of each o
 estimator — the package's `compute_loss` called unchanged — is exact (fixed baseline) or Monte
 Carlo with standard errors (group-normalised advantages). `ticgrpo lab bias` measures what each
 estimator estimates as θ leaves θ_old; `ticgrpo lab converge` trains with sampled groups and
-tracks exact J. The algorithms are the names of `ticgrpo.config.algorithms.ALGORITHMS` (and
+tracks exact J; `ticgrpo lab factorial` crosses ratio × clip × aggregation × advantage
+(`ticgrpo.lab.factorial`). The algorithms are the names of `ticgrpo.config.algorithms.ALGORITHMS` (and
 objectives with their defaults) that the lab can run (`ticgrpo.lab.variants`). See docs/lab.md.
 """
 
