@@ -155,6 +155,23 @@ def test_checkpoint_and_final_equal_the_trainers_own_evaluation(tmp_path: Path, 
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_a_run_saved_by_an_earlier_version_still_evaluates(tmp_path: Path, capsys) -> None:
+    """A run folder whose config.yaml has eval.mean_at_k (before eval.ks) is read as such, not refused."""
+    import yaml
+
+    run = tmp_path / "run"
+    _train_tiny_run(run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    for key in ("ks", "metrics", "save_samples"):
+        del saved["eval"][key]
+    saved["eval"]["mean_at_k"] = 0
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(run / "final"), "--data", "arithmetic:level=2", "--num-examples", "2",
+                 "--max-new-tokens", "4", "--no-progress", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert _read(out)[0]["num_problems"] == 2
+
+
 @pytest.mark.slow
 def test_bundled_smollm2_on_a_few_problems_equals_the_trainers_evaluation(tmp_path: Path, capsys) -> None:
     """SmolLM2 answers some of these right, so the comparison with the trainer's held-out

@@ -247,6 +247,11 @@ def upgrade_saved_config(saved: dict) -> dict:
     return {**saved, "algorithm": section}
 
 
+def load_saved_config(path: str | Path) -> TrainConfig:
+    """The TrainConfig of a run folder's config.yaml, whichever version of ticgrpo wrote it."""
+    return load_config(upgrade_saved_config(read_yaml_mapping(path)))
+
+
 def _saved_eval_form(saved: dict) -> dict:
     """eval.mean_at_k: k (k sampled completions, their mean accuracy) is eval.ks: [k] (avg@k)."""
     section = saved.get("eval")

@@ -131,11 +131,11 @@ class Policy:
 
 def _run_config(folder: Path) -> Any:
     """The TrainConfig of the run that holds `folder` (final/ or checkpoints/step-N), if any."""
-    from ticgrpo.config import load_config
+    from ticgrpo.config import load_saved_config
 
     for candidate in (folder.parent / "config.yaml", folder.parent.parent / "config.yaml"):
         if candidate.is_file():
-            return load_config(str(candidate))
+            return load_saved_config(candidate)
     return None
 
 

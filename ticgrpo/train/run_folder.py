@@ -28,8 +28,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from ticgrpo.config import ConfigError, TrainConfig, load_config
-from ticgrpo.config.loading import read_yaml_mapping, upgrade_saved_config
+from ticgrpo.config import ConfigError, TrainConfig, load_saved_config
 from ticgrpo.train.checkpoint import fsync_dir
 from ticgrpo.train.logging import LOG_FILES
 
@@ -142,7 +141,7 @@ def config_changes(folder: Path, config: TrainConfig) -> list[ConfigChange]:
     if not saved_path.is_file():
         return []  # nothing to compare with (the checkpoint check reports a folder that holds no run)
     try:
-        saved = load_config(upgrade_saved_config(read_yaml_mapping(saved_path))).to_dict()
+        saved = load_saved_config(saved_path).to_dict()
     except (ConfigError, FileNotFoundError):  # a config from another version of ticgrpo: compare as written
         saved = yaml.safe_load(saved_path.read_text()) or {}
     old, new = _flatten(saved), _flatten(config.to_dict())
