@@ -29,6 +29,7 @@ effect is shown to be negligible.
 from __future__ import annotations
 
 import itertools
+import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, astuple, dataclass, replace
 from pathlib import Path
@@ -394,7 +395,7 @@ def _plot_effects(results: Mapping[str, Any], path: Path) -> None:
     rows = [r for r in results["comparisons"] if r["metric"] == METRICS[0] and r["n_cell_sets"]]
     names = list(dict.fromkeys(r["comparison"] for r in rows))
     rewards = results["config"]["rewards"]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.5))
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(names) + 1.5))
     for k, reward in enumerate(rewards):
         mine = {r["comparison"]: r for r in rows if r["reward"] == reward}
         y = [names.index(n) + (k - (len(rewards) - 1) / 2) * 0.22 for n in mine]
@@ -405,12 +406,12 @@ def _plot_effects(results: Mapping[str, Any], path: Path) -> None:
     ax.axvline(0, color="k", lw=0.8)
     for x in (-margin, margin):
         ax.axvline(x, color="gray", lw=0.8, ls="--")
-    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_yticks(range(len(names)), [textwrap.fill(n, 42) for n in names], fontsize=7)  # long names fit
     ax.invert_yaxis()
-    ax.set_xlabel(f"paired Δ mean J over training (95% CI; dashed: ±{margin:g} equivalence margin)")
+    ax.set_xlabel(f"paired Δ mean J over training, 95% CI (dashed: ±{margin:g} margin)")
     ax.legend(fontsize=8, title="reward")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # the long tick labels stay inside the image
     plt.close(fig)
 
 
