@@ -6,17 +6,21 @@ estimator — the package's `compute_loss` called unchanged — is exact (fixed 
 Carlo with standard errors (group-normalised advantages). `ticgrpo lab bias` measures what each
 estimator estimates as θ leaves θ_old; `ticgrpo lab converge` trains with sampled groups and
 tracks exact J; `ticgrpo lab factorial` crosses ratio × clip × aggregation × advantage
-(`ticgrpo.lab.factorial`). The algorithms are the names of `ticgrpo.config.algorithms.ALGORITHMS` (and
+(`ticgrpo.lab.factorial`); `ticgrpo lab lag` measures each estimator's exact bias and noise with
+samples k policy versions stale along its own training path, and at fixed per-token divergence
+as the length grows (`ticgrpo.lab.lag`). The algorithms are the names of `ticgrpo.config.algorithms.ALGORITHMS` (and
 objectives with their defaults) that the lab can run (`ticgrpo.lab.variants`). See docs/lab.md.
 """
 
 from ticgrpo.lab.enumerate import EOS, TrajectorySpace, enumerate_trajectories, num_trajectories
 from ticgrpo.lab.estimators import (
     FIXED,
+    ExactMoments,
     MonteCarloEstimate,
     Problem,
     compare,
     exact_gradient,
+    exact_moments,
     exact_objective,
     expected_gradient_exact,
     group_advantages,
@@ -34,6 +38,7 @@ __all__ = [
     "FIXED",
     "REWARDS",
     "VARIANTS",
+    "ExactMoments",
     "MonteCarloEstimate",
     "NeuralPolicy",
     "Policy",
@@ -44,6 +49,7 @@ __all__ = [
     "compare",
     "enumerate_trajectories",
     "exact_gradient",
+    "exact_moments",
     "exact_objective",
     "expected_gradient_exact",
     "get_variant",

@@ -1,9 +1,10 @@
-"""`ticgrpo lab bias|converge`: exact policy-gradient experiments on enumerable policies.
+"""`ticgrpo lab bias|converge|factorial|lag`: exact policy-gradient experiments on enumerable policies.
 
     python -m ticgrpo.cli lab bias --policy tabular --steps 0,1,2,4,8,16 --out docs/lab/bias
     python -m ticgrpo.cli lab bias --objectives all --out docs/lab/objectives   # every supported objective
     python -m ticgrpo.cli lab converge --seeds 0,1,2,3,4 --iterations 60 --out docs/lab/converge
     python -m ticgrpo.cli lab factorial --out docs/lab/factorial   # ratio × clip × aggregation × advantage
+    python -m ticgrpo.cli lab lag --out docs/lab/lag   # bias/noise with k-stale samples, length sweep
 
 Each writes results.json (every number), report.md (tables) and PNG plots into --out. The
 experiment flags are the fields of `BiasConfig` / `ConvergeConfig` / `FactorialConfig` (name, type, default and
@@ -27,6 +28,8 @@ from ticgrpo.lab.bias_report import summary_lines, write_bias_outputs
 from ticgrpo.lab.converge import ConvergeConfig, run_converge, write_converge_outputs
 from ticgrpo.lab.factorial import FactorialConfig, check_factorial, run_factorial, write_factorial_outputs
 from ticgrpo.lab.factorial import summary_lines as factorial_summary_lines
+from ticgrpo.lab.lag import LagConfig, check_lag, run_lag, write_lag_outputs
+from ticgrpo.lab.lag import summary_lines as lag_summary_lines
 from ticgrpo.lab.options import check_options, flag
 from ticgrpo.lab.variants import get_variant
 
@@ -37,6 +40,11 @@ EXPERIMENTS: dict[str, tuple[type, str, str]] = {
         FactorialConfig,
         "ratio × clip × aggregation × advantage, lr tuned per arm, paired effects",
         "outputs/lab/factorial",
+    ),
+    "lag": (
+        LagConfig,
+        "bias and noise of each arm's update with samples k policy versions stale, and a length sweep",
+        "outputs/lab/lag",
     ),
 }
 
@@ -128,34 +136,40 @@ def _config(args: argparse.Namespace) -> Any:
     try:
         config = config_from_args(config_cls, args)
         check_options(config, as_flags=True)
-        if isinstance(config, FactorialConfig):
-            check_factorial(config)
         for name in _variant_names(config):
             get_variant(name)  # ValueError naming the choices
+        if isinstance(config, FactorialConfig):
+            check_factorial(config)
+        if isinstance(config, LagConfig):
+            check_lag(config)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return config
 
 
+def converge_summary_lines(results: dict[str, Any]) -> list[str]:
+    return [
+        f"{name:16s} final J {s['J_final']:.4f} ± {s['J_final_half_width']:.4f}   "
+        f"mean J {s['J_mean_over_training']:.4f} ± {s['J_mean_over_training_half_width']:.4f}"
+        for name, s in results["summary"].items()
+    ]
+
+
+# experiment → (run, write its outputs, terminal lines)
+RUNNERS: dict[str, tuple[Any, Any, Any]] = {
+    "bias": (run_bias, write_bias_outputs, summary_lines),
+    "converge": (run_converge, write_converge_outputs, converge_summary_lines),
+    "factorial": (run_factorial, write_factorial_outputs, factorial_summary_lines),
+    "lag": (run_lag, write_lag_outputs, lag_summary_lines),
+}
+
+
 def run(args: argparse.Namespace) -> int:
     config = _config(args)
     torch.set_num_threads(max(args.threads, 1))
-    progress = not args.no_progress
-    if isinstance(config, BiasConfig):
-        results = run_bias(config, progress=progress)
-        files = write_bias_outputs(results, args.out)
-        print("\n".join(summary_lines(results)))
-    elif isinstance(config, FactorialConfig):
-        results = run_factorial(config, progress=progress)
-        files = write_factorial_outputs(results, args.out)
-        print("\n".join(factorial_summary_lines(results)))
-    else:
-        results = run_converge(config, progress=progress)
-        files = write_converge_outputs(results, args.out)
-        for name, s in results["summary"].items():
-            print(
-                f"{name:16s} final J {s['J_final']:.4f} ± {s['J_final_half_width']:.4f}   "
-                f"mean J {s['J_mean_over_training']:.4f} ± {s['J_mean_over_training_half_width']:.4f}"
-            )
+    run_experiment, write_outputs, lines = RUNNERS[args.lab_command]
+    results = run_experiment(config, progress=not args.no_progress)
+    files = write_outputs(results, args.out)
+    print("\n".join(lines(results)))
     print("wrote " + ", ".join(str(f) for f in files))
     return 0

@@ -120,8 +120,12 @@ def train(
     cfg: ConvergeConfig,
     seed: int,
     tick: Callable[[], None] | None = None,
+    steps_path: list[Tensor] | None = None,
 ) -> dict[str, list[float]]:
-    """One run: exact J after every outer iteration, and KL(π_old ‖ π_new) of each iteration."""
+    """One run: exact J after every outer iteration, and KL(π_old ‖ π_new) of each iteration.
+
+    `steps_path`, when given, receives θ before the first step and after every optimizer step
+    (iterations × μ + 1 tensors): the policy versions `lab lag` reads its stale θ_{t−k} from."""
     gen = torch.Generator().manual_seed(seed)
     param = theta_init.detach().clone().requires_grad_(True)
     optimizer = make_optimizer(cfg.optimizer, param, cfg.lr)
@@ -131,7 +135,9 @@ def train(
         theta_old = param.detach().clone()
         idx = sample_groups(problem, theta_old, cfg.groups, cfg.group_size, gen)
         adv = group_advantages(problem, idx, variant.advantage_name, options=variant.advantage_options)
-        inner_loop(problem, variant, param, optimizer, idx, adv, cfg.inner_steps)
+        inner = inner_loop(problem, variant, param, optimizer, idx, adv, cfg.inner_steps)
+        if steps_path is not None:
+            steps_path.extend(inner if not steps_path else inner[1:])  # inner[0] is the last step's θ
         with torch.no_grad():
             curve.append(float(exact_objective(problem, param)))
         kls.append(kl_divergence(problem, theta_old, param.detach()))

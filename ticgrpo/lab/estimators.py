@@ -253,6 +253,36 @@ def monte_carlo_gradient(
     )
 
 
+@dataclass(frozen=True)
+class ExactMoments:
+    """E[ĝ] and tr Cov(ĝ) of ONE group's estimate (G samples from π_old), both exact."""
+
+    mean: Tensor
+    trace_cov: float
+
+
+def exact_moments(
+    problem: Problem, variant: Variant, theta: Tensor, theta_old: Tensor, baseline: float, group_size: int
+) -> ExactMoments:
+    """Mean and per-group tr Cov of ĝ(θ) with the fixed-baseline advantage, by enumeration.
+
+    With a fixed baseline a group's ĝ is the mean of G i.i.d. per-sequence gradients g(o), so
+    E ĝ = Σ_o π_old(o) g(o) and tr Cov(ĝ) = (Σ_o π_old(o)‖g(o)‖² − ‖E ĝ‖²)/G. g(o) for every o is
+    `group_gradients` on N groups of one trajectory. `token-mean` divides by the group's random token
+    count, so its ĝ is not such a mean: refused.
+    """
+    if _aggregation(variant.config()) == "token-mean":
+        raise ValueError(f"{variant.name!r} aggregates token-mean: its per-group moments have no exact form here")
+    n = problem.space.num_trajectories
+    with torch.no_grad():
+        p_old = problem.probabilities(theta_old)
+    rows = torch.arange(n).view(n, 1)
+    per_sequence = group_gradients(problem, variant, theta, theta_old, rows, (problem.rewards - baseline).view(n, 1))
+    mean = p_old @ per_sequence
+    second = float(p_old @ per_sequence.pow(2).sum(dim=1))
+    return ExactMoments(mean=mean, trace_cov=max(second - float(mean @ mean), 0.0) / group_size)
+
+
 def compare(estimate: Tensor, reference: Tensor) -> dict[str, float]:
     """‖e − g‖/‖g‖, cos(e, g) and ‖e‖/‖g‖."""
     ref_norm = float(reference.norm())

@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ticgrpo.lab.enumerate import TrajectorySpace
+from ticgrpo.lab.enumerate import EOS, TrajectorySpace
 
 POLICIES = ("tabular", "neural")
 
@@ -34,6 +34,8 @@ class Policy(Protocol):
     def init(self, seed: int) -> Tensor: ...
 
     def log_prob_table(self, theta: Tensor) -> Tensor: ...
+
+    def shift_eos_logit(self, theta: Tensor, shift: float) -> Tensor: ...
 
 
 class TabularPolicy:
@@ -54,6 +56,12 @@ class TabularPolicy:
     def log_prob_table(self, theta: Tensor) -> Tensor:
         logits = theta.view(self.space.num_prefixes, self.space.vocab_size)
         return torch.log_softmax(logits, dim=-1)
+
+    def shift_eos_logit(self, theta: Tensor, shift: float) -> Tensor:
+        """θ with `shift` added to the EOS logit after every prefix (shift < 0: longer completions)."""
+        out = theta.detach().clone()
+        out.view(self.space.num_prefixes, self.space.vocab_size)[:, EOS] += shift
+        return out
 
 
 class NeuralPolicy:
@@ -99,6 +107,12 @@ class NeuralPolicy:
         x = w["tok"][s.prefix_last] + w["pos"][s.prefix_len] + (s.prefix_counts / s.max_len) @ w["cnt"]
         h = torch.tanh(x @ w["w1"] + w["b1"])
         return torch.log_softmax(h @ w["w2"] + w["b2"], dim=-1)
+
+    def shift_eos_logit(self, theta: Tensor, shift: float) -> Tensor:
+        """θ with `shift` added to the output bias of EOS (shift < 0: longer completions)."""
+        out = theta.detach().clone()
+        self.unflatten(out)["b2"][EOS] += shift  # unflatten's views share out's storage
+        return out
 
 
 def make_policy(name: str, space: TrajectorySpace, init_scale: float = 1.0) -> Policy:
