@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -197,3 +198,23 @@ def test_cli_defaults_are_the_dataclass_defaults() -> None:
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
     assert config_from_args(LagConfig, parser.parse_args(["lab", "lag"])) == LagConfig()
+
+
+def test_compare_arms_pairs_by_seed_and_corrects_with_holm() -> None:
+    from ticgrpo.lab.lag import COMPARISONS, compare_arms
+
+    rows = {"lag": [], "mu": [], "sweep": []}
+    for seed in range(6):
+        for t in (1, 2):  # two measurement steps per seed: averaged before pairing
+            noise = 0.01 * ((seed * 7 + t) % 5)
+            base = {"L": 4, "seed": seed}
+            token = {"noise_to_signal": 1.0 + seed, "relative_mse_batch": 2.0 + noise}
+            trajectory = {"noise_to_signal": 3.0 * (1.0 + seed) * (1 + noise), "relative_mse_batch": 2.0}
+            rows["sweep"].append({**base, "variant": "grpo_tokensum", **token})
+            rows["sweep"].append({**base, "variant": "tic_ratio_only", **trajectory})
+    out = compare_arms(rows, ("grpo_tokensum", "tic_ratio_only"))
+    nsr = next(r for r in out if "noise_to_signal" in r["comparison"])
+    assert nsr["log_ratio"] and nsr["L"] == 4 and nsr["n"] == 6
+    assert abs(nsr["mean"] - np.log(3.0)) < 0.05 and nsr["p_value"] < 1e-6  # ×3 whatever the seed's scale
+    assert len(out) == 2 and all(r["p_holm"] >= r["p_value"] for r in out)
+    assert {c.study for c in COMPARISONS} == {"lag", "mu", "sweep"}

@@ -53,9 +53,9 @@ from ticgrpo.lab.variants import Variant, get_variant
 from ticgrpo.reports.io import write_json
 from ticgrpo.reports.markdown import markdown_table
 from ticgrpo.reports.plots import pyplot
-from ticgrpo.reports.stats import t_interval
+from ticgrpo.reports.stats import holm_adjust, paired_difference, t_interval
 
-DEFAULT_ALGORITHMS = ("grpo", "grpo_tokensum", "no_is", "tic_ratio_only", "tic_grpo")
+DEFAULT_ALGORITHMS = ("grpo", "grpo_tokensum", "no_is", "no_is_tokensum", "tic_ratio_only", "tic_grpo")
 # the quantities summarised over seeds, in report order
 QUANTITIES = (
     "kl_old_theta",
@@ -250,6 +250,79 @@ SWEEP_QUANTITIES = (
 )
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A pre-declared paired difference, per seed: `quantity` of arm `first` − `quantity_second` of
+    arm `second` (the same arm for a within-arm contrast), at every lag / μ / L of `study`.
+
+    `log_ratio`: the difference of the logs, for positive scale quantities (noise-to-signal, MSE)
+    whose size varies by orders of magnitude between seeds; exp of its mean is the geometric-mean ratio.
+    """
+
+    study: str  # "lag", "mu" or "sweep"
+    first: str
+    second: str
+    quantity: str
+    quantity_second: str | None = None  # None: the same quantity
+    log_ratio: bool = False
+
+    @property
+    def name(self) -> str:
+        other = self.quantity_second or self.quantity
+        if self.log_ratio:
+            return f"{self.study}: log({self.first}.{self.quantity} / {self.second}.{other})"
+        return f"{self.study}: {self.first}.{self.quantity} − {self.second}.{other}"
+
+    def contrast(self, first: float, second: float) -> float:
+        return float(np.log(first / second)) if self.log_ratio else first - second
+
+
+COMPARISONS = (
+    # claim 1: is the token ratio (no clip, no 1/|o|) nearer the current gradient than the old one?
+    Comparison("lag", "grpo_tokensum", "grpo_tokensum", "rel_err_current", "rel_err_old"),
+    Comparison("mu", "grpo_tokensum", "grpo_tokensum", "rel_err_current", "rel_err_old"),
+    # claim 3 and the reviewers: the trajectory ratio's noise, and its MSE once the token ratio's bias counts
+    Comparison("lag", "tic_ratio_only", "grpo_tokensum", "noise_to_signal", log_ratio=True),
+    Comparison("lag", "tic_ratio_only", "grpo_tokensum", "relative_mse_batch", log_ratio=True),
+    Comparison("sweep", "tic_ratio_only", "grpo_tokensum", "noise_to_signal", log_ratio=True),
+    Comparison("sweep", "tic_ratio_only", "grpo_tokensum", "relative_mse_batch", log_ratio=True),
+)
+
+
+def _per_seed(rows: list[dict[str, Any]], arm: str, level_key: str, quantity: str) -> dict[tuple[Any, int], float]:
+    """(level, seed) → the mean of `quantity` over that arm's rows (the measurement steps)."""
+    found: dict[tuple[Any, int], list[float]] = {}
+    for r in rows:
+        if r["variant"] == arm:
+            found.setdefault((r[level_key], r["seed"]), []).append(r[quantity])
+    return {key: float(np.mean(values)) for key, values in found.items()}
+
+
+def compare_arms(study_rows: dict[str, list[dict[str, Any]]], arms: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Every `COMPARISONS` entry whose arms were run, at each level: the paired mean difference over
+    seeds, its 95% interval, the two-sided t-test p and the Holm-adjusted p over all of them."""
+    out = []
+    for comparison in COMPARISONS:
+        if comparison.first not in arms or comparison.second not in arms:
+            continue
+        level_key = "L" if comparison.study == "sweep" else "k"
+        rows = study_rows[comparison.study]
+        first = _per_seed(rows, comparison.first, level_key, comparison.quantity)
+        second = _per_seed(rows, comparison.second, level_key, comparison.quantity_second or comparison.quantity)
+        for level in sorted({lv for lv, _ in first}):
+            seeds = sorted(seed for lv, seed in first if lv == level)
+            contrasts = [comparison.contrast(first[(level, s)], second[(level, s)]) for s in seeds]
+            diff = paired_difference(contrasts, margin=0.0)  # no equivalence claim: margin unused
+            out.append(
+                {"comparison": comparison.name, "study": comparison.study, "log_ratio": comparison.log_ratio,
+                 level_key: level, "mean": diff.mean,
+                 "low": diff.low, "high": diff.high, "p_value": diff.p_value, "n": diff.n, "note": diff.note}
+            )  # fmt: skip
+    for row, p_holm in zip(out, holm_adjust([r["p_value"] for r in out]), strict=True):
+        row["p_holm"] = p_holm
+    return out
+
+
 def run_lag(cfg: LagConfig, progress: bool = True) -> dict[str, Any]:
     """The lag, μ and length-sweep measurements of the module doc, as a JSON-ready dict."""
     from tqdm import tqdm
@@ -264,6 +337,11 @@ def run_lag(cfg: LagConfig, progress: bool = True) -> dict[str, Any]:
             row for v in variants for seed in cfg.seeds for row in _path_rows(problem, v, cfg, seed, bar.update)
         ]
         sweep_rows = list(_sweep_rows(cfg, variants, bar.update))
+    study_rows = {
+        "lag": [r for r in path_rows if r["study"] == "lag"],
+        "mu": [r for r in path_rows if r["study"] == "mu"],
+        "sweep": sweep_rows,
+    }
     return {
         "config": asdict(cfg),
         "problem": {
@@ -274,10 +352,11 @@ def run_lag(cfg: LagConfig, progress: bool = True) -> dict[str, Any]:
         "rows": path_rows,
         "sweep_rows": sweep_rows,
         "summary": {
-            "lag": _summarise([r for r in path_rows if r["study"] == "lag"], ("variant", "k"), QUANTITIES),
-            "mu": _summarise([r for r in path_rows if r["study"] == "mu"], ("variant", "k"), QUANTITIES),
+            "lag": _summarise(study_rows["lag"], ("variant", "k"), QUANTITIES),
+            "mu": _summarise(study_rows["mu"], ("variant", "k"), QUANTITIES),
             "sweep": _summarise(sweep_rows, ("variant", "L"), SWEEP_QUANTITIES),
         },
+        "comparisons": compare_arms(study_rows, tuple(cfg.algorithms)),
     }
 
 
@@ -288,6 +367,24 @@ def _cell(stat: dict[str, float]) -> str:
 def _table(entries: list[dict[str, Any]], key: str, quantities: tuple[str, ...]) -> str:
     rows = [[e["variant"], e[key], *(_cell(e[q]) for q in quantities)] for e in entries]
     return markdown_table(["variant", key, *quantities], rows)
+
+
+def _comparison_table(rows: list[dict[str, Any]]) -> str:
+    def p(value: float) -> str:
+        return "—" if value != value else f"{value:.3g}"  # nan: zero variance (identical estimators)
+
+    def ratio(r: dict[str, Any]) -> str:
+        if not r["log_ratio"]:
+            return ""
+        return f"×{np.exp(r['mean']):.3g} [{np.exp(r['low']):.3g}, {np.exp(r['high']):.3g}]"
+
+    table = [
+        [r["comparison"], r.get("k", r.get("L")), f"{r['mean']:+.4g} [{r['low']:+.4g}, {r['high']:+.4g}]",
+         ratio(r), p(r["p_value"]), p(r["p_holm"]), r["note"]]
+        for r in rows
+    ]  # fmt: skip
+    headers = ["comparison", "k / μ / L", "mean Δ [95% CI]", "geometric-mean ratio", "p", "Holm p", "note"]
+    return markdown_table(headers, table)
 
 
 def _plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -366,6 +463,10 @@ def write_lag_outputs(results: dict[str, Any], out_dir: Path) -> list[Path]:
         "",
         _table(summary["sweep"], "L", SWEEP_QUANTITIES),
         "",
+        "## Pre-declared paired comparisons (per seed; Holm over all rows)",
+        "",
+        _comparison_table(results["comparisons"]),
+        "",
         "Plots: mean over seeds with its 95% interval; on log axes a lower end ≤ 0 is drawn at mean/10.",
         "",
         *(f"![{p.stem}]({p.name})" for p in plots),
@@ -389,9 +490,12 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
 
 
 __all__ = [
+    "COMPARISONS",
     "DEFAULT_ALGORITHMS",
+    "Comparison",
     "LagConfig",
     "check_lag",
+    "compare_arms",
     "measure",
     "perturbation_at_token_kl",
     "run_lag",
