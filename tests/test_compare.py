@@ -226,14 +226,18 @@ def test_plan_validates_and_classifies(tmp_path):
     assert first.output_dir == str(tmp_path / "cmp/runs/tic_ratio_only/seed-3")
 
 
+def finished_run(tmp_path: Path, algorithm: str) -> tuple:
+    """A planned run of `algorithm` (seed 0) marked finished, and its config as config.yaml would hold it."""
+    run = plan_comparison(base_config(), algorithm, "0", tmp_path / "cmp").runs[0]
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / MARKER).write_text(json.dumps({"algorithm": algorithm, "seed": 0}))
+    (run.run_dir / DONE_MARKER).write_text("{}")
+    return run, yaml.safe_load(config_to_yaml(run.config))
+
+
 def test_a_run_saved_with_the_old_options_form_still_matches(tmp_path):
     """Run folders written before the options nested under their method (objective_options) resume."""
-    plan = plan_comparison(base_config(), "tic_ratio_only", "0", tmp_path / "cmp")
-    run = plan.runs[0]
-    run.run_dir.mkdir(parents=True)
-    (run.run_dir / MARKER).write_text(json.dumps({"algorithm": "tic_ratio_only", "seed": 0}))
-    (run.run_dir / DONE_MARKER).write_text("{}")
-    saved = yaml.safe_load(config_to_yaml(run.config))
+    run, saved = finished_run(tmp_path, "tic_ratio_only")
     objective = saved["algorithm"]["objective"]
     saved["algorithm"]["objective"] = objective.pop("name")
     saved["algorithm"]["objective_options"] = objective
@@ -243,12 +247,7 @@ def test_a_run_saved_with_the_old_options_form_still_matches(tmp_path):
 
 def test_a_run_saved_with_eval_mean_at_k_still_matches(tmp_path):
     """Run folders written before eval.ks (eval.mean_at_k: k) read as eval.ks: [k] (0: [])."""
-    plan = plan_comparison(base_config(), "grpo", "0", tmp_path / "cmp")
-    run = plan.runs[0]
-    run.run_dir.mkdir(parents=True)
-    (run.run_dir / MARKER).write_text(json.dumps({"algorithm": "grpo", "seed": 0}))
-    (run.run_dir / DONE_MARKER).write_text("{}")
-    saved = yaml.safe_load(config_to_yaml(run.config))
+    run, saved = finished_run(tmp_path, "grpo")
     for key in ("ks", "metrics", "save_samples"):
         del saved["eval"][key]
     saved["eval"]["mean_at_k"] = 0
@@ -263,12 +262,7 @@ def test_a_run_saved_with_eval_mean_at_k_still_matches(tmp_path):
 def test_a_run_saved_with_behavior_correction_still_matches(tmp_path):
     """Run folders written before algorithm.offpolicy_correction (behavior_correction: null,
     behavior_correction_cap: 2.0, as docs/results/*/config.yaml hold them) are still done."""
-    plan = plan_comparison(base_config(), "grpo", "0", tmp_path / "cmp")
-    run = plan.runs[0]
-    run.run_dir.mkdir(parents=True)
-    (run.run_dir / MARKER).write_text(json.dumps({"algorithm": "grpo", "seed": 0}))
-    (run.run_dir / DONE_MARKER).write_text("{}")
-    saved = yaml.safe_load(config_to_yaml(run.config))
+    run, saved = finished_run(tmp_path, "grpo")
     del saved["algorithm"]["offpolicy_correction"]
     saved["algorithm"].update(behavior_correction=None, behavior_correction_cap=2.0)
     (run.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
@@ -282,12 +276,7 @@ def test_a_run_saved_with_behavior_correction_still_matches(tmp_path):
 def test_run_saved_before_a_config_key_existed_still_matches(tmp_path):
     """A finished run whose config.yaml predates a key (now at its default) is not 'different';
     a real difference still is."""
-    plan = plan_comparison(base_config(), "grpo", "0", tmp_path / "cmp")
-    run = plan.runs[0]
-    run.run_dir.mkdir(parents=True)
-    (run.run_dir / MARKER).write_text(json.dumps({"algorithm": "grpo", "seed": 0}))
-    (run.run_dir / DONE_MARKER).write_text("{}")
-    saved = yaml.safe_load(config_to_yaml(run.config))
+    run, saved = finished_run(tmp_path, "grpo")
     del saved["algorithm"]["offpolicy_correction"], saved["rollout"]["vllm"]  # keys added later
     (run.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
     assert plan_comparison(base_config(), "grpo", "0", tmp_path / "cmp").runs[0].status == "done"

@@ -367,7 +367,7 @@ def test_all_is_every_supported_objective_with_its_defaults() -> None:
     assert expand_objectives(("grpo", "all", "tic_ratio_only")) == (*names, "tic_ratio_only")
 
 
-@pytest.mark.parametrize("command", ["bias", "converge"])
+@pytest.mark.parametrize("command", ["bias", "converge", "factorial", "lag"])
 def test_cli_defaults_are_the_dataclass_defaults(command: str) -> None:
     import argparse
     import dataclasses
@@ -375,18 +375,21 @@ def test_cli_defaults_are_the_dataclass_defaults(command: str) -> None:
     from ticgrpo.lab.bias import BiasConfig
     from ticgrpo.lab.cli import add_parser, config_from_args
     from ticgrpo.lab.converge import ConvergeConfig
+    from ticgrpo.lab.factorial import FactorialConfig
+    from ticgrpo.lab.lag import LagConfig
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["lab", command])
-    config_cls = {"bias": BiasConfig, "converge": ConvergeConfig}[command]
+    config_cls = {"bias": BiasConfig, "converge": ConvergeConfig, "factorial": FactorialConfig,
+                  "lag": LagConfig}[command]
     for spec in dataclasses.fields(config_cls):
         assert getattr(args, spec.name) == spec.default, spec.name
     assert config_from_args(config_cls, args) == config_cls()
     # and every field is a flag: a value given on the command line reaches the config
     flags = {f.name: f for f in dataclasses.fields(config_cls)}
-    given = parser.parse_args(["lab", command, "--vocab", "3", "--lr", "0.5"])
-    assert (config_from_args(config_cls, given).vocab, config_from_args(config_cls, given).lr) == (3, 0.5)
+    given = parser.parse_args(["lab", command, "--vocab", "3", "--max-len", "3"])
+    assert (config_from_args(config_cls, given).vocab, config_from_args(config_cls, given).max_len) == (3, 3)
     assert set(flags) <= set(vars(given))
 
 
@@ -400,6 +403,16 @@ def test_cli_defaults_are_the_dataclass_defaults(command: str) -> None:
         (["converge", "--reward", "nope"], "--reward must be one of: "),
         (["converge", "--optimizer", "lbfgs"], "--optimizer must be one of: adam, sgd; got 'lbfgs'"),
         (["converge", "--algorithms", "dapo"], "the lab cannot run 'dapo'"),
+        (["factorial", "--ratios", "token,bogus"], "--ratios must be one of: token, trajectory, none; got 'bogus'"),
+        (["factorial", "--lrs", "0.1,0"], "--lrs must be > 0, got 0.0"),
+        (["factorial", "--seeds", "0,100"], "tuning_seeds must not be verdict seeds; both have [100]"),
+        (["factorial", "--ratios", "trajectory", "--aggregations", "token_mean"],
+         "no cell of the chosen levels can be run"),
+        (["lag", "--lags", "0,-1"], "--lags must be >= 0, got -1"),
+        (["lag", "--iterations", "5", "--measure-at", "3,9"], "measure_at [9] is past the path's last step"),
+        (["lag", "--algorithms", "grpo,bogus"], "bogus"),
+        (["lag", "--algorithms", "dapo_loss"], "token-mean"),
+        (["lag", "--target-token-kl", "0"], "--target-token-kl must be > 0"),
     ],
 )
 def test_cli_bad_values_are_one_line(tmp_path, capsys, argv: list[str], message: str) -> None:

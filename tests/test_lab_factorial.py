@@ -162,32 +162,3 @@ def test_cli_runs_a_tiny_factorial_and_writes_its_files(tmp_path, capsys) -> Non
     assert (out / "report.md").read_text().startswith("# lab factorial")
     assert (out / "factorial_effects.png").stat().st_size > 0
     assert "ratio × aggregation" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--ratios", "token,bogus"], "--ratios must be one of: token, trajectory, none; got 'bogus'"),
-        (["--lrs", "0.1,0"], "--lrs must be > 0, got 0.0"),
-        (["--seeds", "0,100"], "tuning_seeds must not be verdict seeds; both have [100]"),
-        (["--ratios", "trajectory", "--aggregations", "token_mean"], "no cell of the chosen levels can be run"),
-    ],
-)
-def test_cli_bad_values_are_one_line(tmp_path, capsys, argv: list[str], message: str) -> None:
-    rc = main(["lab", "factorial", *argv, "--out", str(tmp_path / "out")])
-    assert rc == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
-    assert not (tmp_path / "out").exists()
-
-
-def test_cli_defaults_are_the_dataclass_defaults() -> None:
-    import argparse
-
-    from ticgrpo.lab.cli import add_parser, config_from_args
-
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
-    assert config_from_args(FactorialConfig, parser.parse_args(["lab", "factorial"])) == FactorialConfig()
-    given = config_from_args(FactorialConfig, parser.parse_args(["lab", "factorial", "--lrs", "0.5,1e-3"]))
-    assert given.lrs == (0.5, 0.001)
