@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,24 +50,18 @@ EXPERIMENTS: dict[str, tuple[type, str, str]] = {
 }
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
+def _number_list(convert: Callable[[str], Any], kind: str) -> Callable[[str], tuple]:
+    """An argparse type for "1,2,3": a tuple of `convert`ed values, at least one."""
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(convert(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind}s, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected at least one {kind}")
+        return values
 
-
-def _float_list(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
+    return parse
 
 
 def _name_list(text: str) -> tuple[str, ...]:
@@ -80,8 +75,8 @@ _PARSERS: dict[Any, Any] = {
     int: int,
     float: float,
     str: str,
-    tuple[int, ...]: _int_list,
-    tuple[float, ...]: _float_list,
+    tuple[int, ...]: _number_list(int, "integer"),
+    tuple[float, ...]: _number_list(float, "number"),
     tuple[str, ...]: _name_list,
 }
 
