@@ -261,6 +261,13 @@ class ExactMoments:
     trace_cov: float
 
 
+def check_exact_moments(variant: Variant) -> None:
+    """ValueError (one line) when `exact_moments` cannot give the variant's moments: `token-mean`
+    divides by the group's random token count, so its ĝ is not a mean of per-sequence gradients."""
+    if _aggregation(variant.config()) == "token-mean":
+        raise ValueError(f"{variant.name!r} aggregates token-mean, whose per-group moments the exact path cannot give")
+
+
 def exact_moments(
     problem: Problem, variant: Variant, theta: Tensor, theta_old: Tensor, baseline: float, group_size: int
 ) -> ExactMoments:
@@ -268,11 +275,9 @@ def exact_moments(
 
     With a fixed baseline a group's ĝ is the mean of G i.i.d. per-sequence gradients g(o), so
     E ĝ = Σ_o π_old(o) g(o) and tr Cov(ĝ) = (Σ_o π_old(o)‖g(o)‖² − ‖E ĝ‖²)/G. g(o) for every o is
-    `group_gradients` on N groups of one trajectory. `token-mean` divides by the group's random token
-    count, so its ĝ is not such a mean: refused.
+    `group_gradients` on N groups of one trajectory (`check_exact_moments` says which variants).
     """
-    if _aggregation(variant.config()) == "token-mean":
-        raise ValueError(f"{variant.name!r} aggregates token-mean: its per-group moments have no exact form here")
+    check_exact_moments(variant)
     n = problem.space.num_trajectories
     with torch.no_grad():
         p_old = problem.probabilities(theta_old)
