@@ -64,11 +64,11 @@ def eval_log_record(records: Sequence[ProblemRecord], summary: dict, settings: E
     value of each metric named in `metrics` (registry names, reported per k: pass@k → pass@8)."""
     greedy = [r.greedy for r in records if r.greedy is not None]
     out = {
-        "accuracy": _mean([float(c.correct) for c in greedy]),
+        "accuracy": float(summary["metrics"]["greedy_accuracy"]["value"]),  # settings.greedy is always on here
         "reward_mean": _mean([float(c.reward) for c in greedy if c.reward is not None]),
-        "completion_length_mean": _mean([float(c.length) for c in greedy]),
-        "truncated_frac": _mean([float(c.truncated) for c in greedy]),
-        "num_examples": float(len(records)),
+        "completion_length_mean": _mean([float(c.length) for c in greedy]),  # the summary's mean_length
+        "truncated_frac": _mean([float(c.truncated) for c in greedy]),  # and truncation_rate count the samples too
+        "num_examples": float(summary["num_problems"]),
         "constant_baseline": float(summary["constant_baseline"]["score"]),
     }
     for spec, k in metric_names(settings.ks, settings.num_samples):
