@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from scipy import stats
 
 MAX_SEEDS = 100_000
@@ -112,9 +113,8 @@ def plan_pairs(finals: dict[str, dict[int, float]], pairs: Sequence[tuple[str, s
         shared = sorted(set(finals[a]) & set(finals[b]))
         if len(shared) < 2:
             raise ValueError(f"{a} and {b} share {len(shared)} seed(s); the paired sd needs at least 2")
-        differences = [finals[a][s] - finals[b][s] for s in shared]
-        mean = sum(differences) / len(differences)
-        sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (len(differences) - 1))
+        differences = np.array([finals[a][s] - finals[b][s] for s in shared])
+        mean, sd = float(differences.mean()), float(differences.std(ddof=1))
         plans.append(PairPlan(a, b, len(shared), mean, sd, seeds_for_difference(sd, delta, level, power),
                               seeds_for_equivalence(sd, margin, level, power),
                               detectable_difference(planned_seeds, sd, level, power)))
