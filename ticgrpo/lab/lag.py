@@ -29,6 +29,7 @@ sweep direction): the mean and 95% Student-t interval of the per-seed value (ave
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -427,6 +428,16 @@ def _plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
     return files
 
 
+def _growth_rate_line(sweep: list[dict[str, Any]]) -> str:
+    """log(1 + χ²)/E_old|o| per L, from the means: the per-token rate at which the trajectory
+    ratio's variance grows (exponential growth in the length makes it constant in L). χ² and
+    E_old|o| depend on the problem only, so the first arm's rows give them."""
+    first = sweep[0]["variant"]
+    rates = [f"L={r['L']}: {math.log1p(r['trajectory_ratio_variance']['mean']) / r['mean_length_old']['mean']:.3f}"
+             for r in sweep if r["variant"] == first]
+    return "log(1 + χ²)/E_old|o| of the means (the per-token growth rate of 1 + χ²): " + ", ".join(rates) + "."
+
+
 def write_lag_outputs(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """results.json, report.md, lag_bias.png and length_sweep.png under `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -462,6 +473,8 @@ def write_lag_outputs(results: dict[str, Any], out_dir: Path) -> list[Path]:
         "trajectory_ratio_variance = Var_old[π_θ(o)/π_old(o)] = χ²(π_θ‖π_old).",
         "",
         _table(summary["sweep"], "L", SWEEP_QUANTITIES),
+        "",
+        _growth_rate_line(summary["sweep"]),
         "",
         "## Pre-declared paired comparisons (per seed; Holm over all rows)",
         "",
