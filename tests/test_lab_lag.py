@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -167,7 +168,12 @@ def test_cli_runs_a_tiny_study_and_writes_its_files(tmp_path, capsys) -> None:
         (v, k) for v in ("grpo", "tic_ratio_only") for k in (0, 2)
     }
     assert len(results["summary"]["sweep"]) == 4 and len(results["summary"]["mu"]) == 4
-    assert (out / "report.md").read_text().startswith("# lab lag")
+    report = (out / "report.md").read_text()
+    assert report.startswith("# lab lag")
+    results = json.loads((out / "results.json").read_text())
+    first = results["summary"]["sweep"][0]  # the growth-rate line is these means' log(1 + χ²)/E|o|
+    rate = math.log1p(first["trajectory_ratio_variance"]["mean"]) / first["mean_length_old"]["mean"]
+    assert f"L={first['L']}: {rate:.3f}" in report
     assert (out / "lag_bias.png").stat().st_size > 0 and (out / "length_sweep.png").stat().st_size > 0
     assert "lag k=2" in capsys.readouterr().out
 
