@@ -5,6 +5,7 @@
     python -m ticgrpo.cli lab converge --seeds 0,1,2,3,4 --iterations 60 --out docs/lab/converge
     python -m ticgrpo.cli lab factorial --out docs/lab/factorial   # ratio × clip × aggregation × advantage
     python -m ticgrpo.cli lab lag --out docs/lab/lag   # bias/noise with k-stale samples, length sweep
+    python -m ticgrpo.cli lab reuse --out docs/lab/reuse   # trajectory reuse (window ω) vs fresh samples
 
 Each writes results.json (every number), report.md (tables) and PNG plots into --out. The
 experiment flags are the fields of `BiasConfig` / `ConvergeConfig` / `FactorialConfig` (name, type, default and
@@ -32,6 +33,8 @@ from ticgrpo.lab.factorial import summary_lines as factorial_summary_lines
 from ticgrpo.lab.lag import LagConfig, check_lag, run_lag, write_lag_outputs
 from ticgrpo.lab.lag import summary_lines as lag_summary_lines
 from ticgrpo.lab.options import check_options, flag
+from ticgrpo.lab.reuse import ReuseConfig, check_reuse, run_reuse, write_reuse_outputs
+from ticgrpo.lab.reuse import summary_lines as reuse_summary_lines
 from ticgrpo.lab.variants import get_variant
 
 EXPERIMENTS: dict[str, tuple[type, str, str]] = {
@@ -46,6 +49,11 @@ EXPERIMENTS: dict[str, tuple[type, str, str]] = {
         LagConfig,
         "bias and noise of each arm's update with samples k policy versions stale, and a length sweep",
         "outputs/lab/lag",
+    ),
+    "reuse": (
+        ReuseConfig,
+        "trajectory reuse over the last ω policy versions against fresh samples, at equal sample budgets",
+        "outputs/lab/reuse",
     ),
 }
 
@@ -137,6 +145,8 @@ def _config(args: argparse.Namespace) -> Any:
             check_factorial(config)
         if isinstance(config, LagConfig):
             check_lag(config)
+        if isinstance(config, ReuseConfig):
+            check_reuse(config)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return config
@@ -156,6 +166,7 @@ RUNNERS: dict[str, tuple[Any, Any, Any]] = {
     "converge": (run_converge, write_converge_outputs, converge_summary_lines),
     "factorial": (run_factorial, write_factorial_outputs, factorial_summary_lines),
     "lag": (run_lag, write_lag_outputs, lag_summary_lines),
+    "reuse": (run_reuse, write_reuse_outputs, reuse_summary_lines),
 }
 
 

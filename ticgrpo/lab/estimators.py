@@ -166,8 +166,12 @@ def group_gradients(
     idx: Tensor,
     advantages: Tensor,
     chunk: int = 512,
+    mixture_logprobs: Tensor | None = None,
 ) -> Tensor:
-    """ĝ(θ) for each of M groups at once: [M, D] (see module doc; chunks of `chunk` groups)."""
+    """ĝ(θ) for each of M groups at once: [M, D] (see module doc; chunks of `chunk` groups).
+
+    `mixture_logprobs` [N]: log q(o) of every trajectory under a pool of policy versions, passed to
+    the objectives that read it (`trajectory_reuse`); θ_old then only supplies ℓ^old."""
     config = variant.config()
     space = problem.space
     eval_at = theta_old if variant.is_frozen() else theta
@@ -190,6 +194,7 @@ def group_gradients(
             old_logprobs=old_all[rows],
             token_ids=space.tokens[rows],
             group_ids=torch.arange(m).repeat_interleave(g),
+            mixture_logprobs=None if mixture_logprobs is None else mixture_logprobs[rows],
         )
         # One group's normalisers (N_seq = G); the summed loss is Σ_groups loss_group.
         norms = StepNormalizers(num_sequences=float(g), num_tokens=1.0, max_new_tokens=space.max_len)

@@ -51,6 +51,8 @@ class RolloutBatch:
     behavior_logprobs: Tensor | None = None
     policy_version: Tensor | None = None
     sampler_logprobs: Tensor | None = None
+    # [B] log Σ_j (n_j/N) P_θj(o_i): the behaviour density of a pool of batches (algorithm.reuse_window)
+    mixture_logprobs: Tensor | None = None
 
     @property
     def completion_lengths(self) -> Tensor:
@@ -85,6 +87,7 @@ class RolloutBatch:
             behavior_logprobs=None if self.behavior_logprobs is None else self.behavior_logprobs[idx],
             policy_version=None if self.policy_version is None else self.policy_version[idx],
             sampler_logprobs=None if self.sampler_logprobs is None else self.sampler_logprobs[idx],
+            mixture_logprobs=None if self.mixture_logprobs is None else self.mixture_logprobs[idx],
         )
 
 
@@ -95,7 +98,7 @@ def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBa
     """
     if len(batches) == 1:
         return batches[0]
-    for name in ("behavior_logprobs", "policy_version", "sampler_logprobs"):
+    for name in ("behavior_logprobs", "policy_version", "sampler_logprobs", "mixture_logprobs"):
         present = [getattr(b, name) is not None for b in batches]
         if any(present) and not all(present):
             raise ValueError(f"concat_rollouts: some batches have {name} and others do not")
@@ -118,6 +121,7 @@ def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBa
         behavior_logprobs=_cat_optional([b.behavior_logprobs for b in batches], t),
         policy_version=_cat_optional([b.policy_version for b in batches], None),
         sampler_logprobs=_cat_optional([b.sampler_logprobs for b in batches], t),
+        mixture_logprobs=_cat_optional([b.mixture_logprobs for b in batches], None),
     )
 
 

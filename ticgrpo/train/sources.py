@@ -67,7 +67,8 @@ class BatchSource(Protocol):
 def batch_source(config: TrainConfig, sampling: PlainSampling, engine: Any, model: Any,
                  settings: StepSettings) -> BatchSource:
     """The source the config asks for: async (a producer beside the trainer), lagged (rollout.lag
-    k >= 1) or the classic synchronous loop."""
+    k >= 1), the synchronous loop pooled over the last ω versions (algorithm.reuse_window,
+    ticgrpo.train.reuse) or the classic synchronous loop."""
     r = config.rollout
     if r.mode == "async":
         from ticgrpo.train.async_source import async_source  # the producer machinery, only when asked
@@ -75,6 +76,11 @@ def batch_source(config: TrainConfig, sampling: PlainSampling, engine: Any, mode
         return async_source(config, sampling, engine, model, settings)
     if r.lag:
         return LaggedSource(sampling, engine, model, settings, r.lag, config.algorithm.mask_truncated)
+    if config.algorithm.reuse_window > 1:
+        from ticgrpo.train.reuse import ReusingSource  # it builds on this module
+
+        return ReusingSource(SynchronousSource(sampling, engine), model, settings, config.algorithm.reuse_window,
+                             engine.pad_token_id, config.algorithm.mask_truncated)
     return SynchronousSource(sampling, engine)
 
 

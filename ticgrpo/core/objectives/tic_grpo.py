@@ -59,9 +59,17 @@ class TICGRPOConfig(PenaltyConfig):
 def tic_grpo_loss(
     batch: PolicyBatch, config: TICGRPOConfig, norms: StepNormalizers
 ) -> tuple[Tensor, dict[str, Tensor]]:
+    log_w = masked_sum(batch.current_logprobs() - batch.behaviour_logprobs(), batch.float_mask, dim=1)
+    return trajectory_weight_loss(batch, config, norms, log_w)
+
+
+def trajectory_weight_loss(
+    batch: PolicyBatch, config: TICGRPOConfig, norms: StepNormalizers, log_w: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The clipped sequence surrogate of the module doc for a given [B] log-weight log w_i
+    (differentiable in ℓ): tic_grpo's trajectory ratio, or trajectory_reuse's balance heuristic."""
     mask = batch.float_mask
     lengths = mask.sum(dim=1)
-    log_w = masked_sum(batch.current_logprobs() - batch.behaviour_logprobs(), mask, dim=1)
     advantages = batch.sequence_advantages()
     surrogate = clipped_surrogate(
         log_w,
