@@ -48,7 +48,7 @@ def naive_grpo(logp, old, ref, mask, adv, *, eps_low, eps_high, beta, kl, aggreg
     for i in range(logp.shape[0]):
         terms = []
         for t in _real_tokens(mask, i):
-            a = adv[i]
+            a = adv[i, t] if adv.dim() == 2 else adv[i]  # [B, T] per-token advantages (nthr's A')
             if no_ratio:
                 s = a * logp[i, t]
             else:

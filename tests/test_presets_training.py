@@ -136,7 +136,9 @@ def test_each_entry_gives_a_finite_loss_and_is_read_only(name):
     logprobs = (-torch.rand(6, 5, generator=g)).requires_grad_(True)
     batch = PolicyBatch(logprobs, mask, adv, old_logprobs=logprobs.detach() - 0.1 * torch.rand(6, 5, generator=g),
                         token_ids=torch.randint(0, 7, (6, 5), generator=g), group_ids=torch.tensor([0, 0, 0, 1, 1, 1]),
-                        entropies=torch.rand(6, 5, generator=g))
+                        entropies=torch.rand(6, 5, generator=g),
+                        hidden_states=(torch.randn(6, 5, 4, generator=g)
+                                       if OBJECTIVES.spec(objective).needs_hidden_states else None))
     loss, metrics = compute_loss(objective, batch, make_objective_config(objective, options))
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(v) for v in metrics.values())
@@ -153,7 +155,7 @@ def test_algorithms_table_contents_and_errors():
     from ticgrpo.registry import UnknownNameError
 
     presets = {"grpo", "no_is", "tic_grpo", "gspo", "gmpo", "dr_grpo", "dapo", "bnpo", "gtpo", "dppo_tv", "dppo_kl",
-               "cispo", "rloo"}
+               "cispo", "rloo", "nthr"}
     ablations = {"tic_ratio_only", "tic_ratio_lenadv", "tic_ratio_clip", "grpo_noclip", "grpo_tokensum",
                  "no_is_tokensum", "no_is_stale", "dapo_loss"}
     assert set(ALGORITHMS) == presets | ablations
@@ -356,7 +358,8 @@ def test_lab_all_objectives_covers_every_registered_objective_but_gtpo():
     from ticgrpo.lab.variants import all_objectives, expand_objectives, get_variant
 
     names = all_objectives()
-    assert {get_variant(n).objective for n in names} == set(OBJECTIVES.names()) - {"gtpo"}
+    group_coupled = {spec.name for spec in OBJECTIVES.specs() if spec.couples_group}  # gtpo, nthr
+    assert {get_variant(n).objective for n in names} == set(OBJECTIVES.names()) - group_coupled
     assert expand_objectives(("grpo", "all", "tic_ratio_only")) == (*names, "tic_ratio_only")
     with pytest.raises(ValueError, match="couples"):
         get_variant("gtpo")  # the lab rejects the group-coupled gtpo

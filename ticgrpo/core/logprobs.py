@@ -22,13 +22,14 @@ slower but correct fallback that calls the model with ``logits_to_keep``.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["completion_logprobs", "token_logprobs_from_hidden"]
+__all__ = ["CompletionScores", "completion_logprobs", "completion_scores", "token_logprobs_from_hidden"]
 
 # Config attributes that mean "the logits are not plain lm_head(hidden)".  A value of None
 # (or 1.0 for multiplicative scales) is harmless.
@@ -329,6 +330,13 @@ def _scatter_rows(values: Tensor, mask: Tensor) -> Tensor:
     return out
 
 
+def _scatter_hidden(rows: Tensor, mask: Tensor) -> Tensor:
+    """[N, H] rows of the real positions into [B, T, H] (zeros on padding), same dtype."""
+    out = rows.new_zeros((*mask.shape, rows.shape[-1]))
+    out[mask] = rows
+    return out
+
+
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     """Positions counted from each row's first real token, as `generate` computes them for
     left-padded prompts, so that scoring sees the positions sampling saw."""
@@ -355,14 +363,21 @@ def _fallback_rows(
     temperature: float,
     chunk_size: int,
     with_entropy: bool,
-) -> tuple[Tensor, Tensor | None]:
-    """Correct path for any causal LM: logits of the T+1 last positions, log_softmax per chunk."""
+    with_hidden_states: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Correct path for any causal LM: logits of the T+1 last positions, log_softmax per chunk;
+    with `with_hidden_states`, also the model's last `hidden_states` entry at the real completion
+    positions ([N, H], detached)."""
     kwargs = _model_inputs(input_ids, attention_mask)
+    if with_hidden_states:
+        kwargs["output_hidden_states"] = True
     try:
-        logits = model(**kwargs, logits_to_keep=t + 1).logits
+        out = model(**kwargs, logits_to_keep=t + 1)
     except TypeError:  # model without logits_to_keep
-        logits = model(**kwargs).logits
-    logits = logits[:, -(t + 1) : -1]  # position P-1+t predicts completion token t
+        out = model(**kwargs)
+    hidden_rows = out.hidden_states[-1][:, -(t + 1) : -1][mask].detach() if with_hidden_states else None
+    logits = out.logits[:, -(t + 1) : -1]  # position P-1+t predicts completion token t
+    del out
     rows = logits[mask]  # [N, V] in the model's dtype
     del logits
 
@@ -385,8 +400,19 @@ def _fallback_rows(
         ens.append(en)
     if not lps:
         empty = rows.new_zeros(0, dtype=torch.float32)
-        return empty, (empty if with_entropy else None)
-    return torch.cat(lps), (torch.cat(ens) if with_entropy else None)
+        return empty, (empty if with_entropy else None), hidden_rows
+    return torch.cat(lps), (torch.cat(ens) if with_entropy else None), hidden_rows
+
+
+@dataclass(frozen=True)
+class CompletionScores:
+    """What one forward pass of the policy gives for the sampled completion tokens."""
+
+    logprobs: Tensor  # [B, T] float32, differentiable, 0.0 on padding
+    entropies: Tensor | None  # [B, T] float32, differentiable; None unless asked for
+    # [B, T, H] the last-layer (after the final norm) hidden state at the position that predicts
+    # each completion token, detached, in the model's dtype, 0.0 on padding; None unless asked for
+    hidden_states: Tensor | None
 
 
 def completion_logprobs(
@@ -400,7 +426,26 @@ def completion_logprobs(
     chunk_size: int = 1024,
     with_entropy: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """Per-token log-probs (and entropies) of the sampled completion tokens.
+    """``(logprobs, entropies)`` of the sampled completion tokens: `completion_scores` without
+    the hidden states."""
+    scores = completion_scores(model, input_ids, attention_mask, completion_ids, completion_mask,
+                               temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy)
+    return scores.logprobs, scores.entropies
+
+
+def completion_scores(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_ids: Tensor,
+    completion_mask: Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+    with_hidden_states: bool = False,
+) -> CompletionScores:
+    """Per-token log-probs (and entropies, and hidden states) of the sampled completion tokens.
 
     Convention: ``input_ids = cat([prompt_ids, completion_ids], dim=1)`` with the prompt
     left-padded to width P and the completion right-padded to width T, so ``L = P + T`` and the
@@ -418,11 +463,15 @@ def completion_logprobs(
         temperature: logits are divided by it (use the sampling temperature).
         chunk_size: rows of LM-head logits materialised at once (forward and backward).
         with_entropy: also return the entropy of softmax(logits / temperature) per position.
+        with_hidden_states: also return the last-layer hidden states of the completion
+            positions (an objective whose spec has `needs_hidden_states`); detached.
 
     Returns:
-        ``(logprobs, entropies)``: [B, T] float32 each, 0.0 at positions where
+        `CompletionScores`: logprobs and entropies [B, T] float32, 0.0 at positions where
         ``completion_mask`` is 0; ``entropies`` is None unless ``with_entropy``.  Both are
-        differentiable (the entropy gradient is exact, not detached).
+        differentiable (the entropy gradient is exact, not detached). ``hidden_states``
+        [B, T, H] (None unless ``with_hidden_states``) are the states the LM head reads, 0.0 on
+        padding, with no gradient.
 
     Fast path: decoder body → hidden states of real completion positions only → chunked
     LM head in a custom autograd function (see `token_logprobs_from_hidden`); memory is
@@ -438,8 +487,9 @@ def completion_logprobs(
     targets = completion_ids[mask].long()  # [N]
     resolved = _resolve_decoder_and_head(model)
     if resolved is None:
-        logp, ent = _fallback_rows(
-            model, input_ids, attention_mask, mask, targets, t, temperature, chunk_size, with_entropy
+        logp, ent, hidden_rows = _fallback_rows(
+            model, input_ids, attention_mask, mask, targets, t, temperature, chunk_size, with_entropy,
+            with_hidden_states,
         )
     else:
         decoder, head = resolved
@@ -447,7 +497,12 @@ def completion_logprobs(
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         del out
         hidden = hidden[:, -(t + 1) : -1][mask]  # [N, H]: only real completion positions
+        hidden_rows = hidden.detach() if with_hidden_states else None
         logp, ent = token_logprobs_from_hidden(
             hidden, head.weight, head.bias, targets, temperature, chunk_size, with_entropy
         )
-    return _scatter_rows(logp, mask), (_scatter_rows(ent, mask) if with_entropy and ent is not None else None)
+    return CompletionScores(
+        logprobs=_scatter_rows(logp, mask),
+        entropies=_scatter_rows(ent, mask) if with_entropy and ent is not None else None,
+        hidden_states=None if hidden_rows is None else _scatter_hidden(hidden_rows, mask),
+    )

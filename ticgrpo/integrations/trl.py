@@ -68,7 +68,8 @@ Not available through TRL, as the objective's spec says (`unsupported_reason`): 
 that couple a group (`couples_group`, e.g. `gtpo`: TRL shuffles a group's completions across
 micro-batches) and options with a frozen gradient (`frozen_gradient`, e.g. `no_is` with
 `mode="frozen"`: one gradient per rollout batch needs ticgrpo's trainer; the ALGORITHMS
-table's `no_is_stale` names options that work, `mode="stale"`).
+table's `no_is_stale` names options that work, `mode="stale"`), and objectives that read the
+policy's hidden states (`needs_hidden_states`, e.g. `nthr`: TRL's loss receives log-probs only).
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ ADVANTAGE_CHOICES = ("auto", "trl")
 
 def unsupported_reason(spec: ObjectiveSpec, options: Any) -> str | None:
     """Why objective `spec` with `options` cannot run as a per-micro-batch TRL loss; None if it can."""
+    if spec.needs_hidden_states:
+        return "it needs the policy's last-layer hidden states, which TRL's loss does not receive"
     if spec.couples_group:
         return "it needs every completion of a group in the same micro-batch (TRL shuffles them apart)"
     if spec.frozen_gradient(options):

@@ -92,7 +92,8 @@ PolicyLossFn = Callable[..., tuple[Tensor, dict[str, float]]]
 def unsupported_reason(spec: ObjectiveSpec, options: Any) -> str | None:
     """Why verl cannot run objective `spec` with `options` as a policy loss; None if it can."""
     missing = [what for needed, what in ((spec.couples_group, "group ids"), (spec.needs_token_ids, "token ids"),
-                                         (spec.needs_entropies, "entropies")) if needed]
+                                         (spec.needs_entropies, "entropies"),
+                                         (spec.needs_hidden_states, "hidden states")) if needed]
     if missing:
         return f"it needs {', '.join(missing)}, which verl's policy-loss call does not pass"
     if spec.frozen_gradient(options):

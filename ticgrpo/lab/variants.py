@@ -8,7 +8,8 @@ sampling) and its objective's registered capabilities allow:
   the Monte Carlo path sums per-group losses; both need a loss that is a sum of per-sequence terms;
 * not `needs_token_ids`: whatever an objective reads across rows of token ids would then mix
   trajectories of different groups;
-* not `needs_entropies`: the lab's batches carry no entropies.
+* not `needs_entropies`: the lab's batches carry no entropies;
+* not `needs_hidden_states`: the lab's policies have no hidden states (nthr).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def unsupported_reason(algorithm: Algorithm) -> str | None:
             ("couples the completions of a group", spec.couples_group),
             ("reads token ids", spec.needs_token_ids),
             ("reads entropies", spec.needs_entropies),
+            ("reads hidden states", spec.needs_hidden_states),
         )
         if needed
     ]

@@ -66,7 +66,7 @@ class StandardEpochs:
         stats, params = StepStats(), trainable(model)
         micro_metrics: dict[str, list[float]] = defaultdict(list)
         for _ in range(settings.num_iterations):
-            for rows in minibatches(len(batch), settings.num_minibatches):
+            for rows in minibatches(len(batch), settings.num_minibatches, grouped_rows(batch, settings)):
                 gradient = minibatch_gradient(model, batch.rows(rows), settings, dist, params, stats)
                 merge(micro_metrics, gradient.metrics)
                 stats.apply_step(optimizer, params, settings.max_grad_norm, gradient.loss)
@@ -90,7 +90,7 @@ class EarlyStoppedEpochs:
         for _ in range(settings.num_iterations):
             if stopped:
                 break
-            for rows in minibatches(len(batch), settings.num_minibatches):
+            for rows in minibatches(len(batch), settings.num_minibatches, grouped_rows(batch, settings)):
                 gradient = minibatch_gradient(model, batch.rows(rows), settings, dist, params, stats, True)
                 deviation = mean_ratio_deviation(gradient, dist)
                 if deviation is not None:
@@ -155,15 +155,30 @@ def trainable(model: Any) -> list[Tensor]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def grouped_rows(batch: TrainingBatch, settings: StepSettings) -> Tensor | None:
+    """The group ids minibatches must keep whole (a group-coupled objective), else None."""
+    return batch.group_ids if settings.couples_group else None
+
+
 def merge(into: dict[str, list[float]], values: dict[str, list[float]]) -> None:
     for key, seq in values.items():
         into[key].extend(seq)
 
 
-def minibatches(n: int, m: int) -> Iterator[Tensor]:
-    """M index sets of (nearly) equal size; shuffled (global torch RNG) when M > 1."""
-    order = torch.randperm(n) if m > 1 else torch.arange(n)
-    yield from (part for part in order.tensor_split(m) if len(part))
+def minibatches(n: int, m: int, group_ids: Tensor | None = None) -> Iterator[Tensor]:
+    """M index sets of (nearly) equal size; shuffled (global torch RNG) when M > 1.
+
+    With `group_ids` (an objective that couples a group) whole groups are shuffled and split,
+    so that every minibatch holds all rows of each of its groups, in group order."""
+    if group_ids is None:
+        order = torch.randperm(n) if m > 1 else torch.arange(n)
+        yield from (part for part in order.tensor_split(m) if len(part))
+        return
+    groups = torch.unique(group_ids)
+    groups = groups[torch.randperm(len(groups))] if m > 1 else groups
+    for part in groups.tensor_split(m):
+        if len(part):
+            yield torch.cat([(group_ids == group).nonzero().flatten() for group in part])
 
 
 __all__ = ["EarlyStoppedEpochs", "FrozenGradient", "InnerLoop", "StandardEpochs", "inner_loop_for", "optimize"]
