@@ -6,8 +6,8 @@ x_{i,t} = ℓ_{i,t} − ℓ^old_{i,t}, ρ = eˣ; with b = `relative_beta` ∈ [0
     R_{i,t} = (|A_i| / (2ε)) (r − 1)²                                 (relative Pearson regulariser, threshold gain)
 per-token loss −s + κ R + β KL, aggregated (κ = `rpe_coef`, β the KL penalty's `beta`).
 
-Kobayashi, "Proximal Policy Optimization with Relative Pearson Divergence" (arXiv 2010.03290,
-ICRA 2021). The relative density ratio and the relative Pearson divergence
+Kobayashi, "Proximal Policy Optimization with Relative Pearson Divergence" (arXiv 2010.03290).
+The relative density ratio and the relative Pearson divergence
 PE_b(π_θ‖π_old) = ½ E_{q_b}[(r − 1)²], q_b = b π_θ + (1−b) π_old, are the paper's (after
 Yamada et al., 2011). At b = ½ the domain of r is [0, 2], symmetric about 1 — swapping π_θ and
 π_old reflects r about 1 (r(ρ) + r(1/ρ) = 2) — so one symmetric threshold ε fits it, where
