@@ -164,7 +164,7 @@ def test_config_refuses_micro_batches_that_split_groups(tmp_path):
     assert load_config(base).algorithm.objective.name == "nthr"
 
 
-def test_the_plug_ins_and_the_lab_refuse_it_in_one_line():
+def test_the_plug_ins_and_the_lab_outside_monte_carlo_refuse_it_in_one_line():
     from ticgrpo.core.objectives import OBJECTIVES
     from ticgrpo.integrations import verl
     from ticgrpo.lab.variants import get_variant
@@ -176,3 +176,30 @@ def test_the_plug_ins_and_the_lab_refuse_it_in_one_line():
     trl = pytest.importorskip("ticgrpo.integrations.trl")
     reason = trl.unsupported_reason(OBJECTIVES.spec("nthr"), make_objective_config("nthr"))
     assert reason is not None and "hidden states" in reason
+
+
+# ---------------------------------------------------------------- the lab: Monte Carlo rows only
+def test_lab_bias_gives_nthr_monte_carlo_rows_and_no_exact_one():
+    from ticgrpo.lab.bias import BiasConfig, run_bias
+    from ticgrpo.lab.enumerate import enumerate_trajectories
+    from ticgrpo.lab.estimators import Problem, expected_gradient_exact, prefix_features
+    from ticgrpo.lab.policies import make_policy
+    from ticgrpo.lab.rewards import make_rewards
+    from ticgrpo.lab.variants import get_variant
+
+    result = run_bias(BiasConfig(vocab=3, max_len=3, steps=(0, 2), objectives=("grpo", "nthr"), mc_groups=200), False)
+    rows = [row for row in result["rows"] if row["variant"] == "nthr"]
+    assert sorted({row["estimate"] for row in rows}) == ["fixed (MC)", "group_norm (MC)"]
+    assert all(row["noise_floor_current"] > 0 and row["rel_err_current"] == row["rel_err_current"] for row in rows)
+    grpo_estimates = {row["estimate"] for row in result["rows"] if row["variant"] == "grpo"}
+    assert "fixed (exact)" in grpo_estimates  # the other rows keep their exact path
+    space = enumerate_trajectories(3, 3)
+    problem = Problem(space, make_policy("tabular", space, 1.0), make_rewards("target", space))
+    theta = problem.policy.init(0)
+    with pytest.raises(ValueError, match=r"'nthr' couples the completions of a group: its E\[ĝ\] has no exact path"):
+        expected_gradient_exact(problem, get_variant("nthr", monte_carlo=True), theta, theta, 0.5)
+    rows_idx = torch.arange(space.num_trajectories)
+    features = prefix_features(space, rows_idx)
+    # position 0 of every trajectory is produced by the empty prefix: one shared state
+    torch.testing.assert_close(features[:, 0], features[:1, 0].expand_as(features[:, 0]), rtol=0, atol=0)
+    assert torch.count_nonzero(features[~space.mask.bool()]) == 0

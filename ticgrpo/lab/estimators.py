@@ -42,7 +42,7 @@ from torch import Tensor
 
 from ticgrpo.core.advantages import compute_advantages
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
-from ticgrpo.core.objectives import compute_loss
+from ticgrpo.core.objectives import OBJECTIVES, compute_loss
 from ticgrpo.lab.enumerate import TrajectorySpace
 from ticgrpo.lab.policies import Policy
 from ticgrpo.lab.variants import Variant
@@ -108,6 +108,9 @@ def expected_gradient_exact(
     problem: Problem, variant: Variant, theta: Tensor, theta_old: Tensor, baseline: float
 ) -> Tensor:
     """E_{o~π_old}[ĝ(θ)] with the fixed-baseline advantage A(o) = r(o) − b, exactly (see module doc)."""
+    if OBJECTIVES.spec(variant.objective).couples_group:
+        raise ValueError(f"{variant.name!r} couples the completions of a group: its E[ĝ] has no exact path here "
+                         f"(one batch of every trajectory is not a group); use the Monte Carlo estimate")
     config = variant.config()
     space = problem.space
     n = space.num_trajectories
@@ -158,6 +161,21 @@ def group_advantages(
     return compute_advantages(advantage, rewards, problem.lengths[idx], **(options or {})).advantages
 
 
+PREFIX_FEATURE_WIDTH = 16  # width of the lab's stand-in hidden states (prefix_features)
+
+
+def prefix_features(space: TrajectorySpace, rows: Tensor) -> Tensor:
+    """[len(rows), L, H] stand-in last-layer hidden states for objectives that read them (nthr): a
+    fixed random embedding (seed 0, H = 16) of the prefix at each position, the state that produces
+    the token there; 0 at padding. Positions with the same prefix share a state (cosine 1); distinct
+    prefixes are near-orthogonal, so the similarity an objective reads is "this prefix also occurs in
+    that trajectory"."""
+    embedding = torch.randn(space.num_prefixes, PREFIX_FEATURE_WIDTH, generator=torch.Generator().manual_seed(0),
+                            dtype=torch.float64)
+    features = embedding[space.flat_index[rows] // space.vocab_size]
+    return torch.where(space.mask[rows].bool()[..., None], features, torch.zeros((), dtype=torch.float64))
+
+
 def group_gradients(
     problem: Problem,
     variant: Variant,
@@ -187,6 +205,7 @@ def group_gradients(
         rows = rows_2d.reshape(-1)
         mask = space.mask[rows]
         leaf = current_all[rows].clone().requires_grad_(True)
+        hidden = prefix_features(space, rows) if OBJECTIVES.spec(variant.objective).needs_hidden_states else None
         batch = PolicyBatch(
             logprobs=leaf,
             mask=mask,
@@ -195,6 +214,7 @@ def group_gradients(
             token_ids=space.tokens[rows],
             group_ids=torch.arange(m).repeat_interleave(g),
             mixture_logprobs=None if mixture_logprobs is None else mixture_logprobs[rows],
+            hidden_states=hidden,
         )
         # One group's normalisers (N_seq = G); the summed loss is Σ_groups loss_group.
         norms = StepNormalizers(num_sequences=float(g), num_tokens=1.0, max_new_tokens=space.max_len)

@@ -4,12 +4,15 @@ An algorithm runs in the lab when its settings choose only an objective and an a
 lab models the loss and the advantage estimator, not trainer mechanisms such as dynamic
 sampling) and its objective's registered capabilities allow:
 
-* not `couples_group`: the exact path puts every trajectory in ONE batch weighted by π_old, and
-  the Monte Carlo path sums per-group losses; both need a loss that is a sum of per-sequence terms;
+* not `couples_group`: the exact path puts every trajectory in ONE batch weighted by π_old, which
+  needs a loss that is a sum of per-sequence terms. The Monte Carlo path gives every sampled group
+  its own group id, so `lab bias` runs a group-coupled objective there only (`monte_carlo=True`:
+  no exact row, the Monte Carlo mean of ĝ with its standard error);
 * not `needs_token_ids`: whatever an objective reads across rows of token ids would then mix
   trajectories of different groups;
 * not `needs_entropies`: the lab's batches carry no entropies;
-* not `needs_hidden_states`: the lab's policies have no hidden states (nthr).
+* not `needs_hidden_states`, except on the Monte Carlo path, which feeds a fixed random embedding
+  of each position's prefix (`ticgrpo.lab.estimators.prefix_features`) as the hidden state (nthr).
 """
 
 from __future__ import annotations
@@ -50,8 +53,9 @@ class Variant:
         return OBJECTIVES.spec(self.objective).frozen_gradient(self.config())
 
 
-def unsupported_reason(algorithm: Algorithm) -> str | None:
-    """Why the lab cannot run `algorithm`, or None when it can (see the module doc)."""
+def unsupported_reason(algorithm: Algorithm, monte_carlo: bool = False) -> str | None:
+    """Why the lab cannot run `algorithm` (on the Monte Carlo path only, with `monte_carlo`), or None
+    when it can (see the module doc)."""
     mechanisms = algorithm.trainer_mechanisms()
     if mechanisms:
         return f"it uses trainer mechanisms the lab does not model ({', '.join(mechanisms)})"
@@ -60,10 +64,10 @@ def unsupported_reason(algorithm: Algorithm) -> str | None:
     needs = [
         what
         for what, needed in (
-            ("couples the completions of a group", spec.couples_group),
+            ("couples the completions of a group", spec.couples_group and not monte_carlo),
             ("reads token ids", spec.needs_token_ids),
             ("reads entropies", spec.needs_entropies),
-            ("reads hidden states", spec.needs_hidden_states),
+            ("reads hidden states", spec.needs_hidden_states and not monte_carlo),
         )
         if needed
     ]
@@ -79,10 +83,11 @@ def variant_of(algorithm: Algorithm) -> Variant:
     return Variant(algorithm.name, str(objective), options, advantage, algorithm.description, advantage_options)
 
 
-def get_variant(name: str) -> Variant:
-    """The lab variant of algorithm `name` (an ALGORITHMS entry or an objective with its defaults)."""
+def get_variant(name: str, monte_carlo: bool = False) -> Variant:
+    """The lab variant of algorithm `name` (an ALGORITHMS entry or an objective with its defaults);
+    `monte_carlo`: for the Monte Carlo path only (group-coupled objectives allowed)."""
     algorithm = get_algorithm(name)  # unknown names: one line listing the choices
-    reason = unsupported_reason(algorithm)
+    reason = unsupported_reason(algorithm, monte_carlo)
     if reason is not None:
         raise ValueError(f"the lab cannot run {name!r}: {reason}")
     return variant_of(algorithm)

@@ -90,7 +90,9 @@ def token_influence(batch: PolicyBatch, config: NTHRConfig) -> TokenInfluence:
             similarity[negative] = _max_similarity(hidden[negative], hidden[correct])
             scored |= negative
     downweighted = scored & (similarity >= config.similarity_threshold)
-    weights = torch.where(downweighted, config.penalty_scale, 1.0).to(batch.current_logprobs().dtype)
+    # in the log-probs' dtype from the start: λ rounded to float32 would not be λ in a float64 batch
+    weights = torch.ones(real.shape, dtype=batch.current_logprobs().dtype, device=hidden.device)
+    weights = weights.masked_fill(downweighted, config.penalty_scale)
     return TokenInfluence(similarity, scored, downweighted, weights)
 
 
