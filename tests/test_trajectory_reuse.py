@@ -278,3 +278,27 @@ def test_unsupported_reuse_settings_are_one_line(tmp_path, capsys, overrides: li
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("options", [*SHARED_OPTIONS[:3], {"epsilon_high": 0.1, "length_normalize": True}])
+def test_declared_on_policy_gradient_with_a_mixture_and_clips(options: dict) -> None:
+    """At ℓ = ℓ^old with a two-policy mixture (weights P_old/q ≠ 1, so that the clips bind on some
+    rows): autograd's ∂loss/∂ℓ is −on_policy_weights, the weight-scaled sequence REINFORCE."""
+    from ticgrpo.core.objectives import OBJECTIVES
+    from ticgrpo.core.objectives._common import without_padded_values
+
+    clipped = []
+    for seed in range(3):
+        d = random_batch(seed, spread=0.8)
+        d["old"] = d["logp"].clone()
+        mixture = torch.logsumexp(d["shares"].log() + (torch.stack(
+            [d["logp"], d["window"][:, 1]], dim=1) * d["mask"][:, None, :]).sum(dim=2), dim=1)
+        _, grad, metrics = _loss_and_grad("trajectory_reuse", {**d, "ref": d["logp"]}, options, mixture)
+        batch = PolicyBatch(d["logp"], d["mask"], d["adv"], old_logprobs=d["old"], mixture_logprobs=mixture)
+        norms = StepNormalizers(num_sequences=B, num_tokens=float(d["mask"].sum()), max_new_tokens=L_MAX)
+        config = make_objective_config("trajectory_reuse", {k: v for k, v in options.items() if k != "beta"})
+        weights = OBJECTIVES.spec("trajectory_reuse").on_policy_weights(without_padded_values(batch), config, norms)
+        torch.testing.assert_close(grad, -weights * d["mask"], rtol=1e-12, atol=1e-14)
+        assert float(metrics["log_w_max"] - metrics["log_w_min"]) > 0.1  # the weights are not all one
+        clipped.append(float(metrics["clip_frac_high"] + metrics["clip_frac_low"]))
+    assert (max(clipped) > 0) == (options.get("epsilon_high") is not None)  # a clip bound on some row

@@ -18,12 +18,12 @@ pooled version is known exactly, each computed once:
 * each stored batch is scored under θ_t once, when θ_t first exists.
 
 Cost per step: 2ω − 1 forward passes without gradient over one batch each (ω − 1 snapshot swaps),
-beside training on ω batches; memory: ω − 1 snapshots of the trainable parameters and ω − 1 batches
-(tensors and texts) on the CPU, and the same in every checkpoint's source.pt, so that a resumed run
-continues bit for bit. Advantages are recomputed by the trainer on the pool's groups (each group
-is one batch's, so group-level estimators give each batch's own advantages). Supported: one
-process, rollout.mode: sync, lag 0, the hf engine, offpolicy_correction: none (the config refuses
-the rest; docs/offpolicy.md).
+beside training on ω batches; memory: ω − 1 snapshots of the trainable parameters on the CPU and
+ω − 1 batches where the rollouts live (the model's device, like the lagged source's queue), and the
+same in every checkpoint's source.pt, so that a resumed run continues bit for bit. Advantages are
+recomputed by the trainer on the pool's groups (each group is one batch's, so group-level
+estimators give each batch its own advantages). Supported: one process, rollout.mode: sync, lag 0,
+the hf engine, offpolicy_correction: none (the config refuses the rest; docs/offpolicy.md).
 """
 
 from __future__ import annotations
