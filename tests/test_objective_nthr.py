@@ -109,9 +109,14 @@ def test_bad_input_is_one_line():
 
 
 # ---------------------------------------------------------------- the trainer's side
-def test_forward_pass_returns_the_detached_hidden_states_the_head_reads():
+@pytest.mark.parametrize("path", ["fast", "fallback"])
+def test_forward_pass_returns_the_detached_hidden_states_the_head_reads(path, monkeypatch):
+    from ticgrpo.core import logprobs as logprobs_module
     from ticgrpo.core.logprobs import completion_logprobs, completion_scores
     from ticgrpo.testing import make_tiny_model
+
+    if path == "fallback":  # the path of models whose logits are not plain lm_head(hidden)
+        monkeypatch.setattr(logprobs_module, "_resolve_decoder_and_head", lambda model: None)
 
     model = make_tiny_model(seed=0)
     g = torch.Generator().manual_seed(0)
