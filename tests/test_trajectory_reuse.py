@@ -302,3 +302,16 @@ def test_declared_on_policy_gradient_with_a_mixture_and_clips(options: dict) -> 
         assert float(metrics["log_w_max"] - metrics["log_w_min"]) > 0.1  # the weights are not all one
         clipped.append(float(metrics["clip_frac_high"] + metrics["clip_frac_low"]))
     assert (max(clipped) > 0) == (options.get("epsilon_high") is not None)  # a clip bound on some row
+
+
+def test_lab_reuse_cli_defaults_are_the_dataclass_defaults() -> None:
+    import argparse
+
+    from ticgrpo.lab.cli import add_parser, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    assert config_from_args(ReuseConfig, parser.parse_args(["lab", "reuse"])) == ReuseConfig()
+    given = config_from_args(ReuseConfig, parser.parse_args(["lab", "reuse", "--windows", "1,4", "--reference",
+                                                             "grpo", "--path-algorithm", "tic_grpo"]))
+    assert (given.windows, given.reference, given.path_algorithm) == ((1, 4), "grpo", "tic_grpo")
