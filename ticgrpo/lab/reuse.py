@@ -18,7 +18,7 @@ the pooled estimate ĝ = (1/N) Σ_j Σ_k g(o_jk) of stratified draws has
 
 compared with ∇J(θ_t): rel_err, cos, noise-to-signal tr Cov/‖E ĝ‖², and the relative MSE
 (‖E ĝ − ∇J(θ_t)‖² + tr Cov)/‖∇J(θ_t)‖² of one update's estimate. Over seeds: the mean and 95%
-Student-t interval of the per-seed mean over `measure_at`; the pre-declared paired comparisons are
+Student-t interval of the per-seed mean over `measure_at`; the paired comparisons (declared here) are
 log(relative MSE of each reuse arm at ω > 1 / that of the fresh trajectory ratio `reference`), Holm.
 """
 
@@ -293,7 +293,7 @@ def write_reuse_outputs(results: dict[str, Any], out_dir: Path) -> list[Path]:
         "",
         _summary_table(results["summary"]),
         "",
-        f"## Pre-declared paired comparisons (per seed, against fresh `{cfg['reference']}`; Holm over all rows)",
+        f"## Paired comparisons (per seed, against fresh `{cfg['reference']}`; Holm over all rows)",
         "",
         _comparison_table(results["comparisons"]),
         "",

@@ -136,6 +136,7 @@ class ReusingSource:
         weights = (torch.cat([entry.sequence_logprobs[step] for entry in pool]) - torch.cat(mixtures)).exp()
         fresh = pool[0].collected
         metrics = {**fresh.metrics, "reuse/window": float(len(pool)),
+                   "reuse/fresh_reward_mean": float(fresh.batch.rewards.float().mean()),
                    "reuse/ess": effective_sample_size(weights, torch.ones_like(weights, dtype=torch.bool)),
                    "reuse/weight_max": float(weights.max())}
         return Collected(scored, dict(fresh.times), metrics, list(fresh.errors))
