@@ -342,7 +342,8 @@ def objective_metric_names(name: str) -> set[str]:
         batch = PolicyBatch(logp.clone().requires_grad_(), torch.ones(4, 5), torch.randn(4, generator=gen),
                             old_logprobs=logp + 0.1 * torch.randn(4, 5, generator=gen), ref_logprobs=logp - 0.05,
                             token_ids=torch.randint(0, 9, (4, 5), generator=gen), group_ids=torch.tensor([0, 0, 1, 1]),
-                            entropies=torch.rand(4, 5, generator=gen))
+                            entropies=torch.rand(4, 5, generator=gen),
+                            hidden_states=torch.randn(4, 5, 3, generator=gen) if spec.needs_hidden_states else None)
         _, values = compute_loss(name, batch, make_objective_config(name, options))
         names |= set(values)
     return names
