@@ -220,6 +220,9 @@ def test_the_pool_holds_the_last_window_versions_with_exact_mixture_logprobs(tmp
     assert [m["staleness_max"] for m in history] == [0.0, 1.0, 2.0, 2.0, 2.0]
     assert all(m["staleness/hist_0"] == 8.0 for m in history)
     assert history[0]["reuse/ess"] == pytest.approx(1.0)
+    from ticgrpo.train.metrics import is_declared
+
+    assert [k for m in history for k in m if k != "step" and not is_declared(k)] == []
     assert all(0 < m["reuse/ess"] <= 1 and 0 < m["reuse/weight_max"] <= m["reuse/window"] for m in history)
     # at step 0 the pool is the new batch; later reward_mean is the pool's, reuse/fresh_reward_mean the new batch's
     assert history[0]["reuse/fresh_reward_mean"] == pytest.approx(history[0]["reward_mean"])
