@@ -205,8 +205,9 @@ def _plot(results: dict[str, Any], out_dir: Path) -> Path:
             ax.set_yscale("log")
             ax.set_title(f"{quantity} — reward {reward}", fontsize=9)
             ax.set_xlabel("optimizer step t of the training path", fontsize=8)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(names), 6), fontsize=7)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend below the panels
     plot = out_dir / "active_is_variance.png"
     fig.savefig(plot, dpi=85)
     plt.close(fig)

@@ -55,7 +55,7 @@ class OPEConfig(PathConfig):
     bandwidths: tuple[float, ...] = option(
         (0.3, 0.5, 0.7, 1.0), "kernel bandwidths h of the convolution estimators", above=0
     )
-    mc_batches: int = option(4000, "Monte Carlo batches for self-normalised IS", minimum=2)
+    mc_batches: int = option(20_000, "Monte Carlo batches for self-normalised IS", minimum=2)
 
 
 def check_ope(cfg: OPEConfig) -> None:
@@ -194,8 +194,9 @@ def _plot_lag(results: dict[str, Any], out_dir: Path) -> Path:
             ax.set_yscale("log")
             ax.set_title(f"{'|bias|' if quantity == 'bias' else quantity} — reward {reward}", fontsize=9)
             ax.set_xlabel("lag k (samples from θ_{t−k})", fontsize=8)
-    axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(names), 6), fontsize=7)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend below the panels
     plot = out_dir / "ope_lag.png"
     fig.savefig(plot, dpi=80)
     plt.close(fig)
