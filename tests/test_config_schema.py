@@ -48,6 +48,12 @@ def test_docs_config_md_is_generated_from_the_schema():
 @pytest.mark.parametrize("objective", OBJECTIVES.names())
 def test_objective_override_gives_the_objectives_own_defaults(path, objective):
     raw, _ = load_base(path)  # a comparison config: its base config with its own keys merged in
+    micro, group = raw.get("algorithm", {}).get("micro_batch_size"), raw.get("rollout", {}).get("num_generations", 8)
+    if OBJECTIVES.spec(objective).couples_group and micro is not None and micro % group:
+        # a group-coupled loss (gtpo, nthr) must see whole groups: the config refuses the split
+        with pytest.raises(ValueError, match=rf"micro_batch_size={micro} splits groups .* {objective} couples"):
+            load_config(raw, [f"algorithm.objective={objective}"])
+        return
     config = load_config(raw, [f"algorithm.objective={objective}"])
     assert config.algorithm.objective.name == objective
     assert config.algorithm.objective.options == make_objective_config(objective)
