@@ -216,12 +216,22 @@ class SampledMoments:
 
 
 def sampled_moments(
-    problem: Problem, table: ScoreTable, theta: Tensor, baseline: Baseline, group_size: int, groups: int, seed: int
+    problem: Problem,
+    table: ScoreTable,
+    theta: Tensor,
+    baseline: Baseline,
+    group_size: int,
+    groups: int,
+    seed: int,
+    chunk: int = 2048,
 ) -> SampledMoments:
     """`groups` groups from π_θ: the sample mean of ĝ and the unbiased tr Cov, with standard errors
     (tr Cov's from the spread of the per-group squared deviations)."""
     idx = sample_groups(problem, theta, groups, group_size, torch.Generator().manual_seed(seed))
-    estimates = group_estimates(table, sampled_advantages(problem, baseline, idx, table.value), idx)
+    advantages = sampled_advantages(problem, baseline, idx, table.value)
+    # in chunks of groups: [M, G, d] scores at once would not fit for large G and d
+    estimates = torch.cat([group_estimates(table, a, i) for a, i in zip(advantages.split(chunk), idx.split(chunk),
+                                                                           strict=True)])  # fmt: skip
     mean = estimates.mean(0)
     squared = (estimates - mean).pow(2).sum(1) * groups / (groups - 1)
     return SampledMoments(

@@ -150,13 +150,14 @@ def best_group_sizes(rows: list[dict[str, Any]], cfg: UstatConfig) -> dict[str, 
     for name in cfg.estimators:
         best[name] = {}
         for q in ("relative_mse_budget", "noise_to_signal_budget"):
-            means = {g: float(np.mean([r[q] for r in rows if r["estimator"] == name and r["G"] == g]))
-                     for g in cfg.group_sizes}  # fmt: skip
-            per_seed = [min(cfg.group_sizes, key=lambda g, s=s: next(
-                r[q] for r in rows if r["estimator"] == name and r["G"] == g and r["seed"] == s))
-                for s in cfg.seeds]  # fmt: skip
+            value = {(r["G"], r["seed"]): r[q] for r in rows if r["estimator"] == name}
+            means = {g: float(np.mean([value[(g, s)] for s in cfg.seeds])) for g in cfg.group_sizes}
+            per_seed = [min((value[(g, s)], g) for g in cfg.group_sizes)[1] for s in cfg.seeds]
             tie = max(means.values()) - min(means.values()) <= 1e-9 * max(means.values())  # the oracle: G·Cov const
-            best[name][q] = {"G": "all equal" if tie else min(means, key=means.__getitem__),
+            if tie:
+                best[name][q] = {"G": "all equal", "seeds_choosing": "all equal"}
+                continue
+            best[name][q] = {"G": min(means, key=means.__getitem__),
                              "seeds_choosing": {str(g): per_seed.count(g) for g in cfg.group_sizes}}  # fmt: skip
     return best
 
