@@ -16,11 +16,11 @@ Reconstruction: the paper's exact influence score was not available to us. What 
     w_{i,t}  = λ if A_i < 0, C_g ≠ ∅ and s_{i,t} ≥ τ, else 1
     A'_{i,t} = w_{i,t} A_i
 
-and `grpo`'s loss (token ratio, PPO clipping, `aggregation`) on A'. We measure influence by the
-cosine similarity of hidden states alone: the paper's influence also carries a factor from the
-prediction errors (e_y − π) of the two tokens, which needs the full next-token distributions
-that a PolicyBatch does not hold. [choice] τ = 0.9, λ = 0.5: the paper's values were not
-available to us. [choice] "Correct" is A_j > 0 (the objective sees advantages, not rewards);
+and `grpo`'s loss (token ratio, PPO clipping, `aggregation`) on A'. For a linear LM head the
+change one token's gradient step makes to another's log-likelihood is ⟨h, h'⟩·⟨e_y − π, e_y' − π'⟩;
+the second factor needs full next-token distributions, which a PolicyBatch does not hold, so
+influence here is the hidden-state factor alone, as a cosine. [choice] τ = 0.9, λ = 0.5: the
+paper's values were not available to us. [choice] "Correct" is A_j > 0 (the objective sees advantages, not rewards);
 tokens of responses with A ≥ 0 and of groups without a correct response are never reweighted.
 [choice] Without `group_ids` the whole batch is one group. Its loss couples a group's
 completions: micro-batches must hold whole groups (the trainer keeps them whole).
