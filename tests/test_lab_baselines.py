@@ -11,10 +11,17 @@ import torch
 
 from ticgrpo.cli import main
 from ticgrpo.core.advantages import DEFAULT_DELTA
-from ticgrpo.lab.baseline_moments import BASELINES, enumerated_moments, exact_moments, score_table
-from ticgrpo.lab.baselines import BaselinesConfig, natural_preconditioner, run_baselines, train_curve
+from ticgrpo.lab.baseline_moments import (
+    BASELINES,
+    enumerated_moments,
+    exact_moments,
+    group_estimates,
+    sampled_advantages,
+    score_table,
+)
+from ticgrpo.lab.baselines import BaselinesConfig, natural_preconditioner, run_baselines, train_curve, variance_row
 from ticgrpo.lab.converge import make_problem
-from ticgrpo.lab.estimators import exact_gradient
+from ticgrpo.lab.estimators import exact_gradient, sample_groups
 from ticgrpo.lab.options import SpaceConfig
 
 
@@ -155,3 +162,32 @@ def test_cli_bad_values_are_one_line(tmp_path, capsys, argv: list[str], message:
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_cli_defaults_are_the_dataclass_defaults() -> None:
+    import argparse
+    import dataclasses
+
+    from ticgrpo.lab.cli import add_parser, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    assert config_from_args(BaselinesConfig, parser.parse_args(["lab", "baselines"])) == BaselinesConfig()
+    given = config_from_args(BaselinesConfig, parser.parse_args(["lab", "baselines", "--npg-lr", "0.5"]))
+    assert given.npg_lr == 0.5 and {f.name for f in dataclasses.fields(BaselinesConfig)} <= set(vars(given))
+
+
+def test_training_records_the_exact_variances_at_the_final_theta() -> None:
+    problem = tiny_problem("tabular", vocab=3, max_len=2)
+    cfg = BaselinesConfig(vocab=3, max_len=2, iterations=3, seeds=(0,))
+    run = train_curve(problem, "rloo", "pg", cfg, 0)
+    theta = problem.policy.init(0)  # replay the three plain steps with the same sampler
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        table = score_table(problem, theta)
+        idx = sample_groups(problem, theta, cfg.groups, cfg.group_size, gen)
+        adv = sampled_advantages(problem, BASELINES["rloo"], idx, table.value)
+        theta = theta + cfg.pg_lr * group_estimates(table, adv, idx).mean(0)
+    final = variance_row(problem, score_table(problem, theta), "rloo", cfg)
+    assert run["final_trace_cov"] == pytest.approx(final["trace_cov"], rel=1e-12)
+    assert run["final_natural_trace_cov"] == pytest.approx(final["natural_trace_cov"], rel=1e-12)

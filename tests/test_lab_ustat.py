@@ -147,3 +147,17 @@ def test_cli_bad_values_are_one_line(tmp_path, capsys, argv: list[str], message:
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_cli_defaults_are_the_dataclass_defaults() -> None:
+    import argparse
+    import dataclasses
+
+    from ticgrpo.lab.cli import add_parser, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    assert config_from_args(UstatConfig, parser.parse_args(["lab", "ustat"])) == UstatConfig()
+    given = parser.parse_args(["lab", "ustat", "--group-sizes", "2,3", "--budget", "6"])
+    assert config_from_args(UstatConfig, given).group_sizes == (2, 3)
+    assert {f.name for f in dataclasses.fields(UstatConfig)} <= set(vars(given))

@@ -96,7 +96,8 @@ def variance_row(problem: Problem, table: ScoreTable, name: str, cfg: BaselinesC
 
 
 def train_curve(problem: Problem, name: str, method: str, cfg: BaselinesConfig, seed: int) -> dict[str, Any]:
-    """Exact J at every iteration of one sampled-group run, and where the final policy ends."""
+    """Exact J at every iteration of one sampled-group run, where the final policy ends, and the exact
+    variances (`variance_row`) at the final θ: how the natural step's noise grows as π nears a vertex."""
     baseline = get_baseline(name)
     theta = problem.policy.init(seed)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -109,15 +110,18 @@ def train_curve(problem: Problem, name: str, method: str, cfg: BaselinesConfig, 
         if method == "npg":
             estimate = natural_preconditioner(table, cfg.damping) @ estimate
         theta = theta + (cfg.npg_lr if method == "npg" else cfg.pg_lr) * estimate
-    with torch.no_grad():
-        p = problem.probabilities(theta)
-    values.append(float(p @ problem.rewards))
+    table = score_table(problem, theta)
+    values.append(table.value)
+    p = table.probabilities
     top = int(p.argmax())
     committed = float(p[top]) > cfg.commit_threshold
+    final = variance_row(problem, table, name, cfg)
     return {
         "J": values,
         "top_probability": float(p[top]),
         "committed_suboptimal": committed and float(problem.rewards[top]) < float(problem.rewards.max()),
+        "final_trace_cov": final["trace_cov"],
+        "final_natural_trace_cov": final["natural_trace_cov"],
     }
 
 
@@ -144,6 +148,8 @@ def _summaries(variance: list[dict[str, Any]], runs: list[dict[str, Any]], cfg: 
                 "J_final": _interval(list(curves[:, -1])),
                 "J_mean_over_training": _interval(list(curves[:, 1:].mean(1))),
                 "committed_suboptimal": sum(r["committed_suboptimal"] for r in arm),
+                "final_trace_cov": _interval([r["final_trace_cov"] for r in arm]),
+                "final_natural_trace_cov": _interval([r["final_natural_trace_cov"] for r in arm]),
                 "num_seeds": len(arm),
             })  # fmt: skip
     return {"variance": var_summary, "training": train_summary}
@@ -232,9 +238,11 @@ def write_baselines_outputs(results: dict[str, Any], out_dir: Path) -> list[Path
          for n, s in summary["variance"].items()],
     )  # fmt: skip
     training_table = markdown_table(
-        ["method", "baseline", "final J", "mean J over training", "seeds committed to a suboptimal trajectory"],
+        ["method", "baseline", "final J", "mean J over training", "seeds committed to a suboptimal trajectory",
+         "tr Cov ĝ at the final θ", "tr Cov natural step at the final θ"],
         [[e["method"], e["baseline"], _cell(e["J_final"]), _cell(e["J_mean_over_training"]),
-          f"{e['committed_suboptimal']} / {e['num_seeds']}"] for e in summary["training"]],
+          f"{e['committed_suboptimal']} / {e['num_seeds']}", _cell(e["final_trace_cov"]),
+          _cell(e["final_natural_trace_cov"])] for e in summary["training"]],
     )  # fmt: skip
     text = [
         "# lab baselines",
