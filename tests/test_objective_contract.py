@@ -46,9 +46,13 @@ def random_inputs(seed: int, spread: float = 0.4) -> dict[str, torch.Tensor]:
     return random_batch(seed, spread)
 
 
-def policy_batch(d: dict[str, torch.Tensor], logprobs: torch.Tensor) -> PolicyBatch:
+def policy_batch(d: dict[str, torch.Tensor], logprobs: torch.Tensor, name: str | None = None) -> PolicyBatch:
+    """The batch of `d`; the pool's mixture log-probs where objective `name`'s spec reads them."""
+    mixture = d["mixture"] if name is not None and OBJECTIVES.spec(name).reads_mixture_logprobs else None
+    hidden = d["hidden"] if name is not None and OBJECTIVES.spec(name).needs_hidden_states else None
     return PolicyBatch(logprobs, d["mask"], d["adv"], old_logprobs=d["old"], ref_logprobs=d["ref"],
-                       token_ids=d["tokens"], group_ids=d["groups"], entropies=d["entropies"])
+                       token_ids=d["tokens"], group_ids=d["groups"], entropies=d["entropies"],
+                       mixture_logprobs=mixture, hidden_states=hidden)
 
 
 def step_norms(d: dict[str, torch.Tensor]) -> StepNormalizers:
@@ -68,7 +72,7 @@ def options_of(name: str, variant: str | None = None, **wanted: Any) -> Any:
 
 def loss_and_grad(name: str, d: dict[str, torch.Tensor], options: Any, norms: StepNormalizers | None):
     leaf = d["logp"].clone().requires_grad_(True)
-    loss, metrics = compute_loss(name, policy_batch(d, leaf), options, norms)
+    loss, metrics = compute_loss(name, policy_batch(d, leaf, name), options, norms)
     (grad,) = torch.autograd.grad(loss, leaf)
     return loss.detach(), grad, metrics
 
@@ -103,7 +107,12 @@ def _padded(d: dict[str, torch.Tensor], fill) -> dict[str, torch.Tensor]:
     p["mask"] = torch.cat([torch.cat([d["mask"], torch.zeros(B, 3, dtype=torch.float64)], 1),
                            torch.zeros(2, T + 3, dtype=torch.float64)], 0)
     p["adv"] = pad(d["adv"]) if d["adv"].dim() == 2 else torch.cat([d["adv"], fill(2, 1)[:, 0]])
+    p["mixture"] = torch.cat([d["mixture"], fill(2, 1)[:, 0]])
     p["groups"] = torch.cat([d["groups"], torch.tensor([0, 1])])
+    width = d["hidden"].shape[2]  # [B, T, H]: the same fill in every padded position's hidden state
+    hidden = torch.where(d["mask"].bool()[..., None], d["hidden"], fill(B, T * width).reshape(B, T, width))
+    hidden = torch.cat([hidden, fill(B, 3 * width).reshape(B, 3, width)], dim=1)
+    p["hidden"] = torch.cat([hidden, fill(2, (T + 3) * width).reshape(2, T + 3, width)], dim=0)
     return p
 
 
@@ -188,7 +197,7 @@ def check_on_policy_gradient(name: str) -> None:
         options = options_of(name, beta=0.0)
         norms = step_norms(d)
         _, grad, _ = loss_and_grad(name, d, options, norms)
-        weights = spec.on_policy_weights(without_padded_values(policy_batch(d, d["logp"])), options, norms)
+        weights = spec.on_policy_weights(without_padded_values(policy_batch(d, d["logp"], name)), options, norms)
         assert weights.shape == (B, T)
         torch.testing.assert_close(grad, -only_real(weights, d["mask"]), rtol=1e-12, atol=1e-14)
         assert torch.count_nonzero(grad) > 0  # the identity was not checked on zeros

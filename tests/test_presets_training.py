@@ -155,9 +155,10 @@ def test_algorithms_table_contents_and_errors():
     from ticgrpo.registry import UnknownNameError
 
     presets = {"grpo", "no_is", "tic_grpo", "gspo", "gmpo", "dr_grpo", "dapo", "bnpo", "gtpo", "dppo_tv", "dppo_kl",
-               "cispo", "rloo", "nthr"}
+               "cispo", "rloo", "nthr", "rt_pg", "trajectory_reuse", "ppo_rpe", "hpo", "copg"}
     ablations = {"tic_ratio_only", "tic_ratio_lenadv", "tic_ratio_clip", "grpo_noclip", "grpo_tokensum",
-                 "no_is_tokensum", "no_is_stale", "dapo_loss"}
+                 "no_is_tokensum", "no_is_stale", "dapo_loss", "trajectory_reuse_clip", "ppo_rpe_clip_only",
+                 "hpo_log", "hpo_sqrt"}
     assert set(ALGORITHMS) == presets | ablations
     assert set(OBJECTIVES.names()) <= set(ALGORITHMS)  # every objective has an entry of its own today
     assert algorithm_settings("bnpo") == {"objective": {"name": "grpo", "epsilon_low": 0.2, "epsilon_high": 0.28,

@@ -108,6 +108,29 @@ _TABLE = (
     Algorithm("dppo_tv", "DPPO (Qi et al., arXiv 2602.04879): total-variation trust-region mask",
               {"objective": "dppo_tv"}),
     Algorithm("dppo_kl", "DPPO (Qi et al., arXiv 2602.04879): KL trust-region mask", {"objective": "dppo_kl"}),
+    Algorithm("hpo", "HPO (Huang et al., arXiv 2110.13799): hinge loss |A|·max(0, ε − sgn(A)(ρ − 1)), ε 0.2: "
+              "PPO-clip's gradient; a reconstruction", {"objective": "hpo"}),
+    Algorithm("hpo_log", "HPO with the log classifier: |A|·max(0, ε − sgn(A) log ρ), ε 0.2",
+              {"objective": {"name": "hpo", "classifier": "log_ratio"}}),
+    Algorithm("hpo_sqrt", "HPO with the root classifier: |A|·max(0, ε − sgn(A)(√ρ − 1)), ε 0.2",
+              {"objective": {"name": "hpo", "classifier": "sqrt_ratio_minus_one"}}),
+    Algorithm("copg", "COPG (Markowitz & Staley, arXiv 2311.05846): PPO's clip on log π itself, "
+              "ℓ ∈ [ℓ_old + log 0.8, ℓ_old + log 1.2]; a reconstruction", {"objective": "copg"}),
+    Algorithm("ppo_rpe", "PPO-RPE (Kobayashi, arXiv 2010.03290): clipped relative density ratio "
+              "π/(0.5π + 0.5π_old) with a relative Pearson regulariser; a reconstruction", {"objective": "ppo_rpe"}),
+    Algorithm("ppo_rpe_clip_only", "ppo_rpe without its relative Pearson regulariser (rpe_coef 0): PPO's clip on "
+              "the relative density ratio alone", {"objective": {"name": "ppo_rpe", "rpe_coef": 0.0}}),
+    Algorithm("nthr", "NTHR (Deng et al., arXiv 2505.18830): GRPO with the penalty of negative tokens near the "
+              "group's correct ones (hidden-state cosine) scaled down; a reconstruction", {"objective": "nthr"}),
+    # RT-PG pools the batches of the last ω policy versions (a trainer mechanism) under balance-heuristic
+    # weights (the objective); ω = 3 and the clip's 0.2 are our choices
+    Algorithm("rt_pg", "RT-PG (Montenegro et al., arXiv 2506.06178): batches of the last 3 policy versions, "
+              "balance-heuristic trajectory weights", {"objective": "trajectory_reuse", "reuse_window": 3}),
+    Algorithm("trajectory_reuse", "balance-heuristic trajectory weights (RT-PG's objective); without "
+              "algorithm.reuse_window a window of one: the unclipped trajectory ratio",
+              {"objective": "trajectory_reuse"}),
+    Algorithm("trajectory_reuse_clip", "trajectory_reuse with tic_grpo's upper-only clip (ε_high 0.2) of the weight",
+              {"objective": {"name": "trajectory_reuse", "epsilon_high": 0.2}}),
 )
 
 ALGORITHMS: Mapping[str, Algorithm] = MappingProxyType({entry.name: entry for entry in _TABLE})

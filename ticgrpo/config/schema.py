@@ -477,6 +477,10 @@ class AlgorithmConfig(BaseModel):
     reward_timeout_s: Number | None = Field(default=300.0, gt=0,
         description="seconds a reward call may take (training and eval rewards); past it the call is abandoned and "
         "counts as a reward error of every sample of the call; null = no limit")
+    reuse_window: Integer = Field(default=1, ge=1, le=64, json_schema_extra={"symbol": "ω"},
+        description="ω: train each step on the union of the rollout batches of the last ω policy versions (RT-PG, "
+        "arXiv 2506.06178), weighted by an objective that reads mixture log-probs (trajectory_reuse); keeps ω−1 "
+        "parameter snapshots (on the CPU) and ω−1 batches (docs/offpolicy.md); 1 = fresh batches only")
     offpolicy_correction: CorrectionChoice = Field(default_factory=CorrectionChoice,
         description="how stale or engine-sampled rows are corrected (docs/offpolicy.md): none (the objective's own "
         "ratio against the sampler's log-probs), token_tis, sequence_tis, token_mask, sequence_mask, "
@@ -678,6 +682,8 @@ class TrainConfig(BaseModel):
         self._check_batch_sizes()
         self._check_staleness()
         self._check_offpolicy_correction()
+        self._check_reuse_window()
+        self._check_whole_groups()
         return self
 
     def _check_batch_sizes(self) -> None:
@@ -728,6 +734,40 @@ class TrainConfig(BaseModel):
                 f"rollout.max_staleness={r.max_staleness} is below rollout.weight_sync_every-1="
                 f"{r.weight_sync_every - 1}: between two weight pushes every rollout would be dropped; set "
                 f"rollout.max_staleness >= {r.weight_sync_every - 1} or lower rollout.weight_sync_every"
+            )
+
+    def _check_reuse_window(self) -> None:
+        """algorithm.reuse_window > 1: the pooled batches' weights come from the objective (it must read mixture
+        log-probs), in the plain synchronous loop with the hf engine (the cases the trainer's pool supports)."""
+        from ticgrpo.core.objectives import OBJECTIVES
+
+        a, r = self.algorithm, self.rollout
+        if a.reuse_window == 1:
+            return
+        unsupported = [what for what, used in (
+            ("rollout.mode: async", r.mode == "async"), ("rollout.lag", r.lag > 0), ("rollout.engine: vllm",
+            r.engine == "vllm"), ("algorithm.dynamic_sampling", a.dynamic_sampling), ("algorithm.igrpo",
+            a.igrpo is not None), (f"algorithm.offpolicy_correction: {a.offpolicy_correction.name}",
+            a.offpolicy_correction.name != "none")) if used]
+        if unsupported:
+            raise ConfigError(f"algorithm.reuse_window={a.reuse_window} pools the synchronous hf loop's own batches; "
+                              f"it does not support {', '.join(unsupported)}: set reuse_window: 1 or drop them")
+        if not OBJECTIVES.spec(a.objective.name).reads_mixture_logprobs:
+            raise ConfigError(f"algorithm.reuse_window={a.reuse_window} needs an objective that reads mixture "
+                              f"log-probs (trajectory_reuse), got {a.objective.name}: the pooled rows would be "
+                              f"weighted by their own sampler only")
+
+    def _check_whole_groups(self) -> None:
+        """An objective that couples a group's completions (its spec's couples_group) sees whole groups: the
+        trainer splits minibatches by group, and a micro-batch must hold whole groups too."""
+        from ticgrpo.core.objectives import OBJECTIVES
+
+        a, g = self.algorithm, self.rollout.num_generations
+        if (a.objective.name in OBJECTIVES and OBJECTIVES.spec(a.objective.name).couples_group
+                and a.micro_batch_size is not None and a.micro_batch_size % g):
+            raise ConfigError(
+                f"algorithm.micro_batch_size={a.micro_batch_size} splits groups of rollout.num_generations={g}, and "
+                f"{a.objective.name} couples the completions of a group: set it to a multiple of {g} (or null)"
             )
 
     def _check_offpolicy_correction(self) -> None:

@@ -24,6 +24,12 @@ class PolicyBatch:
     token_ids:     [B, T] sampled token ids (GTPO's conflict tokens).
     group_ids:     [B] index of the prompt group each sequence belongs to.
     entropies:     [B, T] per-token entropy of π_θ (GTPO's entropy filter, logging).
+    mixture_logprobs: [B] log Σ_j (n_j/N) P_θj(o_i|q), detached: the behaviour density of a pool of
+                   batches from several policy versions (`trajectory_reuse`'s balance heuristic);
+                   None: each row's own ℓ^old is its behaviour.
+    hidden_states: [B, T, H] last-layer hidden state at the position that produced each completion
+                   token (NTHR's token influence), detached: the objective weights by them, never
+                   differentiates through them.
     """
 
     logprobs: Tensor
@@ -34,6 +40,8 @@ class PolicyBatch:
     token_ids: Tensor | None = None
     group_ids: Tensor | None = None
     entropies: Tensor | None = None
+    mixture_logprobs: Tensor | None = None
+    hidden_states: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.logprobs.dim() != 2:
@@ -48,6 +56,17 @@ class PolicyBatch:
                 raise ValueError(
                     f"{name} shape {tuple(value.shape)} != logprobs shape {tuple(self.logprobs.shape)}"
                 )
+        if self.mixture_logprobs is not None and self.mixture_logprobs.shape != self.logprobs.shape[:1]:
+            raise ValueError(
+                f"mixture_logprobs must be [B] (one per sequence), got shape {tuple(self.mixture_logprobs.shape)} "
+                f"for logprobs {tuple(self.logprobs.shape)}"
+            )
+        if self.hidden_states is not None and (
+                self.hidden_states.dim() != 3 or self.hidden_states.shape[:2] != self.logprobs.shape):
+            raise ValueError(
+                f"hidden_states must be [B, T, H] with [B, T] = logprobs shape {tuple(self.logprobs.shape)}, "
+                f"got shape {tuple(self.hidden_states.shape)}"
+            )
         if self.advantages.shape not in (self.logprobs.shape[:1], self.logprobs.shape):
             raise ValueError(
                 f"advantages must be [B] or [B, T]; got {tuple(self.advantages.shape)} "

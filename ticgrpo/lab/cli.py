@@ -6,6 +6,10 @@
     python -m ticgrpo.cli lab factorial --out docs/lab/factorial   # ratio × clip × aggregation × advantage
     python -m ticgrpo.cli lab lag --out docs/lab/lag   # bias/noise with k-stale samples, length sweep
     python -m ticgrpo.cli lab reuse --out docs/lab/reuse   # trajectory reuse (window ω) vs fresh samples
+    python -m ticgrpo.cli lab baselines --out docs/lab/baselines   # none / mean / RLOO / value: variance, PG and NPG
+    python -m ticgrpo.cli lab ustat --out docs/lab/ustat   # GRPO's gradient as a U-statistic, variance vs G
+    python -m ticgrpo.cli lab active_is --out docs/lab/active_is   # the variance-minimising behaviour policy
+    python -m ticgrpo.cli lab ope --out docs/lab/ope   # IS / SNIS / policy convolution estimates of J, stale samples
 
 Each writes results.json (every number), report.md (tables) and PNG plots into --out. The
 experiment flags are the fields of `BiasConfig` / `ConvergeConfig` / `FactorialConfig` (name, type, default and
@@ -25,6 +29,10 @@ import torch
 
 from ticgrpo.config import check_output_dir
 from ticgrpo.errors import UsageError
+from ticgrpo.lab.active_is import ActiveISConfig, check_active_is, run_active_is, write_active_is_outputs
+from ticgrpo.lab.active_is import summary_lines as active_is_summary_lines
+from ticgrpo.lab.baselines import BaselinesConfig, check_baselines, run_baselines, write_baselines_outputs
+from ticgrpo.lab.baselines import summary_lines as baselines_summary_lines
 from ticgrpo.lab.bias import BiasConfig, run_bias
 from ticgrpo.lab.bias_report import summary_lines, write_bias_outputs
 from ticgrpo.lab.converge import ConvergeConfig, run_converge, write_converge_outputs
@@ -32,9 +40,13 @@ from ticgrpo.lab.factorial import FactorialConfig, check_factorial, run_factoria
 from ticgrpo.lab.factorial import summary_lines as factorial_summary_lines
 from ticgrpo.lab.lag import LagConfig, check_lag, run_lag, write_lag_outputs
 from ticgrpo.lab.lag import summary_lines as lag_summary_lines
+from ticgrpo.lab.ope import OPEConfig, check_ope, run_ope, write_ope_outputs
+from ticgrpo.lab.ope import summary_lines as ope_summary_lines
 from ticgrpo.lab.options import check_options, flag
 from ticgrpo.lab.reuse import ReuseConfig, check_reuse, run_reuse, write_reuse_outputs
 from ticgrpo.lab.reuse import summary_lines as reuse_summary_lines
+from ticgrpo.lab.ustat import UstatConfig, check_ustat, run_ustat, write_ustat_outputs
+from ticgrpo.lab.ustat import summary_lines as ustat_summary_lines
 from ticgrpo.lab.variants import get_variant
 
 EXPERIMENTS: dict[str, tuple[type, str, str]] = {
@@ -54,6 +66,26 @@ EXPERIMENTS: dict[str, tuple[type, str, str]] = {
         ReuseConfig,
         "trajectory reuse over the last ω policy versions against fresh samples, at equal sample budgets",
         "outputs/lab/reuse",
+    ),
+    "active_is": (
+        ActiveISConfig,
+        "the behaviour policy that minimises the gradient's variance, against on-policy and practical ones",
+        "outputs/lab/active_is",
+    ),
+    "ope": (
+        OPEConfig,
+        "bias and variance of IS, self-normalised IS and policy-convolution estimates of J from stale samples",
+        "outputs/lab/ope",
+    ),
+    "baselines": (
+        BaselinesConfig,
+        "baselines (none, group mean, leave-one-out, exact value): exact variance, plain and natural PG",
+        "outputs/lab/baselines",
+    ),
+    "ustat": (
+        UstatConfig,
+        "GRPO's gradient as a U-statistic: exact variance against the oracle baseline as G grows",
+        "outputs/lab/ustat",
     ),
 }
 
@@ -140,13 +172,21 @@ def _config(args: argparse.Namespace) -> Any:
         config = config_from_args(config_cls, args)
         check_options(config, as_flags=True)
         for name in _variant_names(config):
-            get_variant(name)  # ValueError naming the choices
+            get_variant(name, monte_carlo=isinstance(config, BiasConfig))  # ValueError naming the choices
         if isinstance(config, FactorialConfig):
             check_factorial(config)
         if isinstance(config, LagConfig):
             check_lag(config)
         if isinstance(config, ReuseConfig):
             check_reuse(config)
+        if isinstance(config, BaselinesConfig):
+            check_baselines(config)
+        if isinstance(config, UstatConfig):
+            check_ustat(config)
+        if isinstance(config, ActiveISConfig):
+            check_active_is(config)
+        if isinstance(config, OPEConfig):
+            check_ope(config)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return config
@@ -167,6 +207,10 @@ RUNNERS: dict[str, tuple[Any, Any, Any]] = {
     "factorial": (run_factorial, write_factorial_outputs, factorial_summary_lines),
     "lag": (run_lag, write_lag_outputs, lag_summary_lines),
     "reuse": (run_reuse, write_reuse_outputs, reuse_summary_lines),
+    "baselines": (run_baselines, write_baselines_outputs, baselines_summary_lines),
+    "ustat": (run_ustat, write_ustat_outputs, ustat_summary_lines),
+    "active_is": (run_active_is, write_active_is_outputs, active_is_summary_lines),
+    "ope": (run_ope, write_ope_outputs, ope_summary_lines),
 }
 
 

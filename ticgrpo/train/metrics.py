@@ -117,6 +117,14 @@ _STEP: tuple[tuple[str, Reduction, str], ...] = (
     ("conflict_frac", M, "gtpo: fraction of tokens shared by completions of opposite advantage"),
     ("entropy_filtered_frac", M, "gtpo: fraction of tokens filtered out by the entropy threshold"),
     ("entropy_mean", M, "gtpo: mean token entropy the objective read"),
+    ("relative_ratio_mean", M, "ppo_rpe: mean relative density ratio r = π_θ/(b π_θ + (1−b) π_old)"),
+    ("relative_ratio_min", MIN, "ppo_rpe: smallest relative density ratio r"),
+    ("relative_ratio_max", MAX, "ppo_rpe: largest relative density ratio r (at most 1/b)"),
+    ("rpe_mean", M, "ppo_rpe: mean per-token relative Pearson term ½(r − 1)²"),
+    ("nthr_downweighted_frac", M, "nthr: fraction of tokens whose negative penalty was scaled down (hidden state "
+     "near a correct completion's)"),
+    ("nthr_similarity_mean", M, "nthr: mean max cosine similarity of negative tokens' hidden states to the group's "
+     "correct tokens"),
     # an inference engine's log-probs μ against the trainer's under the same weights (ticgrpo.train.offpolicy)
     ("mismatch/kl_k3", M, "k3 estimate of KL(μ ‖ π_trainer) per token between engine and trainer"),
     ("mismatch/abs_diff_mean", M, "mean |ℓ^trainer − ℓ^μ| over tokens"),
@@ -127,6 +135,12 @@ _STEP: tuple[tuple[str, Reduction, str], ...] = (
     ("staleness/hist_{k}", SUM, "rows of the batch sampled exactly k policy versions ago"),
     ("stale_dropped", SUM, "samples dropped because they were older than rollout.max_staleness (or drop_stale)"),
     ("queue_depth", M, "async: batches waiting in the producer's queue when the trainer took one"),
+    # trajectory reuse (algorithm.reuse_window; ticgrpo.train.reuse)
+    ("reuse/window", M, "rollout batches in this step's pool (policy versions; at most algorithm.reuse_window)"),
+    ("reuse/ess", M, "effective sample size (Σw)²/(n·Σw²) of the pool's balance-heuristic weights P_θ(o)/q(o) at "
+                     "the current weights, in [0, 1]"),
+    ("reuse/weight_max", MAX, "largest balance-heuristic weight P_θ(o)/q(o) of the pool at the current weights"),
+    ("reuse/fresh_reward_mean", M, "mean reward of this step's new batch (reward_mean is the whole pool's)"),
     ("offpolicy/ess", M, "effective sample size of the correction weights, (Σw)²/(n·Σw²), in [0, 1] (1: no "
                          "weights or equal weights; 0: every weight 0) (algorithm.offpolicy_correction)"),
     ("offpolicy/weight_mean", M, "mean correction weight that multiplied the advantages (after truncation or "

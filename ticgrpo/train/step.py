@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
-from ticgrpo.core.logprobs import completion_logprobs
+from ticgrpo.core.logprobs import CompletionScores, completion_scores
 from ticgrpo.core.objectives import OBJECTIVES, compute_loss
 from ticgrpo.rollout.base import RolloutBatch
 from ticgrpo.train.checkpoint import crash_point
@@ -69,6 +69,16 @@ class StepSettings:
         return uses and self.optimizer_steps > 1 and not self.frozen
 
     @property
+    def needs_hidden_states(self) -> bool:
+        """The objective reads the policy's last-layer hidden states: the forward pass returns them."""
+        return OBJECTIVES.spec(self.objective).needs_hidden_states
+
+    @property
+    def couples_group(self) -> bool:
+        """The objective's loss couples a group's completions: minibatches and micro-batches hold whole groups."""
+        return OBJECTIVES.spec(self.objective).couples_group
+
+    @property
     def beta(self) -> float:
         return float(getattr(self.objective_config, "beta", 0.0))
 
@@ -85,6 +95,7 @@ class TrainingBatch:
     group_ids: Tensor  # [B]
     old_logprobs: Tensor | None = None
     ref_logprobs: Tensor | None = None
+    mixture_logprobs: Tensor | None = None  # [B] a pool's behaviour density (algorithm.reuse_window)
 
     @staticmethod
     def from_rollout(rollout: RolloutBatch, advantages: Tensor, mask_truncated: bool = False) -> TrainingBatch:
@@ -98,6 +109,8 @@ class TrainingBatch:
             completion_mask=mask,
             advantages=advantages.to(rollout.completion_ids.device),
             group_ids=rollout.group_ids,
+            mixture_logprobs=None if rollout.mixture_logprobs is None else rollout.mixture_logprobs.to(
+                rollout.completion_ids.device),
         )
 
     def __len__(self) -> int:
@@ -168,9 +181,18 @@ def autocast_context(model: Any, dtype: torch.dtype | None) -> contextlib.Abstra
 def policy_logprobs(
     model: Any, batch: TrainingBatch, settings: StepSettings, with_entropy: bool = False
 ) -> tuple[Tensor, Tensor | None]:
-    """ℓ [B, T] (float32) of the sampled tokens under `model`, at the sampling temperature."""
+    """ℓ [B, T] (float32) of the sampled tokens under `model`, at the sampling temperature (and entropies)."""
+    scores = policy_scores(model, batch, settings, with_entropy)
+    return scores.logprobs, scores.entropies
+
+
+def policy_scores(
+    model: Any, batch: TrainingBatch, settings: StepSettings, with_entropy: bool = False,
+    with_hidden_states: bool = False,
+) -> CompletionScores:
+    """One forward pass of `model` on the batch: ℓ, and entropies and hidden states when asked for."""
     with autocast_context(model, settings.autocast_dtype):
-        return completion_logprobs(
+        return completion_scores(
             model,
             batch.input_ids,
             batch.attention_mask,
@@ -179,6 +201,7 @@ def policy_logprobs(
             temperature=settings.temperature,
             chunk_size=settings.chunk_size,
             with_entropy=with_entropy,
+            with_hidden_states=with_hidden_states,
         )
 
 
@@ -215,7 +238,11 @@ def accumulate_gradients(
     deviation: tuple[float, float] | None = None
     for idx in _chunks(torch.arange(len(batch)), settings.micro_batch_size):
         micro = batch.rows(idx)
-        logp, entropies = policy_logprobs(model, micro, settings, with_entropy=settings.log_entropy)
+        if settings.couples_group:
+            check_whole_groups(micro.group_ids, batch.group_ids)
+        scores = policy_scores(model, micro, settings, with_entropy=settings.log_entropy,
+                               with_hidden_states=settings.needs_hidden_states)
+        logp, entropies = scores.logprobs, scores.entropies
         policy_batch = PolicyBatch(
             logprobs=logp,
             mask=micro.completion_mask,
@@ -225,6 +252,8 @@ def accumulate_gradients(
             token_ids=micro.completion_ids,
             group_ids=micro.group_ids,
             entropies=entropies,
+            mixture_logprobs=micro.mixture_logprobs,
+            hidden_states=scores.hidden_states,
         )
         loss, values = compute_loss(settings.objective, policy_batch, settings.objective_config, norms)
         if track_ratio_deviation and micro.old_logprobs is not None:
@@ -239,6 +268,18 @@ def accumulate_gradients(
             m = micro.completion_mask.to(torch.float32)
             metrics["entropy"].append(float((entropies.detach() * m).sum() / m.sum().clamp(min=1.0)))
     return GradientPass(total, metrics, deviation)
+
+
+def check_whole_groups(part: Tensor, whole: Tensor) -> None:
+    """Raise unless every group present in `part` (group ids of a micro-batch) has all of its
+    rows of `whole` (the minibatch's): a group-coupled loss must see the whole group."""
+    groups, counts = torch.unique(part, return_counts=True)
+    expected = (whole[None, :] == groups[:, None]).sum(dim=1)
+    if not torch.equal(counts, expected):
+        raise ValueError(
+            "the objective couples the completions of a group, but a micro-batch holds part of a group: set "
+            "algorithm.micro_batch_size to a multiple of rollout.num_generations"
+        )
 
 
 def _ratio_deviation(logp: Tensor, old_logprobs: Tensor, mask: Tensor) -> tuple[float, float]:

@@ -15,14 +15,19 @@ from torch import Tensor
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
 from ticgrpo.core.objectives import (  # noqa: F401  (registration)
     cispo,
+    copg,
     dppo,
     gmpo,
     grpo,
     gspo,
     gtpo,
+    hpo,
     no_is,
+    nthr,
+    ppo_rpe,
     presets_grpo,
     tic_grpo,
+    trajectory_reuse,
 )
 from ticgrpo.core.objectives._common import without_padded_values
 from ticgrpo.core.objectives.registry import OBJECTIVES, ObjectiveSpec, register_objective

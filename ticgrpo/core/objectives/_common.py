@@ -108,7 +108,13 @@ def without_padded_values(batch: PolicyBatch) -> PolicyBatch:
     per_token = {name: only_real(value, batch.mask)
                  for name in ("logprobs", "old_logprobs", "ref_logprobs", "entropies")
                  if (value := getattr(batch, name)) is not None}
-    return dataclasses.replace(batch, advantages=advantages, **per_token)
+    per_sequence = {} if batch.mixture_logprobs is None else {
+        "mixture_logprobs": only_real(batch.mixture_logprobs, real_rows)}
+    # hidden states: 0 at padded positions (selected, not multiplied) and detached (stop-gradient weights)
+    hidden = {} if batch.hidden_states is None else {
+        "hidden_states": torch.where(batch.mask.bool()[..., None], batch.hidden_states.detach(),
+                                     torch.zeros((), dtype=batch.hidden_states.dtype))}
+    return dataclasses.replace(batch, advantages=advantages, **per_token, **per_sequence, **hidden)
 
 
 def token_reinforce_weights(batch: PolicyBatch, options: Any, norms: StepNormalizers) -> Tensor:

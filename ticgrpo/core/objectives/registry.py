@@ -36,6 +36,12 @@ class ObjectiveSpec:
     couples_group: bool = False  # a sequence's loss depends on the other completions of its group
     needs_token_ids: bool = False  # reads batch.token_ids
     needs_entropies: bool = False  # reads batch.entropies
+    # reads batch.hidden_states (detached last-layer states at the completion positions, [B, T, H]):
+    # the trainer's forward pass returns them only for such an objective
+    needs_hidden_states: bool = False
+    # reads batch.mixture_logprobs (a pool of batches from several policy versions: the trainer's
+    # algorithm.reuse_window); without them each row's own ℓ^old is its behaviour
+    reads_mixture_logprobs: bool = False
     # given the options: the gradient is taken once at θ_old and applied at every inner step
     frozen_gradient: Callable[[Any], bool] = _never
     # the on-policy gradient the loss claims: at ℓ = ℓ^old, ∂loss/∂ℓ_{i,t} = −w_{i,t}, i.e. the
@@ -56,6 +62,8 @@ def register_objective(
     couples_group: bool = False,
     needs_token_ids: bool = False,
     needs_entropies: bool = False,
+    needs_hidden_states: bool = False,
+    reads_mixture_logprobs: bool = False,
     frozen_gradient: Callable[[Any], bool] = _never,
     on_policy_weights: OnPolicyWeightsFn | None = None,
 ) -> Callable[[ObjectiveFn], ObjectiveFn]:
@@ -67,6 +75,7 @@ def register_objective(
             uses_old_logprobs=uses_old_logprobs, sequence_advantages=sequence_advantages,
             couples_group=couples_group, needs_token_ids=needs_token_ids, needs_entropies=needs_entropies,
             frozen_gradient=frozen_gradient, on_policy_weights=on_policy_weights,
+            reads_mixture_logprobs=reads_mixture_logprobs, needs_hidden_states=needs_hidden_states,
         ))
         return loss
 
