@@ -30,6 +30,7 @@ from ticgrpo.lab import (
     num_trajectories,
     sample_groups,
 )
+from ticgrpo.lab.cli import EXPERIMENTS
 from ticgrpo.lab.converge import inner_loop, make_optimizer
 
 TOL = 1e-10
@@ -367,22 +368,17 @@ def test_all_is_every_supported_objective_with_its_defaults() -> None:
     assert expand_objectives(("grpo", "all", "tic_ratio_only")) == (*names, "tic_ratio_only")
 
 
-@pytest.mark.parametrize("command", ["bias", "converge", "factorial", "lag"])
+@pytest.mark.parametrize("command", list(EXPERIMENTS))
 def test_cli_defaults_are_the_dataclass_defaults(command: str) -> None:
     import argparse
     import dataclasses
 
-    from ticgrpo.lab.bias import BiasConfig
     from ticgrpo.lab.cli import add_parser, config_from_args
-    from ticgrpo.lab.converge import ConvergeConfig
-    from ticgrpo.lab.factorial import FactorialConfig
-    from ticgrpo.lab.lag import LagConfig
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["lab", command])
-    config_cls = {"bias": BiasConfig, "converge": ConvergeConfig, "factorial": FactorialConfig,
-                  "lag": LagConfig}[command]
+    config_cls = EXPERIMENTS[command][0]
     for spec in dataclasses.fields(config_cls):
         assert getattr(args, spec.name) == spec.default, spec.name
     assert config_from_args(config_cls, args) == config_cls()
@@ -413,6 +409,29 @@ def test_cli_defaults_are_the_dataclass_defaults(command: str) -> None:
         (["lag", "--algorithms", "grpo,bogus"], "bogus"),
         (["lag", "--algorithms", "dapo_loss"], "token-mean"),
         (["lag", "--target-token-kl", "0"], "--target-token-kl must be > 0"),
+        (["active_is", "--defensive", "0.5,2"], "defensive weights α must be <= 1"),
+        (["active_is", "--defensive", "0"], "--defensive must be > 0, got 0.0"),
+        (["active_is", "--temperatures", "0"], "--temperatures must be > 0, got 0.0"),
+        (["active_is", "--lags", "0"], "--lags must be >= 1, got 0"),
+        (["active_is", "--baseline", "mean"], "--baseline must be one of: value, zero; got 'mean'"),
+        (["active_is", "--rewards", "target,bogus"], "--rewards must be one of: "),
+        (["active_is", "--algorithm", "bogus"], "bogus"),
+        (["active_is", "--iterations", "5", "--measure-at", "3,9"], "measure_at [9] is past the path's last step"),
+        (["baselines", "--baselines", "none,bogus"],
+         "--baselines must be one of: none, mean, rloo, value, mean_std; got 'bogus'"),
+        (["baselines", "--damping", "0"], "--damping must be > 0, got 0.0"),
+        (["baselines", "--commit-threshold", "1.5"], "commit_threshold must be < 1"),
+        (["baselines", "--group-size", "1"], "--group-size must be >= 2, got 1"),
+        (["ope", "--bandwidths", "0.5,0"], "--bandwidths must be > 0, got 0.0"),
+        (["ope", "--batch-size", "1"], "--batch-size must be >= 2, got 1"),
+        (["ope", "--lags", "0,-1"], "--lags must be >= 0, got -1"),
+        (["ope", "--mc-batches", "1"], "--mc-batches must be >= 2, got 1"),
+        (["ope", "--rewards", "nope"], "--rewards must be one of: "),
+        (["ope", "--iterations", "5", "--measure-at", "3,9"], "measure_at [9] is past the path's last step"),
+        (["ustat", "--group-sizes", "2,1"], "--group-sizes must be >= 2, got 1"),
+        (["ustat", "--budget", "8"], "group sizes [16, 32] exceed the budget 8"),
+        (["ustat", "--estimators", "rloo,mean"], "estimators must include 'value'"),
+        (["ustat", "--estimators", "value,nope"], "--estimators must be one of: "),
     ],
 )
 def test_cli_bad_values_are_one_line(tmp_path, capsys, argv: list[str], message: str) -> None:

@@ -144,36 +144,3 @@ def test_cli_runs_a_tiny_study_and_writes_its_files(tmp_path, capsys) -> None:
     assert (out / "report.md").read_text().startswith("# lab active_is")
     assert (out / "active_is_variance.png").stat().st_size > 0
     assert "tr Var(q*)/tr Var(on-policy)" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--defensive", "0.5,2"], "defensive weights α must be <= 1"),
-        (["--defensive", "0"], "--defensive must be > 0, got 0.0"),
-        (["--temperatures", "0"], "--temperatures must be > 0, got 0.0"),
-        (["--lags", "0"], "--lags must be >= 1, got 0"),
-        (["--baseline", "mean"], "--baseline must be one of: value, zero; got 'mean'"),
-        (["--rewards", "target,bogus"], "--rewards must be one of: "),
-        (["--algorithm", "bogus"], "bogus"),
-        (["--iterations", "5", "--measure-at", "3,9"], "measure_at [9] is past the path's last step"),
-    ],
-)
-def test_cli_bad_values_are_one_line(tmp_path, capsys, argv: list[str], message: str) -> None:
-    rc = main(["lab", "active_is", *argv, "--out", str(tmp_path / "out")])
-    assert rc == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
-
-
-def test_cli_defaults_are_the_dataclass_defaults() -> None:
-    import argparse
-
-    from ticgrpo.lab.cli import add_parser, config_from_args
-
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
-    assert config_from_args(ActiveISConfig, parser.parse_args(["lab", "active_is"])) == ActiveISConfig()
-    flags = ["lab", "active_is", "--rewards", "count", "--max-len", "4"]
-    given = config_from_args(ActiveISConfig, parser.parse_args(flags))
-    assert (given.rewards, given.max_len) == (("count",), 4)

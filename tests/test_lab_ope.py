@@ -138,33 +138,3 @@ def test_cli_runs_a_tiny_study_and_writes_its_files(tmp_path, capsys) -> None:
     assert (out / "report.md").read_text().startswith("# lab ope")
     assert (out / "ope_lag.png").stat().st_size > 0 and (out / "ope_bandwidth.png").stat().st_size > 0
     assert "lag 4: MSE is" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--bandwidths", "0.5,0"], "--bandwidths must be > 0, got 0.0"),
-        (["--batch-size", "1"], "--batch-size must be >= 2, got 1"),
-        (["--lags", "0,-1"], "--lags must be >= 0, got -1"),
-        (["--mc-batches", "1"], "--mc-batches must be >= 2, got 1"),
-        (["--rewards", "nope"], "--rewards must be one of: "),
-        (["--iterations", "5", "--measure-at", "3,9"], "measure_at [9] is past the path's last step"),
-    ],
-)
-def test_cli_bad_values_are_one_line(tmp_path, capsys, argv: list[str], message: str) -> None:
-    rc = main(["lab", "ope", *argv, "--out", str(tmp_path / "out")])
-    assert rc == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
-
-
-def test_cli_defaults_are_the_dataclass_defaults() -> None:
-    import argparse
-
-    from ticgrpo.lab.cli import add_parser, config_from_args
-
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
-    assert config_from_args(OPEConfig, parser.parse_args(["lab", "ope"])) == OPEConfig()
-    given = config_from_args(OPEConfig, parser.parse_args(["lab", "ope", "--rewards", "count", "--max-len", "4"]))
-    assert (given.rewards, given.max_len) == (("count",), 4)
