@@ -378,7 +378,7 @@ def test_cli_defaults_are_the_dataclass_defaults(command: str) -> None:
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["lab", command])
-    config_cls = EXPERIMENTS[command][0]
+    config_cls = EXPERIMENTS[command].config
     for spec in dataclasses.fields(config_cls):
         assert getattr(args, spec.name) == spec.default, spec.name
     assert config_from_args(config_cls, args) == config_cls()

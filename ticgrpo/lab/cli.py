@@ -12,8 +12,9 @@
     python -m ticgrpo.cli lab ope --out docs/lab/ope   # IS / SNIS / policy convolution estimates of J, stale samples
 
 Each writes results.json (every number), report.md (tables) and PNG plots into --out. The
-experiment flags are the fields of `BiasConfig` / `ConvergeConfig` / `FactorialConfig` (name, type, default and
-help from the field), so a default is written once, in the dataclass.
+experiment flags are the fields of its config dataclass (`BiasConfig`, `LagConfig`, ...: name, type, default and
+help from the field), so a default is written once, in the dataclass. Adding an experiment is one `Experiment`
+entry in `EXPERIMENTS` (its config, check, run, write and summary).
 """
 
 from __future__ import annotations
@@ -48,46 +49,6 @@ from ticgrpo.lab.reuse import summary_lines as reuse_summary_lines
 from ticgrpo.lab.ustat import UstatConfig, check_ustat, run_ustat, write_ustat_outputs
 from ticgrpo.lab.ustat import summary_lines as ustat_summary_lines
 from ticgrpo.lab.variants import get_variant
-
-EXPERIMENTS: dict[str, tuple[type, str, str]] = {
-    "bias": (BiasConfig, "what each estimator estimates as θ leaves θ_old", "outputs/lab/bias"),
-    "converge": (ConvergeConfig, "training curves of exact J over seeds", "outputs/lab/converge"),
-    "factorial": (
-        FactorialConfig,
-        "ratio × clip × aggregation × advantage, lr tuned per arm, paired effects",
-        "outputs/lab/factorial",
-    ),
-    "lag": (
-        LagConfig,
-        "bias and noise of each arm's update with samples k policy versions stale, and a length sweep",
-        "outputs/lab/lag",
-    ),
-    "reuse": (
-        ReuseConfig,
-        "trajectory reuse over the last ω policy versions against fresh samples, at equal sample budgets",
-        "outputs/lab/reuse",
-    ),
-    "active_is": (
-        ActiveISConfig,
-        "the behaviour policy that minimises the gradient's variance, against on-policy and practical ones",
-        "outputs/lab/active_is",
-    ),
-    "ope": (
-        OPEConfig,
-        "bias and variance of IS, self-normalised IS and policy-convolution estimates of J from stale samples",
-        "outputs/lab/ope",
-    ),
-    "baselines": (
-        BaselinesConfig,
-        "baselines (none, group mean, leave-one-out, exact value): exact variance, plain and natural PG",
-        "outputs/lab/baselines",
-    ),
-    "ustat": (
-        UstatConfig,
-        "GRPO's gradient as a U-statistic: exact variance against the oracle baseline as G grows",
-        "outputs/lab/ustat",
-    ),
-}
 
 
 def _number_list(convert: Callable[[str], Any], kind: str) -> Callable[[str], tuple]:
@@ -147,46 +108,33 @@ def config_from_args(config_cls: type, args: argparse.Namespace) -> Any:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     lab = subparsers.add_parser("lab", help="exact policy gradients on small enumerable policies")
     sub = lab.add_subparsers(dest="lab_command", required=True)
-    for name, (config_cls, help_text, out) in EXPERIMENTS.items():
-        parser = sub.add_parser(name, help=help_text)
-        add_config_arguments(parser, config_cls)
+    for name, experiment in EXPERIMENTS.items():
+        out = experiment.default_out
+        parser = sub.add_parser(name, help=experiment.help)
+        add_config_arguments(parser, experiment.config)
         parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
         parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
         parser.add_argument("--out", type=Path, default=Path(out), help=f"output folder (default {out})")
 
 
-def _variant_names(config: Any) -> tuple[str, ...]:
-    """The algorithm names an experiment's config asks for (the factorial builds its own arms)."""
-    if isinstance(config, BiasConfig):
-        return tuple(config.objectives)
-    if isinstance(config, ConvergeConfig):
-        return tuple(config.algorithms)
-    return ()
+def check_bias(config: BiasConfig) -> None:
+    for name in config.objectives:  # group-coupled objectives run on the Monte Carlo path only
+        get_variant(name, monte_carlo=True)  # ValueError naming the choices
+
+
+def check_converge(config: ConvergeConfig) -> None:
+    for name in config.algorithms:
+        get_variant(name)  # ValueError naming the choices
 
 
 def _config(args: argparse.Namespace) -> Any:
     """The experiment's config from the flags, checked: one-line UsageError naming the flag."""
     check_output_dir("--out", args.out)  # before the experiment runs, not when its results are written
-    config_cls = EXPERIMENTS[args.lab_command][0]
+    experiment = EXPERIMENTS[args.lab_command]
     try:
-        config = config_from_args(config_cls, args)
+        config = config_from_args(experiment.config, args)
         check_options(config, as_flags=True)
-        for name in _variant_names(config):
-            get_variant(name, monte_carlo=isinstance(config, BiasConfig))  # ValueError naming the choices
-        if isinstance(config, FactorialConfig):
-            check_factorial(config)
-        if isinstance(config, LagConfig):
-            check_lag(config)
-        if isinstance(config, ReuseConfig):
-            check_reuse(config)
-        if isinstance(config, BaselinesConfig):
-            check_baselines(config)
-        if isinstance(config, UstatConfig):
-            check_ustat(config)
-        if isinstance(config, ActiveISConfig):
-            check_active_is(config)
-        if isinstance(config, OPEConfig):
-            check_ope(config)
+        experiment.check(config)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return config
@@ -200,26 +148,56 @@ def converge_summary_lines(results: dict[str, Any]) -> list[str]:
     ]
 
 
-# experiment → (run, write its outputs, terminal lines)
-RUNNERS: dict[str, tuple[Any, Any, Any]] = {
-    "bias": (run_bias, write_bias_outputs, summary_lines),
-    "converge": (run_converge, write_converge_outputs, converge_summary_lines),
-    "factorial": (run_factorial, write_factorial_outputs, factorial_summary_lines),
-    "lag": (run_lag, write_lag_outputs, lag_summary_lines),
-    "reuse": (run_reuse, write_reuse_outputs, reuse_summary_lines),
-    "baselines": (run_baselines, write_baselines_outputs, baselines_summary_lines),
-    "ustat": (run_ustat, write_ustat_outputs, ustat_summary_lines),
-    "active_is": (run_active_is, write_active_is_outputs, active_is_summary_lines),
-    "ope": (run_ope, write_ope_outputs, ope_summary_lines),
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A `ticgrpo lab` subcommand: its flags (the config dataclass's fields) and its stages."""
+
+    config: type  # dataclass; one flag per field
+    help: str
+    default_out: str
+    check: Callable[[Any], None]  # raises ValueError (one line) on settings the flags' ranges cannot state
+    run: Callable[..., dict[str, Any]]  # (config, progress=) -> results
+    write: Callable[[dict[str, Any], Path], list[Path]]  # results, folder -> files written
+    summary: Callable[[dict[str, Any]], list[str]]  # the lines printed at the end
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "bias": Experiment(BiasConfig, "what each estimator estimates as θ leaves θ_old", "outputs/lab/bias",
+                       check_bias, run_bias, write_bias_outputs, summary_lines),
+    "converge": Experiment(ConvergeConfig, "training curves of exact J over seeds", "outputs/lab/converge",
+                           check_converge, run_converge, write_converge_outputs, converge_summary_lines),
+    "factorial": Experiment(
+        FactorialConfig, "ratio × clip × aggregation × advantage, lr tuned per arm, paired effects",
+        "outputs/lab/factorial", check_factorial, run_factorial, write_factorial_outputs, factorial_summary_lines),
+    "lag": Experiment(
+        LagConfig, "bias and noise of each arm's update with samples k policy versions stale, and a length sweep",
+        "outputs/lab/lag", check_lag, run_lag, write_lag_outputs, lag_summary_lines),
+    "reuse": Experiment(
+        ReuseConfig, "trajectory reuse over the last ω policy versions against fresh samples, at equal sample budgets",
+        "outputs/lab/reuse", check_reuse, run_reuse, write_reuse_outputs, reuse_summary_lines),
+    "active_is": Experiment(
+        ActiveISConfig, "the behaviour policy that minimises the gradient's variance, against on-policy and practical "
+        "ones", "outputs/lab/active_is", check_active_is, run_active_is, write_active_is_outputs,
+        active_is_summary_lines),
+    "ope": Experiment(
+        OPEConfig, "bias and variance of IS, self-normalised IS and policy-convolution estimates of J from stale "
+        "samples", "outputs/lab/ope", check_ope, run_ope, write_ope_outputs, ope_summary_lines),
+    "baselines": Experiment(
+        BaselinesConfig, "baselines (none, group mean, leave-one-out, exact value): exact variance, plain and "
+        "natural PG", "outputs/lab/baselines", check_baselines, run_baselines, write_baselines_outputs,
+        baselines_summary_lines),
+    "ustat": Experiment(
+        UstatConfig, "GRPO's gradient as a U-statistic: exact variance against the oracle baseline as G grows",
+        "outputs/lab/ustat", check_ustat, run_ustat, write_ustat_outputs, ustat_summary_lines),
 }
 
 
 def run(args: argparse.Namespace) -> int:
     config = _config(args)
     torch.set_num_threads(max(args.threads, 1))
-    run_experiment, write_outputs, lines = RUNNERS[args.lab_command]
-    results = run_experiment(config, progress=not args.no_progress)
-    files = write_outputs(results, args.out)
-    print("\n".join(lines(results)))
+    experiment = EXPERIMENTS[args.lab_command]
+    results = experiment.run(config, progress=not args.no_progress)
+    files = experiment.write(results, args.out)
+    print("\n".join(experiment.summary(results)))
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
