@@ -17,6 +17,12 @@ completions of prompt k are rows k·G … k·G+G−1):
                   under the weights that sampled them (teacher-forced, the trainer's numerics),
                   recorded when those weights were at hand (a lagged batch, an HF producer);
                   None when the sampling weights are the current ones (they are recomputed)
+  completion_attention_mask [B, T] or None — multi-turn episodes (ticgrpo.rollout.episodes): 1 on
+                  every real token after the prompt, the agent's and the environment's; the
+                  completion_mask is then the AGENT-TOKEN mask (the tokens the policy sampled), so
+                  every objective, advantage, length and KL counts agent tokens only. None: a
+                  single completion, where the two masks are one
+  episodes        one `Episode` per row (turns, tool calls, transcript) or None (single-turn)
 """
 
 from __future__ import annotations
@@ -27,6 +33,15 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """One engine continuation of a token-id context (`RolloutEngine.continue_tokens`)."""
+
+    token_ids: list[int]  # sampled tokens, up to and including the first EOS
+    logprobs: list[float] | None  # the engine's log-prob of each sampled token (None: not recorded)
+    ended: bool  # an EOS ended it (False: max_new_tokens ran out)
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,8 @@ class RolloutBatch:
     sampler_logprobs: Tensor | None = None
     # [B] log Σ_j (n_j/N) P_θj(o_i): the behaviour density of a pool of batches (algorithm.reuse_window)
     mixture_logprobs: Tensor | None = None
+    completion_attention_mask: Tensor | None = None
+    episodes: list[Any] | None = None  # ticgrpo.rollout.episodes.Episode, one per row
 
     @property
     def completion_lengths(self) -> Tensor:
@@ -65,7 +82,8 @@ class RolloutBatch:
 
     @property
     def attention_mask(self) -> Tensor:
-        return torch.cat([self.prompt_mask, self.completion_mask], dim=1).long()
+        completion = self.completion_mask if self.completion_attention_mask is None else self.completion_attention_mask
+        return torch.cat([self.prompt_mask, completion], dim=1).long()
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -88,6 +106,9 @@ class RolloutBatch:
             policy_version=None if self.policy_version is None else self.policy_version[idx],
             sampler_logprobs=None if self.sampler_logprobs is None else self.sampler_logprobs[idx],
             mixture_logprobs=None if self.mixture_logprobs is None else self.mixture_logprobs[idx],
+            completion_attention_mask=None if self.completion_attention_mask is None
+            else self.completion_attention_mask[idx],
+            episodes=None if self.episodes is None else [self.episodes[i] for i in keep],
         )
 
 
@@ -98,7 +119,8 @@ def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBa
     """
     if len(batches) == 1:
         return batches[0]
-    for name in ("behavior_logprobs", "policy_version", "sampler_logprobs", "mixture_logprobs"):
+    for name in ("behavior_logprobs", "policy_version", "sampler_logprobs", "mixture_logprobs",
+                 "completion_attention_mask", "episodes"):
         present = [getattr(b, name) is not None for b in batches]
         if any(present) and not all(present):
             raise ValueError(f"concat_rollouts: some batches have {name} and others do not")
@@ -122,6 +144,8 @@ def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBa
         policy_version=_cat_optional([b.policy_version for b in batches], None),
         sampler_logprobs=_cat_optional([b.sampler_logprobs for b in batches], t),
         mixture_logprobs=_cat_optional([b.mixture_logprobs for b in batches], None),
+        completion_attention_mask=_cat_optional([b.completion_attention_mask for b in batches], t),
+        episodes=None if batches[0].episodes is None else [e for b in batches for e in b.episodes or []],
     )
 
 
@@ -208,3 +232,15 @@ class RolloutEngine(ABC):
     @abstractmethod
     def generate(self, prompts: list[str], num_samples: int, params: SamplingParams) -> RolloutBatch:
         """Rows prompt-major: prompt k's samples are rows k·num_samples … (k+1)·num_samples − 1."""
+
+    def generate_for(self, rows: list[dict], prompts: list[str], num_samples: int,
+                     params: SamplingParams) -> RolloutBatch:
+        """`generate` for dataset rows and their prompt texts; an engine that needs the rows
+        themselves (multi-turn episodes: the environment resets from each row) overrides it."""
+        return self.generate(prompts, num_samples, params)
+
+    def continue_tokens(self, contexts: list[list[int]], params: SamplingParams) -> list[Continuation]:
+        """One continuation of each token-id context (no re-tokenisation: the tokens the policy saw
+        are the tokens it is trained on); what multi-turn episodes need of an engine."""
+        raise NotImplementedError(f"{type(self).__name__} cannot continue token contexts, so it cannot run "
+                                  f"multi-turn episodes (rollout.environment); use rollout.engine hf or vllm")
