@@ -21,7 +21,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ticgrpo.config.schema import Flag, Integer, Number
-from ticgrpo.rollout.base import RolloutBatch, RolloutEngine, SamplingParams, stop_and_pad_ids, trim_and_decode
+from ticgrpo.rollout.base import (
+    Continuation,
+    RolloutBatch,
+    RolloutEngine,
+    SamplingParams,
+    stop_and_pad_ids,
+    trim_and_decode,
+)
 from ticgrpo.rollout.vllm.backend import Backend, Completion, request_options
 from ticgrpo.rollout.vllm.client import HTTPBackend
 from ticgrpo.rollout.vllm.colocate import LocalBackend, import_vllm
@@ -133,6 +140,30 @@ class VLLMEngine(RolloutEngine):
         # trainer's policy version when it names one with each update; see update_weights)
         batch.policy_version = torch.full((len(rows),), generation.weight_version, dtype=torch.long)
         return batch
+
+    def continue_tokens(self, contexts: list[list[int]], params: SamplingParams) -> list[Continuation]:
+        """One continuation of each token-id context, handed to vLLM as it is (no re-tokenisation
+        and no ``max_prompt_length`` cut: the episode driver owns the token budget). Each is cut
+        after its first EOS; its log-probs are vLLM's, as in `generate`'s ``behavior_logprobs``."""
+        if not isinstance(contexts, list) or not all(isinstance(c, list) for c in contexts):
+            raise ValueError("contexts must be a list of token-id lists")
+        if any(len(c) == 0 for c in contexts):
+            raise ValueError("continue_tokens: a context has no tokens; vLLM needs at least one")
+        options = request_options(params, self.eos_token_ids)
+        if not contexts:
+            return []
+        generation = self.backend.generate([[int(t) for t in c] for c in contexts], 1, options)
+        rows = [c for comps in generation.completions for c in comps]
+        if len(rows) != len(contexts):
+            raise RuntimeError(f"vLLM returned {len(rows)} completions, expected {len(contexts)}")
+        eos = set(self.eos_token_ids)
+        out: list[Continuation] = []
+        for ids, lps in rows:
+            # vLLM stops at a stop token; cut here too so both engines end a turn the same way
+            first = next((i for i, tok in enumerate(ids) if tok in eos), None)
+            end = len(ids) if first is None else first + 1
+            out.append(Continuation(list(ids[:end]), [float(x) for x in lps[:end]], first is not None))
+        return out
 
     def update_weights(self, model: Any, version: int | None = None) -> None:
         """Push ``model``'s current parameters into vLLM (and drop its prefix cache); they become
