@@ -151,6 +151,41 @@ def check_padding_invariance(name: str, token_advantages: bool = False) -> None:
         torch.testing.assert_close(g_metrics[key], z_metrics[key], rtol=0, atol=0, msg=key)
 
 
+def _with_environment_columns(d: dict[str, torch.Tensor], at: int = 2, width: int = 3) -> dict[str, torch.Tensor]:
+    """`d` with `width` columns of environment tokens inserted at position `at` of every row, as a
+    multi-turn episode has between two agent turns: mask 0, and nan/±inf in every value there."""
+    def insert(x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[:, :at], fill.to(x.dtype), x[:, at:]], dim=1)
+    e = {key: insert(d[key], _non_finite(B, width)) for key in ("logp", "old", "ref", "entropies")}
+    e["mask"] = insert(d["mask"], _zeros(B, width))
+    e["tokens"] = insert(d["tokens"], torch.zeros(B, width, dtype=torch.long))
+    e["adv"] = insert(d["adv"], _non_finite(B, width)) if d["adv"].dim() == 2 else d["adv"]
+    h = d["hidden"].shape[2]
+    e["hidden"] = torch.cat([d["hidden"][:, :at], _non_finite(B, width * h).reshape(B, width, h), d["hidden"][:, at:]],
+                            dim=1)
+    e["mixture"], e["groups"] = d["mixture"], d["groups"]
+    return e
+
+
+def check_environment_tokens_never_read(name: str, token_advantages: bool = False) -> None:
+    """Masked columns inside the sequences (a multi-turn episode's environment tokens, whatever
+    their log-probs, advantages or hidden states) change neither the loss, nor the gradient at the
+    agent's tokens, nor the metrics; they get gradient 0."""
+    d = random_inputs(7)
+    if token_advantages:
+        g = torch.Generator().manual_seed(4)
+        d["adv"] = d["adv"][:, None] + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    options, norms = options_of(name, beta=0.05), step_norms(d)
+    loss, grad, metrics = loss_and_grad(name, d, options, norms)
+    e_loss, e_grad, e_metrics = loss_and_grad(name, _with_environment_columns(d), options, norms)
+    torch.testing.assert_close(e_loss, loss, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(torch.cat([e_grad[:, :2], e_grad[:, 5:]], dim=1), grad, rtol=1e-12, atol=1e-13)
+    assert torch.count_nonzero(e_grad[:, 2:5]) == 0
+    assert e_metrics.keys() == metrics.keys()
+    for key in metrics:
+        torch.testing.assert_close(e_metrics[key], metrics[key], rtol=1e-12, atol=1e-13, msg=key)
+
+
 def _rows(d: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
     return {key: value[rows] for key, value in d.items()}
 
@@ -287,6 +322,16 @@ def test_padding_never_read(name):
 @pytest.mark.parametrize("name", [name for name in contract_names() if not OBJECTIVES.spec(name).sequence_advantages])
 def test_padding_never_read_with_token_advantages(name):
     check_padding_invariance(name, token_advantages=True)
+
+
+@pytest.mark.parametrize("name", contract_names())
+def test_environment_tokens_never_read(name):
+    check_environment_tokens_never_read(name)
+
+
+@pytest.mark.parametrize("name", [name for name in contract_names() if not OBJECTIVES.spec(name).sequence_advantages])
+def test_environment_tokens_never_read_with_token_advantages(name):
+    check_environment_tokens_never_read(name, token_advantages=True)
 
 
 @pytest.mark.parametrize("name", contract_names())

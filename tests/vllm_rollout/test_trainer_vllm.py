@@ -84,3 +84,49 @@ def test_engine_follows_the_trained_weights_with_sequence_tis(tmp_path, tiny_tok
         assert trainer.engine.generate(prompts, 1, greedy).completions == hf.completions
     finally:
         trainer.engine.close()
+
+
+class TwoTurns:
+    """A scripted environment: one tool reply, then done (tests of multi-turn episodes on vLLM)."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+
+    def reset(self, row):
+        return [{"role": "user", "content": row["prompt"]}]
+
+    def step(self, assistant_message):
+        from ticgrpo.rollout.environments import StepResult
+
+        self.turns += 1
+        if self.turns == 2:
+            return StepResult(done=True)
+        return StepResult(observation=[{"role": "tool", "content": "the tool says 7"}], tool_calls=1)
+
+
+def test_multi_turn_episodes_on_vllm_carry_behaviour_logprobs_of_agent_tokens_only(tmp_path, tiny_tok,
+                                                                                   tiny_factory):
+    """vLLM continues each episode's token ids turn by turn; its log-probs, recorded on the agent's
+    tokens, match the trainer's there (fp32), so the mismatch metrics see agent tokens only."""
+    from pathlib import Path
+
+    model = tiny_factory(tiny_tok, seed=1)
+    eos = tiny_tok.eos_token_id
+    with torch.no_grad():  # point EOS's output row along the hidden states, so that turns end
+        ids = tiny_tok(["1 + 2 = ?", "hello"], return_tensors="pt", padding=True)
+        mean = model.model(**ids).last_hidden_state.flatten(0, 1).mean(0)
+        model.lm_head.weight[eos] = 3 * mean / mean.norm() ** 2
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tiny_tok.save_pretrained(model_dir)
+    cfg = _config(tmp_path, model_dir, offpolicy_correction="token_tis")
+    cfg["rollout"].update(environment=f"{__name__}:TwoTurns", max_turns=2)
+    trainer = Trainer(cfg, reward_fns=[(digit_count, 1.0)], config_dir=Path(__file__).parent)
+    try:
+        records = [trainer.train_step() for _ in range(2)]
+    finally:
+        trainer.engine.close()
+    for r in records:
+        _check_mismatch(r)
+        assert r["completion_length_mean"] == pytest.approx(r["episode/agent_tokens_mean"])
+    assert max(r["episode/environment_tokens_mean"] for r in records) > 0  # some episodes had two turns

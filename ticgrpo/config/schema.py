@@ -171,6 +171,41 @@ class DataConfig(BaseModel):
     shuffle: Flag = Field(default=True, description="reshuffle the training prompts every epoch (seeded)")
 
 
+def _known_environment(name: str) -> str:
+    if ":" in name:
+        return name  # "module:Class" paths are imported when the trainer starts
+    from ticgrpo.rollout.environments import ENVIRONMENTS
+
+    if name not in ENVIRONMENTS:
+        raise ValueError(unknown_value(name, ENVIRONMENTS.names()))
+    return name
+
+
+class EnvironmentChoice(BaseModel):
+    """`rollout.environment`: the environment of multi-turn episodes and its options.
+
+    In YAML a name (`single_turn`), an import path (`my_envs:Calculator`), or a mapping naming
+    it with the options its class takes (`{name: my_envs:Calculator, max_calls: 2}`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[Text, BeforeValidator(lambda v: _known_environment(v) if isinstance(v, str) else v)]
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_yaml(cls, node: Any) -> Any:
+        if isinstance(node, str):
+            return {"name": node}
+        if isinstance(node, dict) and "options" not in node:
+            options = {k: v for k, v in node.items() if k != "name"}
+            return {"name": node.get("name"), "options": options}
+        return node
+
+    @model_serializer
+    def _yaml_form(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+
 class RolloutConfig(BaseModel):
     model_config = SECTION
     engine: Literal["hf", "vllm"] = Field(default="hf",
@@ -206,6 +241,14 @@ class RolloutConfig(BaseModel):
         description="async: batches the producer may sample ahead of the trainer (the bounded queue)")
     weight_sync_every: Integer = Field(default=1, ge=1,
         description="async: push the trainer's weights to the producer every N training steps")
+    environment: EnvironmentChoice | None = Field(default=None,
+        description="multi-turn episodes with this environment (a registry name, e.g. single_turn; "
+        "module:Class; or {name: ..., <option>: ...}); null = one completion per sample (docs/agentic.md)")
+    max_turns: Integer = Field(default=4, ge=1,
+        description="environment: agent turns per episode (each up to rollout.max_new_tokens tokens)")
+    max_episode_tokens: Integer | None = Field(default=None, ge=1,
+        description="environment: agent + environment tokens per episode after the prompt; null = no limit but "
+        "max_turns")
     producer_timeout_s: Number = Field(default=600.0, gt=0,
         description="async: seconds the trainer waits for the producer's next batch before it stops with an error "
         "naming the producer (a dead producer is reported at once)")
@@ -684,7 +727,18 @@ class TrainConfig(BaseModel):
         self._check_offpolicy_correction()
         self._check_reuse_window()
         self._check_whole_groups()
+        self._check_environment()
         return self
+
+    def _check_environment(self) -> None:
+        """rollout.environment: episodes are sampled in the loop, by an engine that continues token contexts."""
+        r, a = self.rollout, self.algorithm
+        if r.environment is None:
+            return
+        mechanism = ("rollout.mode: async" if r.mode == "async" else "algorithm.igrpo" if a.igrpo else None)
+        if mechanism:
+            raise ConfigError(f"rollout.environment runs episodes in the training loop; {mechanism} samples single "
+                              f"completions: drop one of them")
 
     def _check_batch_sizes(self) -> None:
         a, batch = self.algorithm, self.rollout_batch_size

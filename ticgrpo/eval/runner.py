@@ -150,15 +150,16 @@ def generate_and_judge(engine: RolloutEngine, rows: Sequence[EvalRow], prompt_te
         for start in range(0, len(kept), settings.batch_size):
             chunk = kept[start : start + settings.batch_size]
             texts, chunk_rows = [text for _, text in chunk], [row for row, _ in chunk]
+            dataset_rows = [row.record if row.record is not None else {"prompt": row.prompt} for row in chunk_rows]
             greedy: list[list[Completion]] = [[] for _ in chunk]
             if settings.greedy:
                 params = SamplingParams(max_new_tokens=settings.max_new_tokens, greedy=True)
-                greedy = _completions(engine.generate(texts, 1, params), chunk_rows, 1, judge)
+                greedy = _completions(engine.generate_for(dataset_rows, texts, 1, params), chunk_rows, 1, judge)
             sampled: list[list[Completion]] = [[] for _ in chunk]
             if n > 0:
                 params = SamplingParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                                         top_p=settings.top_p)
-                sampled = _completions(engine.generate(texts, n, params), chunk_rows, n, judge)
+                sampled = _completions(engine.generate_for(dataset_rows, texts, n, params), chunk_rows, n, judge)
             for (row, text), first, samples in zip(chunk, greedy, sampled, strict=True):
                 records.append(ProblemRecord(row.id, text, row.gold, first[0] if first else None, samples))
             bar.update(len(chunk))

@@ -26,6 +26,7 @@ from typing import Any
 
 # the built-in rewards register themselves on import (ticgrpo.rewards.registry)
 from ticgrpo.rewards import code as _code  # noqa: F401  (code_tests: sandboxed unit tests)
+from ticgrpo.rewards import environment as _environment  # noqa: F401  (environment_reward: episodes)
 from ticgrpo.rewards import math as _math_rewards  # noqa: F401
 from ticgrpo.rewards import shaping as _shaping  # noqa: F401
 from ticgrpo.rewards.math import extract_final_answer, math_correctness
@@ -54,19 +55,26 @@ def resolve_reward(name_or_path: str | RewardFn, config_dir: str | Path | None =
         raise ValueError(f"reward must be a registry name, 'module:function' or a callable, got {name_or_path!r}")
     if ":" not in name_or_path:
         return REWARDS.spec(name_or_path).fn
-    where, _, attr = name_or_path.rpartition(":")
+    return import_attribute(name_or_path, config_dir, "reward")
+
+
+def import_attribute(path: str, config_dir: str | Path | None, kind: str) -> Any:
+    """The callable a "module:attribute" or "path/file.py:attribute" names (a reward function, an
+    environment class); `kind` names it in the one-line errors."""
+    what = "function" if kind == "reward" else "Class"
+    where, _, attr = path.rpartition(":")
     if not where or not attr:
-        raise ValueError(f"reward {name_or_path!r} must look like 'module:function' or 'path/file.py:function'")
+        raise ValueError(f"{kind} {path!r} must look like 'module:{what}' or 'path/file.py:{what}'")
     folders = _search_folders(config_dir)
     is_file = where.endswith(".py") or "/" in where or "\\" in where
-    module = _import_file(where, folders) if is_file else _import_module(where, folders)
+    module = _import_file(where, folders, kind) if is_file else _import_module(where, folders, kind)
     fn: Any = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
         if fn is None:
-            raise ValueError(f"reward module {where!r} has no attribute {attr!r}; check the 'module:function' path")
+            raise ValueError(f"{kind} module {where!r} has no attribute {attr!r}; check the 'module:{what}' path")
     if not callable(fn):
-        raise ValueError(f"reward {name_or_path!r} is not callable")
+        raise ValueError(f"{kind} {path!r} is not callable")
     return fn
 
 
@@ -90,7 +98,7 @@ def _on_sys_path(folder: Path) -> Iterator[None]:
             sys.path.remove(entry)
 
 
-def _import_module(name: str, folders: list[Path]) -> ModuleType:
+def _import_module(name: str, folders: list[Path], kind: str = "reward") -> ModuleType:
     if name in sys.modules:
         return sys.modules[name]
     top = name.split(".")[0]
@@ -104,21 +112,21 @@ def _import_module(name: str, folders: list[Path]) -> ModuleType:
         if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
             searched = " or ".join(str(f) for f in folders)
             raise ValueError(
-                f"cannot import reward module {name!r}: no {top}.py in {searched} and no installed module of "
+                f"cannot import {kind} module {name!r}: no {top}.py in {searched} and no installed module of "
                 f"that name; put the file beside the config or give its path as 'path/to/file.py:function'"
             ) from None
-        raise ValueError(f"importing reward module {name!r} failed: {type(exc).__name__}: {exc}") from None
+        raise ValueError(f"importing {kind} module {name!r} failed: {type(exc).__name__}: {exc}") from None
     except Exception as exc:
-        raise ValueError(f"importing reward module {name!r} failed: {type(exc).__name__}: {exc}") from None
+        raise ValueError(f"importing {kind} module {name!r} failed: {type(exc).__name__}: {exc}") from None
 
 
-def _import_file(where: str, folders: list[Path]) -> ModuleType:
+def _import_file(where: str, folders: list[Path], kind: str = "reward") -> ModuleType:
     given = Path(where).expanduser()
     candidates = [given] if given.is_absolute() else [f / given for f in folders]
     path = next((c.resolve() for c in candidates if c.is_file()), None)
     if path is None:
         searched = " or ".join(str(f) for f in folders) if not given.is_absolute() else "that location"
-        raise ValueError(f"reward file {where!r} not found in {searched}; the path is relative to the config's "
+        raise ValueError(f"{kind} file {where!r} not found in {searched}; the path is relative to the config's "
                          f"folder, then the working directory")
     # One module per file, named after its absolute path: two files called rewards.py never collide.
     module_name = f"_ticgrpo_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
@@ -126,7 +134,7 @@ def _import_file(where: str, folders: list[Path]) -> ModuleType:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise ValueError(f"reward file {where!r} cannot be imported as Python; give a .py file")
+        raise ValueError(f"{kind} file {where!r} cannot be imported as Python; give a .py file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # before executing it, as a normal import does (dataclasses need it)
     try:

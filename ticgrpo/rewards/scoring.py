@@ -37,7 +37,9 @@ from ticgrpo.rollout.base import RolloutBatch, concat_rollouts
 ON_REWARD_ERROR = ("raise", "zero", "skip")
 
 # What the trainer passes every reward beyond prompts, completions, the dataset columns and reward_kwargs.
-TRAINER_REWARD_ARGUMENTS = ("completion_lengths", "truncated", "max_new_tokens")
+# environment_reward: per completion, the sum of an episode's environment rewards (None: none given,
+# or a single completion; rollout.environment)
+TRAINER_REWARD_ARGUMENTS = ("completion_lengths", "truncated", "max_new_tokens", "environment_reward")
 
 
 def dataset_columns(rows: list[dict]) -> list[str]:
@@ -128,7 +130,10 @@ class Scorer:
         """Rewards of the len(rows) × num_samples completions of `rollout`."""
         expanded = [row for row in rows for _ in range(num_samples)]
         columns: dict[str, Any] = {key: [row.get(key) for row in expanded] for key in dataset_columns(rows)}
-        trainer_values = (rollout.completion_lengths.tolist(), rollout.truncated.tolist(), self.max_new_tokens)
+        episodes = rollout.episodes or []
+        environment_rewards = [e.environment_reward for e in episodes] or [None] * len(rollout.completions)
+        trainer_values = (rollout.completion_lengths.tolist(), rollout.truncated.tolist(), self.max_new_tokens,
+                          environment_rewards)
         columns.update(zip(TRAINER_REWARD_ARGUMENTS, trainer_values, strict=True))
         columns.update(self.reward_kwargs)
         prompts = [row["prompt"] for row in expanded]
@@ -141,6 +146,11 @@ class Scorer:
         if not named:
             raise ValueError("no reward functions given; list at least one (name, weight)")
         total, per_function = weighted_total(named, len(rollout.completions))
+        # an episode whose environment failed scores 0 whatever the rewards say (never raised: the run goes on)
+        failed = [RewardFailure(i, str(e.error)) for i, e in enumerate(episodes) if e.error is not None]
+        for failure in failed:
+            total[failure.sample] = 0.0
+        errors += failed
         batch = ScoredRollout(rollout, list(rows), torch.tensor(total, dtype=torch.float32), per_function,
                               num_samples)
         return self._apply_policy(batch, tuple(errors))

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ticgrpo.rollout.base import (
+    Continuation,
     RolloutBatch,
     RolloutEngine,
     SamplingParams,
@@ -59,26 +60,27 @@ class HFGenerateEngine(RolloutEngine):
         batch.group_ids = groups.to(batch.completion_ids.device)  # prompt indices (concat renumbers)
         return batch
 
-    def _generate_chunk(self, texts: list[str], groups: torch.Tensor, params: SamplingParams) -> RolloutBatch:
-        tok = self.tokenizer
-        side = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            enc = tok(
-                texts,
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=self.add_special_tokens,
-            )
-        finally:
-            tok.padding_side = side
-        prompt_ids = enc["input_ids"].to(self.device)
-        prompt_mask = enc["attention_mask"].to(self.device)
-        # the tokenizer would cut on its truncation side (often the right, i.e. the question and the
-        # assistant header); the last tokens of a left-padded batch are its last columns
-        if self.max_prompt_length is not None and prompt_ids.shape[1] > self.max_prompt_length:
-            prompt_ids = prompt_ids[:, -self.max_prompt_length :]
-            prompt_mask = prompt_mask[:, -self.max_prompt_length :]
+    def continue_tokens(self, contexts: list[list[int]], params: SamplingParams) -> list[Continuation]:
+        """Each context left-padded into one batch (`batch_size` rows per `generate` call); every
+        continuation cut after its first EOS."""
+        if any(len(c) == 0 for c in contexts):
+            raise ValueError("continue_tokens: a context has no tokens")
+        size = self.batch_size or max(len(contexts), 1)
+        out: list[Continuation] = []
+        for start in range(0, len(contexts), size):
+            chunk = contexts[start : start + size]
+            width = max(len(c) for c in chunk)
+            ids = torch.tensor([[self.pad_token_id] * (width - len(c)) + list(c) for c in chunk], device=self.device)
+            mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=self.device)
+            sampled = self._sample(ids, mask, params)[:, width:].tolist()
+            eos = set(self.eos_token_ids)
+            for row in sampled:
+                end = next((i for i, tok in enumerate(row) if tok in eos), None)
+                out.append(Continuation(row if end is None else row[: end + 1], None, end is not None))
+        return out
+
+    def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        """`model.generate` in eval mode, without gradients, under the engine's autocast: prompt + new tokens."""
         kwargs: dict[str, Any] = {
             "max_new_tokens": params.max_new_tokens,
             "eos_token_id": self.eos_token_ids,
@@ -103,9 +105,31 @@ class HFGenerateEngine(RolloutEngine):
         )
         try:
             with torch.no_grad(), autocast:
-                out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kwargs)
+                return self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kwargs)
         finally:
             self.model.train(was_training)
+
+    def _generate_chunk(self, texts: list[str], groups: torch.Tensor, params: SamplingParams) -> RolloutBatch:
+        tok = self.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = tok(
+                texts,
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=self.add_special_tokens,
+            )
+        finally:
+            tok.padding_side = side
+        prompt_ids = enc["input_ids"].to(self.device)
+        prompt_mask = enc["attention_mask"].to(self.device)
+        # the tokenizer would cut on its truncation side (often the right, i.e. the question and the
+        # assistant header); the last tokens of a left-padded batch are its last columns
+        if self.max_prompt_length is not None and prompt_ids.shape[1] > self.max_prompt_length:
+            prompt_ids = prompt_ids[:, -self.max_prompt_length :]
+            prompt_mask = prompt_mask[:, -self.max_prompt_length :]
+        out = self._sample(prompt_ids, prompt_mask, params)
         completion_ids = out[:, prompt_ids.shape[1] :]
         if completion_ids.shape[1] == 0:  # max_new_tokens hit before anything (never for >= 1)
             completion_ids = torch.full((len(texts), 1), self.pad_token_id, device=self.device)

@@ -66,6 +66,19 @@ def rollout_engine(config: TrainConfig, model: Any, tokenizer: Any, autocast_dty
     return VLLMEngine(model, tokenizer, max_prompt_length=r.max_prompt_length, **options)
 
 
+def episode_engine(config: TrainConfig, engine: Any, tokenizer: Any, config_dir: Any = None) -> Any:
+    """`engine` itself, or with rollout.environment the `EpisodeEngine` running episodes through it."""
+    r = config.rollout
+    if r.environment is None:
+        return engine
+    from ticgrpo.rollout.environments import EnvironmentFactory
+    from ticgrpo.rollout.episodes import EpisodeEngine, EpisodeLimits
+
+    factory = EnvironmentFactory(r.environment.name, dict(r.environment.options), config_dir)
+    return EpisodeEngine(engine, tokenizer, factory, EpisodeLimits(r.max_turns, r.max_episode_tokens),
+                         config.model.chat_template, config.model.system_prompt)
+
+
 def reference_policy(model: Any, objective_options: Any) -> tuple[Any, Any]:
     """(model, context) giving reference log-probs, or (None, None) when β = 0."""
     if float(getattr(objective_options, "beta", 0.0)) == 0:

@@ -195,12 +195,19 @@ def step_metrics(scored: ScoredRollout, adv: Any, lengths: torch.Tensor) -> dict
         v = torch.tensor(values, dtype=torch.float32)
         out[f"reward/{name}_mean"] = float(v.mean())
         out[f"reward/{name}_std"] = float(v.std()) if v.numel() > 1 else 0.0
+    if scored.rollout.episodes is not None:
+        from ticgrpo.rollout.episodes import episode_metrics
+
+        out.update(episode_metrics(scored.rollout.episodes))
     return out
 
 
 def samples(scored: ScoredRollout, n: int) -> list[dict]:
-    """Up to n (prompt, completion, reward) records, one per prompt group first."""
+    """Up to n (prompt, completion, reward) records, one per prompt group first; an episode's
+    record also holds its turns ("episode": transcript, turns, tool calls, end)."""
     g, groups = scored.num_samples, len(scored.rows)
     idx = [(i % groups) * g + (i // groups) % g for i in range(min(n, len(scored.rewards)))]
+    episodes = scored.rollout.episodes
     return [{"prompt": scored.rows[k // g]["prompt"], "completion": scored.rollout.completions[k],
-             "reward": float(scored.rewards[k])} for k in idx]
+             "reward": float(scored.rewards[k]), **({} if episodes is None else {"episode": episodes[k].to_json()})}
+            for k in idx]

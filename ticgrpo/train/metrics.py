@@ -135,6 +135,16 @@ _STEP: tuple[tuple[str, Reduction, str], ...] = (
     ("staleness/hist_{k}", SUM, "rows of the batch sampled exactly k policy versions ago"),
     ("stale_dropped", SUM, "samples dropped because they were older than rollout.max_staleness (or drop_stale)"),
     ("queue_depth", M, "async: batches waiting in the producer's queue when the trainer took one"),
+    # multi-turn episodes (rollout.environment; ticgrpo.rollout.episodes)
+    ("episode/turns_mean", M, "mean agent turns per episode"),
+    ("episode/tool_calls_mean", M, "mean tool calls per episode (as the environment counts them)"),
+    ("episode/tool_errors_mean", M, "mean failed tool calls per episode"),
+    ("episode/tool_call_rate", M, "fraction of episodes with at least one tool call"),
+    ("episode/agent_tokens_mean", M, "mean agent (policy-sampled) tokens per episode: the |o| of every objective"),
+    ("episode/environment_tokens_mean", M, "mean environment tokens per episode (in the context, never in a loss)"),
+    ("episode/errors", SUM, "episodes whose environment raised or returned something malformed (scored 0)"),
+    ("episode/end_{reason}_frac", M, "fraction of episodes that ended so: done, turn_truncated, max_turns, "
+                                     "token_budget, error"),
     # trajectory reuse (algorithm.reuse_window; ticgrpo.train.reuse)
     ("reuse/window", M, "rollout batches in this step's pool (policy versions; at most algorithm.reuse_window)"),
     ("reuse/ess", M, "effective sample size (Σw)²/(n·Σw²) of the pool's balance-heuristic weights P_θ(o)/q(o) at "

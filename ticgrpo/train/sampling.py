@@ -43,6 +43,9 @@ class SamplingEngine(Protocol):
 
     def generate(self, prompts: list[str], num_samples: int, params: SamplingParams) -> RolloutBatch: ...
 
+    def generate_for(self, rows: list[dict], prompts: list[str], num_samples: int,
+                     params: SamplingParams) -> RolloutBatch: ...
+
 
 class NonFiniteProbabilities(RuntimeError):
     """Sampling met NaN/inf token probabilities: the weights are finite but diverged."""
@@ -61,14 +64,19 @@ class GroupSampler:
     seed: int
     generation_batch_size: int | None = None
 
-    def sample(self, prompts: list[str], step: int, round_index: int, first_group: int) -> RolloutBatch:
+    def sample(self, prompts: list[str], step: int, round_index: int, first_group: int,
+               rows: list[dict] | None = None) -> RolloutBatch:
+        """G samples of each prompt text; `rows`: the dataset rows they were made from (what an
+        episode's environment resets from; None: rows holding only the prompt texts)."""
         g = self.num_generations
+        rows = rows if rows is not None else [{"prompt": p} for p in prompts]
         per_call = max(1, (self.generation_batch_size or len(prompts) * g) // g)
         parts = []
         for start in range(0, len(prompts), per_call):
             torch.manual_seed(sampling_seed(self.seed, step, round_index, first_group + start))
             try:
-                parts.append(self.engine.generate(prompts[start : start + per_call], g, self.params))
+                parts.append(self.engine.generate_for(rows[start : start + per_call], prompts[start : start + per_call],
+                                                      g, self.params))
             except RuntimeError as exc:
                 if "probability tensor" not in str(exc):  # torch.multinomial on NaN/inf probabilities
                     raise
@@ -123,7 +131,7 @@ class PlainSampling:
         t0 = time.perf_counter()
         g = self.groups.num_generations
         rollout = self.groups.sample([self.format_prompt(r) for r in rows], step, round_index,
-                                     first_group=self.dist.rank * self.share)
+                                     first_group=self.dist.rank * self.share, rows=rows)
         t1 = time.perf_counter()
         scored = self.scorer.score(rollout, rows, g)
         _warn(step, "", scored.errors, scored.action)

@@ -37,6 +37,7 @@ from ticgrpo.train import run_folder
 from ticgrpo.train.components import (
     adamw,
     describe_values,
+    episode_engine,
     reference_policy,
     rollout_engine,
     scorers,
@@ -122,7 +123,9 @@ class Trainer:
         self.model, self.tokenizer = model.to(self.device), tokenizer
         disable_dropout(self.model)
         self.ref_model, self.ref_context = reference_policy(self.model, self.objective_config)
-        self.engine = rollout_engine(cfg, self.model, self.tokenizer, self.autocast_dtype, self.dist.rank)
+        self.engine = episode_engine(
+            cfg, rollout_engine(cfg, self.model, self.tokenizer, self.autocast_dtype, self.dist.rank), self.tokenizer,
+            config_dir)
         self.format_prompt = PromptFormatter(self.tokenizer, cfg.model.chat_template, cfg.model.system_prompt)
         sampling = sampling_strategy(cfg, self.engine, self.scorer, self.format_prompt, self.dist)
         self.settings = step_settings(cfg, self.autocast_dtype)
