@@ -93,7 +93,8 @@ class TwoTurns:
         self.turns = 0
 
     def reset(self, row):
-        return [{"role": "user", "content": row["prompt"]}]
+        prompt = row["prompt"]  # the arithmetic task's prompt: chat messages
+        return list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
 
     def step(self, assistant_message):
         from ticgrpo.rollout.environments import StepResult
@@ -115,12 +116,12 @@ def test_multi_turn_episodes_on_vllm_carry_behaviour_logprobs_of_agent_tokens_on
     with torch.no_grad():  # point EOS's output row along the hidden states, so that turns end
         ids = tiny_tok(["1 + 2 = ?", "hello"], return_tensors="pt", padding=True)
         mean = model.model(**ids).last_hidden_state.flatten(0, 1).mean(0)
-        model.lm_head.weight[eos] = 3 * mean / mean.norm() ** 2
+        model.lm_head.weight[eos] = 8 * mean / mean.norm() ** 2
     model_dir = tmp_path / "model"
     model.save_pretrained(model_dir)
     tiny_tok.save_pretrained(model_dir)
     cfg = _config(tmp_path, model_dir, offpolicy_correction="token_tis")
-    cfg["rollout"].update(environment=f"{__name__}:TwoTurns", max_turns=2)
+    cfg["rollout"].update(environment=f"{__name__}:TwoTurns", max_turns=2, max_new_tokens=24)
     trainer = Trainer(cfg, reward_fns=[(digit_count, 1.0)], config_dir=Path(__file__).parent)
     try:
         records = [trainer.train_step() for _ in range(2)]
