@@ -42,7 +42,8 @@ def test_tiny_model_end_to_end(tmp_path: Path, capsys) -> None:
     for sample in samples:
         assert sample["prompt"].startswith("<|im_start|>user") and sample["gold"].isdigit()
         assert len(sample["samples"]) == 2 and set(sample["greedy"]) == {"text", "answer", "correct", "length",
-                                                                          "truncated", "reward"}
+                                                                          "truncated", "reward", "episode"}
+        assert sample["greedy"]["episode"] is None  # single completions; multi-turn runs record the episode
         assert sample["greedy"]["reward"] is None  # judged by comparing answers; a run's evals/ hold rewards
     # the same seed gives the same samples
     again = tmp_path / "again"

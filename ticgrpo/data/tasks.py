@@ -167,6 +167,49 @@ def arithmetic(
     return out
 
 
+# guess_number task level -> the range's upper end (the lower end is 1)
+GUESS_NUMBER_HIGH = {1: 10, 2: 20, 3: 50, 4: 100, 5: 1000}
+
+
+def guess_number_prompt(low: int, high: int) -> str:
+    """The opening message of a `guess_number` game (ticgrpo.rollout.environments.guess_number)."""
+    return (f"I am thinking of an integer from {low} to {high}. Guess it: reply with one number. "
+            f"I will tell you whether my number is higher or lower.")
+
+
+@TASKS.register("guess_number")
+def guess_number_task(level: int, num: int, seed: int, exclude: set[str] | None = None, unique: bool = False,
+                      prompt_style: str = "chat") -> list[dict]:
+    """``num`` games for the `guess_number` environment: secrets uniform in [1, GUESS_NUMBER_HIGH[level]]
+    (level 1-5: 10, 20, 50, 100, 1000). ``id`` names the secret, so the held-out split's secrets
+    never appear in training; ``prompt_style`` "chat" gives one user message, "text" a string."""
+    if prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {prompt_style!r}; choose one of: {', '.join(PROMPT_STYLES)}")
+    if level not in GUESS_NUMBER_HIGH:
+        raise ValueError(f"guess_number level must be 1-5, got {level!r}")
+    if num < 0:
+        raise ValueError(f"number of games must be >= 0, got {num}")
+    high = GUESS_NUMBER_HIGH[level]
+    exclude = set(exclude or ())
+    available = sum(f"guess_number-l{level}-{s}" not in exclude for s in range(1, high + 1))
+    if (unique and num > available) or (num > 0 and available == 0):
+        raise ValueError(f"guess_number level {level} has {high} secrets and {available} are not excluded, "
+                         f"too few for {num}; lower num_eval or raise the level")
+    rng = random.Random(f"guess_number-{level}-{seed}")
+    seen: set[str] = set()
+    out: list[dict] = []
+    while len(out) < num:
+        secret = rng.randint(1, high)
+        pid = f"guess_number-l{level}-{secret}"
+        if pid in exclude or (unique and pid in seen):
+            continue
+        seen.add(pid)
+        text = guess_number_prompt(1, high)
+        prompt: str | list[dict] = text if prompt_style == "text" else [{"role": "user", "content": text}]
+        out.append({"prompt": prompt, "answer": str(secret), "low": 1, "high": high, "level": level, "id": pid})
+    return out
+
+
 def generate_task(name: str, level: int, num: int, seed: int, **kwargs: object) -> list[dict]:
     """``num`` examples of the registered task ``name``."""
     return TASKS.get(name)(level=level, num=num, seed=seed, **kwargs)

@@ -77,6 +77,16 @@ Judge = Callable[[RolloutBatch, Sequence[EvalRow], int], list[Verdict]]
 
 
 @dataclass(frozen=True)
+class EpisodeSummary:
+    """What a multi-turn completion did: agent turns, tool calls and errors, how it ended."""
+
+    turns: int
+    tool_calls: int
+    tool_errors: int
+    end: str
+
+
+@dataclass(frozen=True)
 class Completion:
     text: str
     answer: str | None  # the extracted final answer, canonical form; None = none found
@@ -84,6 +94,7 @@ class Completion:
     length: int
     truncated: bool
     reward: float | None = None
+    episode: EpisodeSummary | None = None  # multi-turn episodes only (rollout.environment)
 
 
 @dataclass(frozen=True)
@@ -124,11 +135,26 @@ def _completions(batch: RolloutBatch, rows: Sequence[EvalRow], per_prompt: int,
     """The batch's completions, judged, grouped by prompt (rows are prompt-major)."""
     lengths, truncated = batch.completion_lengths.tolist(), batch.truncated.tolist()
     verdicts = judge(batch, rows, per_prompt)
+    episodes = [None if e is None else EpisodeSummary(e.turns, e.tool_calls, e.tool_errors, str(e.end))
+                for e in batch.episodes] if batch.episodes is not None else [None] * len(verdicts)
     grouped: list[list[Completion]] = [[] for _ in rows]
     for index, (text, verdict) in enumerate(zip(batch.completions, verdicts, strict=True)):
         grouped[index // per_prompt].append(Completion(text, verdict.answer, verdict.correct, int(lengths[index]),
-                                                       bool(truncated[index]), verdict.reward))
+                                                       bool(truncated[index]), verdict.reward, episodes[index]))
     return grouped
+
+
+def episode_summary(completions: Sequence[Completion]) -> dict[str, float] | None:
+    """Means over multi-turn completions: tool_call_rate (with >= 1 call), tool_calls_mean,
+    tool_errors_mean, turns_mean; None when none of them is an episode."""
+    episodes = [c.episode for c in completions if c.episode is not None]
+    if not episodes:
+        return None
+    n = len(episodes)
+    return {"tool_call_rate": sum(e.tool_calls > 0 for e in episodes) / n,
+            "tool_calls_mean": sum(e.tool_calls for e in episodes) / n,
+            "tool_errors_mean": sum(e.tool_errors for e in episodes) / n,
+            "turns_mean": sum(e.turns for e in episodes) / n}
 
 
 def generate_and_judge(engine: RolloutEngine, rows: Sequence[EvalRow], prompt_texts: Sequence[str],
@@ -228,6 +254,9 @@ def summarize(records: Sequence[ProblemRecord], settings: EvalSettings, skipped:
         metrics[spec.reported_name(k)] = entry
     greedy_answers = [r.greedy.answer for r in records if r.greedy is not None]
     sampled_answers = [s.answer for r in records for s in r.samples]
+    episodes = {kind: summary for kind, summary in (
+        ("greedy", episode_summary([r.greedy for r in records if r.greedy is not None])),
+        ("samples", episode_summary([s for r in records for s in r.samples]))) if summary is not None}
     return {
         "num_problems": len(records),
         "num_samples": n,
@@ -240,6 +269,7 @@ def summarize(records: Sequence[ProblemRecord], settings: EvalSettings, skipped:
             "greedy": answer_distribution(greedy_answers) if greedy_answers else [],
             "samples": answer_distribution(sampled_answers) if sampled_answers else [],
         },
+        **({"episodes": episodes} if episodes else {}),
     }
 
 
@@ -263,6 +293,10 @@ def format_table(summary: dict) -> str:
         if summary["answers"][kind]:
             shown = ", ".join(f"{answer!r}×{count}" for answer, count in summary["answers"][kind])
             lines.append(f"answers ({kind}): {shown}")
+    for kind, values in summary.get("episodes", {}).items():
+        lines.append(f"episodes ({kind}): tool-call rate {values['tool_call_rate'] * 100:.1f}, "
+                     f"{values['tool_calls_mean']:.2f} calls, {values['tool_errors_mean']:.2f} tool errors and "
+                     f"{values['turns_mean']:.2f} turns per episode")
     skipped = summary["skipped_unparsed_gold"]
     lines.append(f"{summary['num_problems']} problems, {summary['num_samples']} samples each"
                  + (f"; {skipped} rows skipped: their gold answer cannot be parsed "

@@ -61,7 +61,9 @@ def eval_log_record(records: Sequence[ProblemRecord], summary: dict, settings: E
                     metrics: Sequence[str]) -> dict[str, float]:
     """The flat eval.jsonl record: the greedy completions' accuracy, reward_mean,
     completion_length_mean and truncated_frac, num_examples, the constant baseline, and the
-    value of each metric named in `metrics` (registry names, reported per k: pass@k → pass@8)."""
+    value of each metric named in `metrics` (registry names, reported per k: pass@k → pass@8);
+    with multi-turn episodes also the greedy episodes' tool_call_rate, tool_calls_mean,
+    tool_errors_mean and turns_mean."""
     greedy = [r.greedy for r in records if r.greedy is not None]
     out = {
         "accuracy": float(summary["metrics"]["greedy_accuracy"]["value"]),  # settings.greedy is always on here
@@ -71,6 +73,7 @@ def eval_log_record(records: Sequence[ProblemRecord], summary: dict, settings: E
         "num_examples": float(summary["num_problems"]),
         "constant_baseline": float(summary["constant_baseline"]["score"]),
     }
+    out.update(summary.get("episodes", {}).get("greedy", {}))
     for spec, k in metric_names(settings.ks, settings.num_samples):
         name = spec.reported_name(k)
         if spec.name in metrics and name in summary["metrics"]:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ticgrpo.rollout.environments import guess_number as _guess_number  # noqa: F401  (registers)
+from ticgrpo.rollout.environments import python_tool as _python_tool  # noqa: F401  (registers)
 from ticgrpo.rollout.environments import single_turn as _single_turn  # noqa: F401  (registers)
 from ticgrpo.rollout.environments.protocol import (
     ENVIRONMENTS,
