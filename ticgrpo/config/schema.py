@@ -242,8 +242,8 @@ class RolloutConfig(BaseModel):
     weight_sync_every: Integer = Field(default=1, ge=1,
         description="async: push the trainer's weights to the producer every N training steps")
     environment: EnvironmentChoice | None = Field(default=None,
-        description="multi-turn episodes with this environment (a registry name, e.g. single_turn; "
-        "module:Class; or {name: ..., <option>: ...}); null = one completion per sample (docs/agentic.md)")
+        description="multi-turn episodes with this environment (a registry name: python_tool, guess_number, "
+        "single_turn; module:Class; or {name: ..., <option>: ...}); null = one completion per sample (docs/agentic.md)")
     max_turns: Integer = Field(default=4, ge=1,
         description="environment: agent turns per episode (each up to rollout.max_new_tokens tokens)")
     max_episode_tokens: Integer | None = Field(default=None, ge=1,
