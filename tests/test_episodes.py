@@ -279,3 +279,33 @@ def test_bad_environment_config_is_one_line_exit_2(tmp_path):
         done = _train(tmp_path, "rollout.environment=single_turn" if "async" in override else override, override)
         assert done.returncode == 2, done.stderr[-2000:]
         assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_lagged_episodes_are_sampled_by_the_lagged_weights(tmp_path):
+    done = _train(tmp_path, "rollout.environment=tests/test_episodes.py:Scripted", "rollout.max_turns=3",
+                  "rollout.max_new_tokens=6", "rollout.lag=1", "max_steps=3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["staleness_mean"] for m in metrics] == [0.0, 1.0, 1.0]  # step 1: the initial weights, version 0
+    assert all("episode/turns_mean" in m for m in metrics)
+
+
+def test_a_resumed_lagged_episode_run_logs_what_an_uninterrupted_one_does(tmp_path):
+    """The queued batch of episodes (their records too) travels in the checkpoint."""
+    episodic = ["rollout.environment=tests/test_episodes.py:Scripted", "rollout.max_turns=3",
+                "rollout.max_new_tokens=6", "rollout.lag=2", "checkpoint.every_steps=1", "logging.samples_per_step=2"]
+    whole = _train(tmp_path / "whole", *episodic, "max_steps=4")
+    first = _train(tmp_path / "parts", *episodic, "max_steps=2")
+    assert whole.returncode == 0 and first.returncode == 0, (whole.stderr + first.stderr)[-2000:]
+    cmd = [sys.executable, "-m", "ticgrpo.cli", "train", "--config", "configs/tiny.yaml", "--resume",
+           *[x for o in [f"output_dir={tmp_path}/parts/run", *episodic, "max_steps=4"] for x in ("--set", o)]]
+    rest = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=600)
+    assert rest.returncode == 0, rest.stderr[-2000:]
+
+    def logs(folder: Path, name: str) -> list[dict]:
+        records = [json.loads(line) for line in (folder / "run" / name).read_text().splitlines()]
+        return [{k: v for k, v in r.items() if not k.startswith("time_") and not k.endswith("_per_s")}
+                for r in records]
+
+    assert logs(tmp_path / "parts", "metrics.jsonl") == logs(tmp_path / "whole", "metrics.jsonl")
+    assert logs(tmp_path / "parts", "samples.jsonl") == logs(tmp_path / "whole", "samples.jsonl")

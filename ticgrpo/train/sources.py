@@ -214,6 +214,7 @@ class LaggedSource:
 # the dataset rows (arbitrary JSON) travel as JSON text.
 
 _ROLLOUT_TEXTS = ("prompts", "completions")
+_ROLLOUT_RECORDS = ("episodes",)  # multi-turn episodes' records, as JSON text
 
 
 def collected_state(collected: Collected) -> dict[str, Any]:
@@ -222,12 +223,14 @@ def collected_state(collected: Collected) -> dict[str, Any]:
     reward failures."""
     scored = collected.batch
     rollout = scored.rollout
-    tensors = {f.name: getattr(rollout, f.name) for f in fields(rollout) if f.name not in _ROLLOUT_TEXTS}
+    tensors = {f.name: getattr(rollout, f.name) for f in fields(rollout)
+               if f.name not in _ROLLOUT_TEXTS + _ROLLOUT_RECORDS}
     present = {name: t for name, t in tensors.items() if t is not None}
     return {
         "rollout": {name: t.detach().cpu() for name, t in present.items()},
         "on_device": sorted(name for name, t in present.items() if t.device.type != "cpu"),
         "texts": {name: list(getattr(rollout, name)) for name in _ROLLOUT_TEXTS},
+        "episodes": None if rollout.episodes is None else json.dumps([e.to_json() for e in rollout.episodes]),
         "rows": json.dumps(scored.rows),
         "rewards": scored.rewards.detach().cpu(),
         "per_function": {name: [float(v) for v in values] for name, values in scored.per_function.items()},
@@ -243,7 +246,13 @@ def collected_from_state(state: dict[str, Any], device: torch.device) -> Collect
     on_device = set(state["on_device"])
     tensors = {name: t.to(device) if name in on_device else t for name, t in state["rollout"].items()}
     texts = state["texts"]
-    rollout = RolloutBatch(**tensors, prompts=list(texts["prompts"]), completions=list(texts["completions"]))
+    episodes = None
+    if state.get("episodes") is not None:
+        from ticgrpo.rollout.episodes import Episode
+
+        episodes = [Episode(**record) for record in json.loads(state["episodes"])]
+    rollout = RolloutBatch(**tensors, prompts=list(texts["prompts"]), completions=list(texts["completions"]),
+                           episodes=episodes)
     scored = ScoredRollout(rollout, json.loads(state["rows"]), state["rewards"],
                            {name: list(v) for name, v in state["per_function"].items()}, int(state["num_samples"]))
     errors = [RewardFailure(int(sample), str(message)) for sample, message in state["errors"]]
