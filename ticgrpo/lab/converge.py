@@ -272,7 +272,7 @@ def write_converge_outputs(results: dict[str, Any], out_dir: Path) -> list[Path]
         f"({results['problem']['num_trajectories']} trajectories, {results['problem']['num_params']} "
         f"parameters, max reward {results['problem']['max_reward']:.4g}). Per outer iteration "
         f"{cfg['groups']} groups × G={cfg['group_size']} samples, μ={cfg['inner_steps']} inner "
-        f"{cfg['optimizer']} steps at lr={cfg['lr']}, {cfg['iterations']} iterations, seeds {cfg['seeds']}.",
+        f"{cfg['optimizer']} steps at lr={cfg['lr']}, {cfg['iterations']} iterations, seeds {tuple(cfg['seeds'])}.",
         "",
         "J is exact (enumerated). ± is the 95% Student-t half-width over seeds; Δ is the paired "
         f"difference against `{ref}` (same seed = same init and sampler seed) of the final J and of "

@@ -433,8 +433,8 @@ def write_factorial_outputs(results: dict[str, Any], out_dir: Path) -> list[Path
         f"Problem: {cfg['policy']} policy, V={cfg['vocab']}, L={cfg['max_len']}; rewards {sizes}. Per outer "
         f"iteration {cfg['groups']} groups × G={cfg['group_size']}, μ={cfg['inner_steps']} inner {cfg['optimizer']} "
         f"steps, {cfg['iterations']} iterations, clip ε={cfg['epsilon']}. Each arm's lr is chosen per reward from "
-        f"{cfg['lrs']} by mean J over training on tuning seeds {cfg['tuning_seeds']}; verdicts on seeds "
-        f"{cfg['seeds']}.",
+        f"{tuple(cfg['lrs'])} by mean J over training on tuning seeds {tuple(cfg['tuning_seeds'])}; verdicts on "
+        f"seeds {tuple(cfg['seeds'])}.",
         "",
         "## Arms",
         "",
