@@ -268,3 +268,9 @@ def test_training_goes_on_through_hostile_tool_calls(tmp_path, eos_prone_model):
     assert sum(m["episode/tool_errors_mean"] for m in metrics) > 0  # hostile calls ran and were contained
     assert all(math.isfinite(m["loss"]) for m in metrics)
     assert (tmp_path / "run" / "final").is_dir()
+    evals = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
+    assert all({"tool_call_rate", "tool_calls_mean", "tool_errors_mean", "turns_mean"} <= set(e) for e in evals)
+    problem = json.loads((tmp_path / "run" / "evals" / "step-0000" / "samples.jsonl").read_text().splitlines()[0])
+    episode = problem["greedy"]["episode"]
+    assert episode["messages"][-1] == {"role": "assistant", "content": problem["greedy"]["text"]}
+    assert episode["turns"] == sum(m["role"] == "assistant" for m in episode["messages"][-2 * episode["turns"]:])

@@ -78,12 +78,14 @@ Judge = Callable[[RolloutBatch, Sequence[EvalRow], int], list[Verdict]]
 
 @dataclass(frozen=True)
 class EpisodeSummary:
-    """What a multi-turn completion did: agent turns, tool calls and errors, how it ended."""
+    """What a multi-turn completion did: agent turns, tool calls and errors, how it ended, and its
+    transcript (the environment's first observation, then every assistant and environment message)."""
 
     turns: int
     tool_calls: int
     tool_errors: int
     end: str
+    messages: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,10 @@ def _completions(batch: RolloutBatch, rows: Sequence[EvalRow], per_prompt: int,
     """The batch's completions, judged, grouped by prompt (rows are prompt-major)."""
     lengths, truncated = batch.completion_lengths.tolist(), batch.truncated.tolist()
     verdicts = judge(batch, rows, per_prompt)
-    episodes = [None if e is None else EpisodeSummary(e.turns, e.tool_calls, e.tool_errors, str(e.end))
-                for e in batch.episodes] if batch.episodes is not None else [None] * len(verdicts)
+    episodes: list[EpisodeSummary | None] = [None] * len(verdicts)
+    if batch.episodes is not None:
+        episodes = [EpisodeSummary(e.turns, e.tool_calls, e.tool_errors, str(e.end), list(e.messages))
+                    for e in batch.episodes]
     grouped: list[list[Completion]] = [[] for _ in rows]
     for index, (text, verdict) in enumerate(zip(batch.completions, verdicts, strict=True)):
         grouped[index // per_prompt].append(Completion(text, verdict.answer, verdict.correct, int(lengths[index]),
