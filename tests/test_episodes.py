@@ -309,3 +309,22 @@ def test_a_resumed_lagged_episode_run_logs_what_an_uninterrupted_one_does(tmp_pa
 
     assert logs(tmp_path / "parts", "metrics.jsonl") == logs(tmp_path / "whole", "metrics.jsonl")
     assert logs(tmp_path / "parts", "samples.jsonl") == logs(tmp_path / "whole", "samples.jsonl")
+
+
+def test_curves_get_an_episode_panel_only_for_episode_runs(tmp_path):
+    from matplotlib.image import imread
+
+    from ticgrpo.reports.plots import plot_curves
+
+    def width(records: list[dict], name: str) -> int:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (folder / "eval.jsonl").write_text(json.dumps({"step": 0, "accuracy": 0.1, "tool_call_rate": 0.5}) + "\n")
+        return imread(plot_curves(folder)).shape[1]
+
+    base = [{"step": t + 1, "reward_mean": 0.1 * t, "reward_std": 0.05, "staleness_max": 0.0} for t in range(4)]
+    episodic = [{**r, "episode/turns_mean": 2.0, "episode/tool_call_rate": 0.5, "episode/tool_errors_mean": 0.1}
+                for r in base]
+    lagged_episodic = [{**r, "staleness_max": 1.0} for r in episodic]
+    assert (width(base, "plain"), width(episodic, "episodes"), width(lagged_episodic, "both")) == (1100, 1650, 2200)

@@ -24,20 +24,25 @@ def pyplot() -> Any:
 
 
 def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Plot reward (mean ± std band) and eval accuracy / mean@k of a run, and for a run trained on
-    stale samples (some staleness above 0, or off-policy correction weights) a third panel with the
-    staleness and the weights' effective sample size; returns the PNG path."""
+    """Plot reward (mean ± std band) and eval accuracy / mean@k of a run; for a run trained on
+    stale samples (some staleness above 0, or off-policy correction weights) a panel with the
+    staleness and the weights' effective sample size; for multi-turn episodes a panel with tool
+    use and turns. Returns the PNG path."""
     plt = pyplot()
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "curves.png"
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     evals = read_jsonl(run_dir / "eval.jsonl")
-    offpolicy = has_offpolicy_metrics(metrics)
-    fig, axs = plt.subplots(1, 3 if offpolicy else 2, figsize=(16.5 if offpolicy else 11, 4), squeeze=False)
+    extra: list[Any] = []
+    if has_offpolicy_metrics(metrics):
+        extra.append(lambda axis: _offpolicy_panel(axis, metrics))
+    if any("episode/turns_mean" in m for m in metrics):
+        extra.append(lambda axis: _episode_panel(axis, metrics, evals))
+    fig, axs = plt.subplots(1, 2 + len(extra), figsize=(5.5 * (2 + len(extra)), 4), squeeze=False)
     _reward_panel(axs[0][0], metrics)
     _heldout_panel(axs[0][1], evals)
-    if offpolicy:
-        _offpolicy_panel(axs[0][2], metrics)
+    for axis, draw in zip(axs[0][2:], extra, strict=True):
+        draw(axis)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -106,6 +111,26 @@ def _offpolicy_panel(axis: Any, metrics: list[dict]) -> None:
         ess_axis.set_ylabel("effective sample size")
     if lines:
         axis.legend(lines, [line.get_label() for line in lines])
+
+
+def _episode_panel(axis: Any, metrics: list[dict], evals: list[dict]) -> None:
+    """Tool use per episode (training rollouts as lines, held-out greedy episodes as markers; left
+    axis) and agent turns per episode (right axis)."""
+    steps = [m["step"] for m in metrics]
+    lines = []
+    for key, style in (("episode/tool_call_rate", "-"), ("episode/tool_errors_mean", "--")):
+        lines += axis.plot(steps, [m.get(key, float("nan")) for m in metrics], style, label=key)
+    if any("tool_call_rate" in e for e in evals):
+        lines += axis.plot([e["step"] for e in evals], [e.get("tool_call_rate", float("nan")) for e in evals], "o",
+                           color="C0", label="held-out tool_call_rate")
+    axis.set_xlabel("step")
+    axis.set_ylabel("per episode")
+    axis.set_title("episodes")
+    turns_axis = axis.twinx()
+    lines += turns_axis.plot(steps, [m.get("episode/turns_mean", float("nan")) for m in metrics], ":", color="C3",
+                             label="episode/turns_mean")
+    turns_axis.set_ylabel("agent turns")
+    axis.legend(lines, [line.get_label() for line in lines])
 
 
 AXES = {"step": "training step", "samples": "completions generated", "time": "training wall time (s)"}
