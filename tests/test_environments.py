@@ -274,3 +274,44 @@ def test_training_goes_on_through_hostile_tool_calls(tmp_path, eos_prone_model):
     episode = problem["greedy"]["episode"]
     assert episode["messages"][-1] == {"role": "assistant", "content": problem["greedy"]["text"]}
     assert episode["turns"] == sum(m["role"] == "assistant" for m in episode["messages"][-2 * episode["turns"]:])
+
+    # `ticgrpo eval` on the run evaluates episodes of the run's environment, as the trainer did
+    evaluated = subprocess.run([sys.executable, "-m", "ticgrpo.cli", "eval", "--model", str(tmp_path / "run"),
+                                "--data", "arithmetic:level=2", "--num-examples", "4", "--max-new-tokens", "6",
+                                "--out", str(tmp_path / "eval"), "--no-progress"],
+                               capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["settings"]["episodes"] == {"environment": "tests/test_environments.py:HostileTool", "options": {},
+                                              "max_turns": 3, "max_episode_tokens": None}
+    assert set(report["episodes"]["greedy"]) == {"tool_call_rate", "tool_calls_mean", "tool_errors_mean", "turns_mean"}
+    assert "episodes (greedy): tool-call rate" in evaluated.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--environment", "pyton_tool"], "did you mean 'python_tool'"),
+    (["--environment", "{name: python_tool, timeout_s: -1}"], "timeout_s must be in"),
+    (["--environment", "["], "is not YAML"),
+    (["--max-turns", "2"], "pass --environment too"),
+    (["--environment", "guess_number", "--max-turns", "0"], "--max-turns must be >= 1"),
+])
+def test_bad_eval_environment_flags_are_one_line_exit_2(flags, message, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "ticgrpo.cli", "eval", "--model", "tiny-test", "--data",
+                           "arithmetic:level=2", "--num-examples", "2", "--out", str(tmp_path), *flags],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr[-1000:]
+    assert done.stderr.strip().count("\n") == 0
+
+
+def test_eval_with_an_environment_runs_episodes(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "ticgrpo.cli", "eval", "--model", "tiny-test", "--data",
+                           "guess_number:level=4", "--num-examples", "3", "--k", "2", "--max-new-tokens", "4",
+                           "--environment", "guess_number", "--max-turns", "3", "--out", str(tmp_path),
+                           "--no-progress"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["settings"]["episodes"]["environment"] == "guess_number"
+    assert set(report["episodes"]) == {"greedy", "samples"}
+    problem = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])
+    first = problem["greedy"]["episode"]["messages"][0]["content"]
+    assert first.startswith("I am thinking of an integer from 1 to 100.")

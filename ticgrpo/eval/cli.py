@@ -7,6 +7,7 @@ import argparse
 import os
 import re
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--system-prompt", help="system message before every prompt (default: the run's, else none)")
     parser.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
                         help="wrap prompts in the tokenizer's chat template (default: on, or the run's setting)")
+    parser.add_argument("--environment", help="multi-turn episodes: an environment name (python_tool, "
+                        "guess_number, ...), module:Class or a YAML mapping '{name: python_tool, timeout_s: 5}'; "
+                        "'none' for single completions (default: the run's rollout.environment, else none)")
+    parser.add_argument("--max-turns", type=int, help="agent turns per episode (default: the run's, else 4)")
+    parser.add_argument("--max-episode-tokens", type=int,
+                        help="agent + environment tokens per episode after the prompt (default: the run's, else none)")
     parser.add_argument("--out", help="output folder for eval.json and samples.jsonl (default: "
                         "evals/<model>-<data>)")
     parser.add_argument("--overwrite", action="store_true", help="replace eval.json / samples.jsonl in --out")
@@ -98,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
               f"and counted in eval.json (ids: {', '.join(skipped[:5])})", file=sys.stderr)
     policy = load_policy(args.model, args.dtype, args.seed)
     formatter = policy.formatter(args.chat_template, args.system_prompt)
+    episodes = episode_settings(args, policy.episodes)
     engine = make_engine(args.engine, policy, args.seed, args.dtype)
+    if episodes is not None:
+        engine = episodes.wrap(engine, policy.tokenizer, formatter.chat_template, formatter.system_prompt)
     try:
         judged = [row for row in rows if row.gold is not None]
         records = generate_and_judge(engine, judged, [formatter({"prompt": row.prompt}) for row in judged],
@@ -107,20 +117,89 @@ def run(args: argparse.Namespace) -> int:
         engine.close()
     summary = summarize(records, settings, skipped)
     report = {"model": args.model, "data": args.data, "dataset": data_name,
-              "settings": {**settings.__dict__, "ks": list(ks), "engine": args.engine}, **summary}
+              "settings": {**settings.__dict__, "ks": list(ks), "engine": args.engine,
+                           "episodes": None if episodes is None else episodes.to_json()}, **summary}
     write_eval_files(out, report, records)
     print(format_table(summary))
     print(f"wrote {out / 'eval.json'} and {out / 'samples.jsonl'}")
     return 0
 
 
+@dataclass(frozen=True)
+class EpisodeSettings:
+    """The environment, its options and the episode limits of a multi-turn evaluation."""
+
+    name: str
+    options: dict[str, Any]
+    max_turns: int = 4
+    max_episode_tokens: int | None = None
+    config_dir: str | None = None  # where a module:Class path is looked up first
+
+    @classmethod
+    def of_run(cls, config: Any, config_dir: Path) -> EpisodeSettings | None:
+        r = config.rollout
+        if r.environment is None:
+            return None
+        return cls(r.environment.name, dict(r.environment.options), r.max_turns, r.max_episode_tokens,
+                   str(config_dir))
+
+    def wrap(self, engine: Any, tokenizer: Any, chat_template: bool, system_prompt: str | None) -> Any:
+        from ticgrpo.rollout.environments import EnvironmentFactory
+        from ticgrpo.rollout.episodes import EpisodeEngine, EpisodeLimits
+
+        try:
+            factory = EnvironmentFactory(self.name, self.options, self.config_dir)
+            limits = EpisodeLimits(self.max_turns, self.max_episode_tokens)
+        except ValueError as exc:
+            raise UsageError(f"--environment: {exc}") from None
+        return EpisodeEngine(engine, tokenizer, factory, limits, chat_template, system_prompt)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"environment": self.name, "options": self.options, "max_turns": self.max_turns,
+                "max_episode_tokens": self.max_episode_tokens}
+
+
+def episode_settings(args: argparse.Namespace, of_run: EpisodeSettings | None) -> EpisodeSettings | None:
+    """The episodes of this evaluation: --environment (none: single completions), else the run's."""
+    import yaml
+    from pydantic import ValidationError
+
+    from ticgrpo.config.schema import EnvironmentChoice
+
+    base = of_run
+    if args.environment is not None:
+        if args.environment.strip().lower() == "none":
+            base = None
+        else:
+            try:
+                choice = EnvironmentChoice.model_validate(yaml.safe_load(args.environment))
+            except yaml.YAMLError as exc:
+                why = str(exc).splitlines()[0]
+                raise UsageError(f"--environment {args.environment!r} is not YAML: {why}") from None
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                raise UsageError(f"--environment {args.environment!r}: {error['msg']}") from None
+            base = EpisodeSettings(choice.name, dict(choice.options), *(
+                (of_run.max_turns, of_run.max_episode_tokens) if of_run else (4, None)))
+    if base is None:
+        if args.max_turns is not None or args.max_episode_tokens is not None:
+            raise UsageError("--max-turns and --max-episode-tokens limit episodes: pass --environment too")
+        return None
+    for flag, value in (("--max-turns", args.max_turns), ("--max-episode-tokens", args.max_episode_tokens)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    return replace(base, max_turns=args.max_turns or base.max_turns,
+                   max_episode_tokens=args.max_episode_tokens or base.max_episode_tokens)
+
+
 class Policy:
-    """A loaded model and tokenizer, with the prompt settings of the run it comes from (if any)."""
+    """A loaded model and tokenizer, with the prompt settings and the episodes (rollout.environment)
+    of the run it comes from (if any)."""
 
     def __init__(self, model: Any, tokenizer: Any, path: str | None, chat_template: bool = True,
-                 system_prompt: str | None = None) -> None:
+                 system_prompt: str | None = None, episodes: EpisodeSettings | None = None) -> None:
         self.model, self.tokenizer, self.path = model, tokenizer, path
-        self.chat_template, self.system_prompt = chat_template, system_prompt
+        self.chat_template, self.system_prompt, self.episodes = chat_template, system_prompt, episodes
 
     def formatter(self, chat_template: bool | None, system_prompt: str | None) -> Any:
         from ticgrpo.train.prompts import PromptFormatter
@@ -131,12 +210,25 @@ class Policy:
 
 def _run_config(folder: Path) -> Any:
     """The TrainConfig of the run that holds `folder` (final/ or checkpoints/step-N), if any."""
+    found = _run_config_file(folder)
+    if found is None:
+        return None
     from ticgrpo.config import load_saved_config
 
+    return load_saved_config(found)
+
+
+def _run_config_file(folder: Path) -> Path | None:
     for candidate in (folder.parent / "config.yaml", folder.parent.parent / "config.yaml"):
         if candidate.is_file():
-            return load_saved_config(candidate)
+            return candidate
     return None
+
+
+def _policy_of_run(model: Any, tokenizer: Any, path: str | None, config: Any, folder: Path) -> Policy:
+    config_file = _run_config_file(folder)
+    episodes = EpisodeSettings.of_run(config, config_file.parent) if config_file is not None else None
+    return Policy(model, tokenizer, path, config.model.chat_template, config.model.system_prompt, episodes)
 
 
 def load_policy(name: str, dtype: str, seed: int) -> Policy:
@@ -165,7 +257,7 @@ def load_policy(name: str, dtype: str, seed: int) -> Policy:
     path = str(folder) if folder.is_dir() else resolve_model_path(name)
     if config is None:
         return Policy(model, tokenizer, path)
-    return Policy(model, tokenizer, path, config.model.chat_template, config.model.system_prompt)
+    return _policy_of_run(model, tokenizer, path, config, folder)
 
 
 def _load_checkpoint(folder: Path) -> Policy:
@@ -183,7 +275,7 @@ def _load_checkpoint(folder: Path) -> Policy:
         raise UsageError(f"{folder} does not fit the model {config.model.name!r} of its run's config.yaml "
                          f"(unexpected tensors, e.g. {result.unexpected_keys[0]})")
     model.eval()
-    return Policy(model, tokenizer, None, config.model.chat_template, config.model.system_prompt)
+    return _policy_of_run(model, tokenizer, None, config, folder)
 
 
 def make_engine(kind: str, policy: Policy, seed: int, dtype: str = "float32") -> Any:
