@@ -65,6 +65,8 @@ def test_tool_errors_are_shown_to_the_agent_and_counted(tool):
     assert failing.tool_calls == 1 and failing.tool_errors == 1 and not failing.done
     shown = failing.observation[0]["content"]
     assert shown.startswith("error:") and "ZeroDivisionError" in shown
+    spoof = tool.step(code("print('error: not really')"))  # output that looks like an error is still output
+    assert spoof.tool_errors == 0 and spoof.observation[0]["content"] == "error: not really"
     malformed = tool.step("<tool_call>{oops</tool_call>")
     assert malformed.tool_errors == 1 and "malformed tool call" in malformed.observation[0]["content"]
     long = tool.step(code("print('y' * 5000)"))

@@ -96,17 +96,19 @@ class PythonToolEnvironment(Environment):
         calls = tool_calls(assistant_message)
         if not calls:
             return StepResult(done=True)
-        run = calls[: self.max_calls_per_turn]
-        observation = [{"role": self.tool_role, "content": self._run(code)} for code in run]
-        errors = sum(message["content"].startswith("error:") for message in observation)
-        return StepResult(observation=observation, tool_calls=len(observation), tool_errors=errors)
+        outputs = [self._run(code) for code in calls[: self.max_calls_per_turn]]
+        observation = [{"role": self.tool_role, "content": text} for text, _ in outputs]
+        return StepResult(observation=observation, tool_calls=len(outputs),
+                          tool_errors=sum(failed for _, failed in outputs))
 
-    def _run(self, code: str | None) -> str:
+    def _run(self, code: str | None) -> tuple[str, bool]:
+        """(what the agent reads back, whether the call failed)."""
         if code is None:
-            return "error: malformed tool call: expected {\"name\": \"python\", \"arguments\": {\"code\": \"...\"}}"
+            return 'error: malformed tool call: expected {"name": "python", "arguments": {"code": "..."}}', True
         if not code.strip():
-            return "error: the code block is empty"
-        return self._clip(tool_output(self.sandbox.execute(code), self.sandbox.limits.timeout_s))
+            return "error: the code block is empty", True
+        result = self.sandbox.execute(code)
+        return self._clip(tool_output(result, self.sandbox.limits.timeout_s)), result.status != "ok"
 
     def _clip(self, text: str) -> str:
         if len(text) <= self.max_output_chars:
