@@ -317,3 +317,45 @@ def test_eval_with_an_environment_runs_episodes(tmp_path):
     problem = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])
     first = problem["greedy"]["episode"]["messages"][0]["content"]
     assert first.startswith("I am thinking of an integer from 1 to 100.")
+
+
+# A template with a tool format (the shape of Qwen2.5's): tools listed in the system turn, tool
+# results wrapped in <tool_response> inside a user turn.
+TOOL_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools:\n<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>\n"
+    "Call one as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call><|im_end|>\n{% endif %}"
+    "{% for m in messages %}{% if m.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n"
+    "</tool_response><|im_end|>\n{% elif not (tools and m.role == 'system') %}<|im_start|>{{ m.role }}\n"
+    "{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class AlwaysCalls(PythonToolEnvironment):
+    """Whatever the agent writes, makes one <tool_call> (the rendering, not the model, is under test)."""
+
+    def step(self, assistant_message: str) -> StepResult:
+        return super().step('<tool_call>{"name": "python", "arguments": {"code": "print(6 * 7)"}}</tool_call>')
+
+
+def test_a_template_with_a_tool_format_gets_the_tool_schema_and_renders_tool_results(eos_prone_model):
+    from ticgrpo.models import load_model_and_tokenizer
+    from ticgrpo.rollout import HFGenerateEngine, SamplingParams
+    from ticgrpo.rollout.episodes import EpisodeEngine, EpisodeLimits
+
+    model, tok = load_model_and_tokenizer(str(eos_prone_model))
+    tok.chat_template = TOOL_TEMPLATE
+
+    factory = EnvironmentFactory("test_environments.py:AlwaysCalls", {"timeout_s": 2, "example": False},
+                                 Path(__file__).parent)
+    torch.manual_seed(0)
+    engine = EpisodeEngine(HFGenerateEngine(model, tok), tok, factory, EpisodeLimits(max_turns=2))
+    batch = engine.generate_for([{"prompt": "What is 6 × 7?"}], ["What is 6 × 7?"], 4,
+                                SamplingParams(max_new_tokens=6, temperature=1.0))
+    assert all('<tools>{"type": "function", "function": {"name": "python"' in p for p in batch.prompts)
+    called = [e for e in batch.episodes if e.tool_calls]
+    assert called, "no episode reached the environment's step"
+    for episode, ids in ((e, batch.completion_ids[i]) for i, e in enumerate(batch.episodes) if e.tool_calls):
+        assert episode.messages[-2] == {"role": "tool", "content": "42"}
+        assert "<tool_response>\n42\n</tool_response>" in tok.decode(ids)
+    without = PythonToolEnvironment(timeout_s=2, template_tools=False)
+    assert without.tools is None

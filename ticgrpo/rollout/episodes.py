@@ -89,13 +89,16 @@ class ChatRenderer:
     chat_template: bool = True
     system_prompt: str | None = None
 
-    def first(self, messages: list[Message]) -> str:
+    def first(self, messages: list[Message], tools: list[dict] | None = None) -> str:
+        """The first observation; `tools` (JSON schemas) go to the template, which describes them
+        in its own tool format where it defines one (and ignores them where it does not)."""
         messages = [dict(m) for m in messages]
         if self.system_prompt is not None and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         if not self._templated:
             return "\n\n".join(str(m["content"]) for m in messages)
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        return str(self.tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
+                                                      add_generation_prompt=True))
 
     def between_turns(self, observation: list[Message]) -> str:
         """The text after an agent turn's EOS: the template's rest of the assistant turn, the
@@ -184,7 +187,7 @@ class EpisodeEngine(RolloutEngine):
         try:
             env = self.environment.make()
             first = check_messages(env.reset(row), f"environment {self.environment.name!r} reset")
-            text = self.renderer.first(first)
+            text = self.renderer.first(first, getattr(env, "tools", None))
         except Exception as exc:
             record = Episode([{"role": "user", "content": fallback_prompt}])
             running = _Running(index, None, self._tokenize(fallback_prompt, prompt=True), record)

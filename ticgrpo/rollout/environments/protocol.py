@@ -38,7 +38,11 @@ class StepResult:
 
 
 class Environment(ABC):
-    """One episode's environment; see the module docstring."""
+    """One episode's environment; see the module docstring. `tools`: JSON schemas of the tools it
+    offers (OpenAI function format), passed to the chat template with the first observation, so
+    that a template with a tool format describes them in it; None: none."""
+
+    tools: list[dict] | None = None
 
     @abstractmethod
     def reset(self, row: dict) -> list[Message]:

@@ -51,6 +51,21 @@ EXAMPLE: tuple[Message, ...] = (
     {"role": "assistant", "content": "Answer: 314"},
 )
 
+# The tool as a chat template's `tools=` sees it (a template with a tool format, e.g. Qwen's,
+# describes it in that format and has the model answer with <tool_call> JSON).
+PYTHON_TOOL_SCHEMA = {
+    "type": "function",
+    "function": {
+        "name": "python",
+        "description": "Run Python code in a sandbox and return what it prints.",
+        "parameters": {
+            "type": "object",
+            "properties": {"code": {"type": "string", "description": "the program; print the result"}},
+            "required": ["code"],
+        },
+    },
+}
+
 _FENCED = re.compile(r"```(?:python3?|py)[ \t]*\n(.*?)(?:```|\Z)", flags=re.S | re.I)
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", flags=re.S)
 _ERROR_LINES = 3
@@ -62,11 +77,12 @@ class PythonToolEnvironment(Environment):
     """Options: `timeout_s`, `memory_mb` (per call), `max_output_chars` (of each tool message),
     `max_calls_per_turn`, `sandbox_require` (the weakest isolation accepted: none | unshare |
     bwrap), `system_prompt` ("" for none), `example` (show two worked tool exchanges first),
-    `tool_role` (the role of tool messages: "tool", or "user" for templates without one)."""
+    `tool_role` (the role of tool messages: "tool", or "user" for templates without one),
+    `template_tools` (pass the tool's schema to the chat template, for templates with a tool format)."""
 
     def __init__(self, timeout_s: float = 5.0, memory_mb: int = 256, max_output_chars: int = 600,
                  max_calls_per_turn: int = 1, sandbox_require: str = "none", system_prompt: str = SYSTEM_PROMPT,
-                 example: bool = True, tool_role: str = "tool") -> None:
+                 example: bool = True, tool_role: str = "tool", template_tools: bool = True) -> None:
         if not (isinstance(timeout_s, int | float) and 0 < timeout_s <= 300):
             raise ValueError(f"python_tool timeout_s must be in (0, 300] seconds, got {timeout_s!r}")
         if not (isinstance(memory_mb, int) and memory_mb >= 32):
@@ -79,6 +95,7 @@ class PythonToolEnvironment(Environment):
             raise ValueError(f"python_tool tool_role must be 'tool' or 'user', got {tool_role!r}")
         self.max_output_chars, self.max_calls_per_turn = max_output_chars, max_calls_per_turn
         self.system_prompt, self.example, self.tool_role = system_prompt, bool(example), tool_role
+        self.tools = [PYTHON_TOOL_SCHEMA] if template_tools else None
         # shared per set of limits: the isolation probe runs once per process, not per episode
         self.sandbox: Sandbox = default_sandbox(require=sandbox_require, timeout_s=float(timeout_s),
                                                 cpu_s=max(1, math.ceil(timeout_s)), memory_mb=memory_mb)
