@@ -174,7 +174,8 @@ def binary_search(env: GuessNumberEnvironment, low: int, high: int, max_turns: i
 def test_reading_the_feedback_wins_within_the_binary_search_depth(secret):
     env = EnvironmentFactory("guess_number", {"low": 1, "high": 100}).make()
     messages = env.reset({"prompt": "Guess my number from 1 to 100.", "answer": str(secret)})
-    assert messages == [{"role": "user", "content": "Guess my number from 1 to 100."}]
+    assert messages[-1] == {"role": "user", "content": "Guess my number from 1 to 100."}
+    assert [m["content"] for m in messages if m["role"] == "assistant"] == ["4", "6", "5"]  # the worked game
     reward, turns = binary_search(env, 1, 100, max_turns=10)
     assert reward == 1.0 and turns <= math.ceil(math.log2(100))
 
@@ -187,6 +188,11 @@ def test_a_wrong_or_missing_guess_gets_feedback_and_no_reward():
     invalid = env.step("no idea")
     assert invalid.reward == 0.0 and "one integer from 1 to 50" in invalid.observation[0]["content"]
     assert env.step("42") == StepResult(reward=1.0, done=True)
+
+
+def test_without_the_example_the_first_observation_is_the_row_prompt():
+    env = GuessNumberEnvironment(example=False)
+    assert env.reset({"prompt": "Guess!", "answer": "3"}) == [{"role": "user", "content": "Guess!"}]
 
 
 def test_the_secret_is_stable_without_an_answer_and_checked_against_the_range():
@@ -315,8 +321,9 @@ def test_eval_with_an_environment_runs_episodes(tmp_path):
     assert report["settings"]["episodes"]["environment"] == "guess_number"
     assert set(report["episodes"]) == {"greedy", "samples"}
     problem = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])
-    first = problem["greedy"]["episode"]["messages"][0]["content"]
-    assert first.startswith("I am thinking of an integer from 1 to 100.")
+    opening = [m["content"] for m in problem["greedy"]["episode"]["messages"] if m["role"] == "user"]
+    assert opening[0].startswith("I am thinking of an integer from 1 to 8.")  # the worked game
+    assert opening[4].startswith("I am thinking of an integer from 1 to 100.")
 
 
 # A template with a tool format (the shape of Qwen2.5's): tools listed in the system turn, tool
@@ -359,3 +366,16 @@ def test_a_template_with_a_tool_format_gets_the_tool_schema_and_renders_tool_res
         assert "<tool_response>\n42\n</tool_response>" in tok.decode(ids)
     without = PythonToolEnvironment(timeout_s=2, template_tools=False)
     assert without.tools is None
+
+
+def test_a_run_records_only_the_sandboxes_it_used():
+    """sandbox.json lists the sandboxes used since the run started, not every one this process made."""
+    from ticgrpo.rewards.sandbox import default_sandbox, sandbox_summary, usage_mark
+
+    earlier = default_sandbox(timeout_s=3.0)
+    earlier.execute("print(1)")
+    mark = usage_mark()
+    assert sandbox_summary(mark) == []
+    default_sandbox(timeout_s=4.0).execute("print(2)")
+    assert [s["limits"]["timeout_s"] for s in sandbox_summary(mark)] == [4.0]
+    assert {3.0, 4.0} <= {s["limits"]["timeout_s"] for s in sandbox_summary()}

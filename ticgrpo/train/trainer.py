@@ -148,9 +148,12 @@ class Trainer:
         lets the new config differ in keys that change the trajectory). See ticgrpo.train.run_folder."""
         cfg, main = self.config, self.dist.is_main
         lock, plan = self._claim_folder(resume, overwrite, allow_config_change)
+        trained, sandbox_mark = False, 0  # a finished run's folder is left alone: nothing is written to it
         try:
             if plan.finished is not None and int(plan.finished["step"]) >= cfg.max_steps:
                 return self._already_finished(plan.finished)
+            trained = True
+            sandbox_mark = self._sandbox_clock()
             log_lines = self._resume(plan) if resume else None
             if main:
                 self._prepare_folder(plan)
@@ -175,15 +178,10 @@ class Trainer:
                 every = cfg.checkpoint.every_steps
                 if every and (self.step % every == 0 or self.step == cfg.max_steps):
                     self.save_checkpoint()
-            # The run is finished once its last evaluation and final save are done: finished.json says so.
-            if cfg.eval.at_end and (not self.evals or self.evals[-1]["step"] != self.step):
-                self.run_eval()
-                ckpt.crash_point("after_final_eval")  # test hook; a no-op normally
-            final_dir = self.save_final() if cfg.checkpoint.save_final else None
-            ckpt.crash_point("before_finished")  # test hook; a no-op normally
-            self._record_finished(final_dir)
+            final_dir = self._finish()
         finally:
-            self._record_sandbox()
+            if trained:
+                self._record_sandbox(sandbox_mark)
             self.logger.close()
             self.source.close()
             self.engine.close()
@@ -408,6 +406,17 @@ class Trainer:
             run_folder.record_config_changes(self.output_dir, self.step, plan.changes)
         (self.output_dir / "config.yaml").write_text(config_to_yaml(self.config))
 
+    def _finish(self) -> Path | None:
+        """The run is finished once its last evaluation and final save are done: finished.json says
+        so. Returns the final model's folder (None without checkpoint.save_final)."""
+        if self.config.eval.at_end and (not self.evals or self.evals[-1]["step"] != self.step):
+            self.run_eval()
+            ckpt.crash_point("after_final_eval")  # test hook; a no-op normally
+        final_dir = self.save_final() if self.config.checkpoint.save_final else None
+        ckpt.crash_point("before_finished")  # test hook; a no-op normally
+        self._record_finished(final_dir)
+        return final_dir
+
     def _record_finished(self, final_dir: Path | None) -> None:
         if self.dist.is_main:
             run_folder.write_finished(self.output_dir, {
@@ -416,11 +425,17 @@ class Trainer:
             })
         self.dist.barrier()
 
-    def _record_sandbox(self) -> None:
-        """sandbox.json: the isolation level the code rewards actually ran at, their limits and the
-        outcome counts of this process's programs (the last session's, after a resume)."""
-        sandbox = sys.modules.get("ticgrpo.rewards.sandbox")  # imported only by rewards that execute code
-        summaries = sandbox.sandbox_summary() if sandbox is not None else []
+    @staticmethod
+    def _sandbox_clock() -> int:
+        sandbox = sys.modules.get("ticgrpo.rewards.sandbox")  # imported only by what executes code
+        return sandbox.usage_mark() if sandbox is not None else 0
+
+    def _record_sandbox(self, since: int) -> None:
+        """sandbox.json: the isolation level the code rewards and tools of this run actually ran at
+        (the sandboxes used since the execution clock read `since`), their limits and the outcome
+        counts of this process's programs (the last session's, after a resume)."""
+        sandbox = sys.modules.get("ticgrpo.rewards.sandbox")
+        summaries = sandbox.sandbox_summary(since) if sandbox is not None else []
         if summaries and self.dist.is_main and self.output_dir.is_dir():
             run_folder.write_json_atomically(self.output_dir / run_folder.SANDBOX_FILE, summaries)
 

@@ -60,7 +60,14 @@ lines read back as plain data), `checks` (tests parsed, verdicts computed outsid
 
 from __future__ import annotations
 
-from ticgrpo.rewards.sandbox.box import Sandbox, TestReport, default_sandbox, extract_code, sandbox_summary
+from ticgrpo.rewards.sandbox.box import (
+    Sandbox,
+    TestReport,
+    default_sandbox,
+    extract_code,
+    sandbox_summary,
+    usage_mark,
+)
 from ticgrpo.rewards.sandbox.checks import parse_test
 from ticgrpo.rewards.sandbox.cleanup import remove_tree
 from ticgrpo.rewards.sandbox.harness import HARNESS
@@ -84,4 +91,5 @@ __all__ = [
     "parse_test",
     "remove_tree",
     "sandbox_summary",
+    "usage_mark",
 ]

@@ -27,6 +27,24 @@ from ticgrpo.rewards.sandbox.runner import ExecResult, execute
 # (level, drop_uid, disk_mb) -> (the interpreter that runs there, or None; why not)
 _probe_cache: dict[tuple[str, bool, int], tuple[str | None, str]] = {}
 
+# A clock of executions, so that a run records only the sandboxes it used (`sandbox_summary(since=)`),
+# not every sandbox an earlier run in the same process made.
+_use_lock = threading.Lock()
+_use_clock = 0
+
+
+def _tick() -> int:
+    global _use_clock
+    with _use_lock:
+        _use_clock += 1
+        return _use_clock
+
+
+def usage_mark() -> int:
+    """The execution clock now: `sandbox_summary(since=usage_mark())` later lists the sandboxes used in between."""
+    with _use_lock:
+        return _use_clock
+
 
 @dataclass
 class TestReport:
@@ -51,6 +69,7 @@ class Sandbox:
         _check_choice("require", require, ISOLATION_LEVELS)
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
+        self.last_use = 0  # the execution clock at this sandbox's latest execution (0: none yet)
         self.isolation, self.interpreter, failures = self._choose_level(isolation, require)
         announce(self.isolation, "; ".join(failures))
 
@@ -74,6 +93,7 @@ class Sandbox:
                 timeout_s: float | None = None) -> ExecResult:
         """Run `code` as solution.py (mode "stdio": as a script reading `stdin`; "asserts": the
         harness protocol of `run_tests`) in a fresh sandbox; never raises for what the code does."""
+        self.last_use = _tick()
         return execute(self.isolation, self.interpreter, self.limits, code, stdin=stdin, mode=mode, files=files,
                        timeout_s=timeout_s, drop_uid=self.drop_uid)
 
@@ -182,8 +202,9 @@ def default_sandbox(require: str = "none", **limits: Any) -> Sandbox:
         return _shared[key]
 
 
-def sandbox_summary() -> list[dict[str, Any]]:
-    """`Sandbox.summary()` of every shared sandbox this process used (e.g. for a run folder's sandbox.json)."""
+def sandbox_summary(since: int = 0) -> list[dict[str, Any]]:
+    """`Sandbox.summary()` of every shared sandbox this process executed code in after the execution
+    clock read `since` (`usage_mark()`; 0: ever), e.g. for a run folder's sandbox.json."""
     with _shared_lock:
-        boxes = list(_shared.values())
+        boxes = [box for box in _shared.values() if box.last_use > since]
     return [box.summary() for box in boxes]

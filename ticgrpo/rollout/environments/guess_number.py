@@ -21,15 +21,29 @@ from ticgrpo.rollout.environments.protocol import Environment, Message, StepResu
 
 _INTEGER = re.compile(r"-?\d+")
 
+# One game played by binary search, shown before the row's game (option `example`): a small
+# instruct model otherwise answers the opening as a request ("What number would you like to
+# guess?") and never guesses.
+EXAMPLE: tuple[Message, ...] = (
+    {"role": "user", "content": guess_number_prompt(1, 8)},
+    {"role": "assistant", "content": "4"},
+    {"role": "user", "content": "Higher."},
+    {"role": "assistant", "content": "6"},
+    {"role": "user", "content": "Lower."},
+    {"role": "assistant", "content": "5"},
+    {"role": "user", "content": "Correct! A new game."},
+)
+
 
 @register_environment("guess_number", "guess a secret integer; the environment replies higher/lower; reward 1 on a hit")
 class GuessNumberEnvironment(Environment):
-    """Options: `low`, `high` (the range when the row gives none)."""
+    """Options: `low`, `high` (the range when the row gives none); `example` (show one game played
+    by binary search first)."""
 
-    def __init__(self, low: int = 1, high: int = 100) -> None:
+    def __init__(self, low: int = 1, high: int = 100, example: bool = True) -> None:
         if not (isinstance(low, int) and isinstance(high, int) and low < high):
             raise ValueError(f"guess_number needs integers low < high, got low={low!r}, high={high!r}")
-        self.low, self.high = low, high
+        self.low, self.high, self.example = low, high, bool(example)
         self.secret = low
 
     def reset(self, row: dict) -> list[Message]:
@@ -43,9 +57,11 @@ class GuessNumberEnvironment(Environment):
             self.secret = self.low + int.from_bytes(digest[:8], "big") % (self.high - self.low + 1)
         if not self.low <= self.secret <= self.high:
             raise ValueError(f"the secret {self.secret} is outside [{self.low}, {self.high}]")
+        shown = [dict(m) for m in EXAMPLE] if self.example else []
         if isinstance(prompt, list):
-            return [dict(m) for m in prompt]
-        return [{"role": "user", "content": str(prompt) if prompt else guess_number_prompt(self.low, self.high)}]
+            return shown + [dict(m) for m in prompt]
+        opening = str(prompt) if prompt else guess_number_prompt(self.low, self.high)
+        return [*shown, {"role": "user", "content": opening}]
 
     def step(self, assistant_message: str) -> StepResult:
         numbers = _INTEGER.findall(assistant_message)

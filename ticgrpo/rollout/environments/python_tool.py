@@ -96,9 +96,11 @@ class PythonToolEnvironment(Environment):
         self.max_output_chars, self.max_calls_per_turn = max_output_chars, max_calls_per_turn
         self.system_prompt, self.example, self.tool_role = system_prompt, bool(example), tool_role
         self.tools = [PYTHON_TOOL_SCHEMA] if template_tools else None
-        # shared per set of limits: the isolation probe runs once per process, not per episode
+        # Shared per set of limits: the isolation probe runs once per process, not per episode. The
+        # CPU limit sits a second above the wall clock, so that a busy loop ends as a timeout (the
+        # message the agent can act on), and only a multi-threaded program meets the CPU limit.
         self.sandbox: Sandbox = default_sandbox(require=sandbox_require, timeout_s=float(timeout_s),
-                                                cpu_s=max(1, math.ceil(timeout_s)), memory_mb=memory_mb)
+                                                cpu_s=math.ceil(timeout_s) + 1, memory_mb=memory_mb)
 
     def reset(self, row: dict) -> list[Message]:
         messages: list[Message] = []
@@ -177,4 +179,6 @@ def tool_output(result: ExecResult, timeout_s: float) -> str:
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     if result.status == "error" and lines:
         return "error: " + "\n".join(lines[-_ERROR_LINES:])
+    if result.status == "signal":
+        return "error: killed by a signal (a CPU-time, memory, file-size or process limit)"
     return f"error: {result.status}" + (f" ({lines[-1][:200]})" if lines else "")
