@@ -131,8 +131,8 @@ class EpisodeSettings:
 
     name: str
     options: dict[str, Any]
-    max_turns: int = 4
-    max_episode_tokens: int | None = None
+    max_turns: int
+    max_episode_tokens: int | None
     config_dir: str | None = None  # where a module:Class path is looked up first
 
     @classmethod
@@ -164,7 +164,7 @@ def episode_settings(args: argparse.Namespace, of_run: EpisodeSettings | None) -
     import yaml
     from pydantic import ValidationError
 
-    from ticgrpo.config.schema import EnvironmentChoice
+    from ticgrpo.config.schema import EnvironmentChoice, RolloutConfig
 
     base = of_run
     if args.environment is not None:
@@ -179,8 +179,10 @@ def episode_settings(args: argparse.Namespace, of_run: EpisodeSettings | None) -
             except ValidationError as exc:
                 error = exc.errors()[0]
                 raise UsageError(f"--environment {args.environment!r}: {error['msg']}") from None
-            base = EpisodeSettings(choice.name, dict(choice.options), *(
-                (of_run.max_turns, of_run.max_episode_tokens) if of_run else (4, None)))
+            defaults = RolloutConfig.model_fields  # the trainer's defaults, when the model comes from no run
+            limits = ((of_run.max_turns, of_run.max_episode_tokens) if of_run
+                      else (defaults["max_turns"].default, defaults["max_episode_tokens"].default))
+            base = EpisodeSettings(choice.name, dict(choice.options), *limits)
     if base is None:
         if args.max_turns is not None or args.max_episode_tokens is not None:
             raise UsageError("--max-turns and --max-episode-tokens limit episodes: pass --environment too")
