@@ -154,16 +154,28 @@ def arithmetic(
                 f"are not excluded, too few for {num}; lower num_eval or use level >= 2"
             )
     rng = random.Random(f"arithmetic-{level}-{seed}")
+
+    def draw() -> tuple[str, Callable[[], dict]]:
+        key, answer, question, kind = _arith_problem(level, rng)
+        pid = f"arithmetic-l{level}-{key}"
+        return pid, lambda: {"prompt": format_prompt(question, kind, prompt_style), "answer": str(answer),
+                             "level": level, "id": pid}
+
+    return _draw_examples(num, draw, exclude, unique)
+
+
+def _draw_examples(num: int, draw: Callable[[], tuple[str, Callable[[], dict]]], exclude: set[str],
+                   unique: bool) -> list[dict]:
+    """`num` examples from `draw()` -> (problem id, the example's builder), skipping ids in
+    `exclude` (and, with `unique`, repeats)."""
     seen: set[str] = set()
     out: list[dict] = []
     while len(out) < num:
-        key, answer, question, kind = _arith_problem(level, rng)
-        pid = f"arithmetic-l{level}-{key}"
+        pid, example = draw()
         if pid in exclude or (unique and pid in seen):
             continue
         seen.add(pid)
-        prompt = format_prompt(question, kind, prompt_style)
-        out.append({"prompt": prompt, "answer": str(answer), "level": level, "id": pid})
+        out.append(example())
     return out
 
 
@@ -196,18 +208,16 @@ def guess_number_task(level: int, num: int, seed: int, exclude: set[str] | None 
         raise ValueError(f"guess_number level {level} has {high} secrets and {available} are not excluded, "
                          f"too few for {num}; lower num_eval or raise the level")
     rng = random.Random(f"guess_number-{level}-{seed}")
-    seen: set[str] = set()
-    out: list[dict] = []
-    while len(out) < num:
+    text = guess_number_prompt(1, high)
+
+    def draw() -> tuple[str, Callable[[], dict]]:
         secret = rng.randint(1, high)
         pid = f"guess_number-l{level}-{secret}"
-        if pid in exclude or (unique and pid in seen):
-            continue
-        seen.add(pid)
-        text = guess_number_prompt(1, high)
         prompt: str | list[dict] = text if prompt_style == "text" else [{"role": "user", "content": text}]
-        out.append({"prompt": prompt, "answer": str(secret), "low": 1, "high": high, "level": level, "id": pid})
-    return out
+        return pid, lambda: {"prompt": prompt, "answer": str(secret), "low": 1, "high": high, "level": level,
+                             "id": pid}
+
+    return _draw_examples(num, draw, exclude, unique)
 
 
 def generate_task(name: str, level: int, num: int, seed: int, **kwargs: object) -> list[dict]:

@@ -144,15 +144,14 @@ class EpisodeSettings:
                    str(config_dir))
 
     def wrap(self, engine: Any, tokenizer: Any, chat_template: bool, system_prompt: str | None) -> Any:
-        from ticgrpo.rollout.environments import EnvironmentFactory
-        from ticgrpo.rollout.episodes import EpisodeEngine, EpisodeLimits
+        from ticgrpo.rollout.episodes import EpisodeLimits, episode_engine
 
         try:
-            factory = EnvironmentFactory(self.name, self.options, self.config_dir)
-            limits = EpisodeLimits(self.max_turns, self.max_episode_tokens)
+            return episode_engine(engine, tokenizer, self.name, self.options,
+                                  EpisodeLimits(self.max_turns, self.max_episode_tokens), chat_template,
+                                  system_prompt, self.config_dir)
         except ValueError as exc:
             raise UsageError(f"--environment: {exc}") from None
-        return EpisodeEngine(engine, tokenizer, factory, limits, chat_template, system_prompt)
 
     def to_json(self) -> dict[str, Any]:
         return {"environment": self.name, "options": self.options, "max_turns": self.max_turns,

@@ -299,6 +299,15 @@ class EpisodeEngine(RolloutEngine):
         )
 
 
+def episode_engine(engine: RolloutEngine, tokenizer: Any, environment: str, options: dict[str, Any],
+                   limits: EpisodeLimits, chat_template: bool = True, system_prompt: str | None = None,
+                   config_dir: Any = None) -> EpisodeEngine:
+    """`engine` running episodes of `environment` (a registry name or module:Class, called with
+    `options`; ValueError in one line for a bad name or option): what the trainer and `ticgrpo eval` use."""
+    return EpisodeEngine(engine, tokenizer, EnvironmentFactory(environment, options, config_dir), limits,
+                         chat_template, system_prompt)
+
+
 def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
     """Per-step episode metrics (means over the batch's episodes)."""
     n = max(len(episodes), 1)

@@ -71,12 +71,12 @@ def episode_engine(config: TrainConfig, engine: Any, tokenizer: Any, config_dir:
     r = config.rollout
     if r.environment is None:
         return engine
-    from ticgrpo.rollout.environments import EnvironmentFactory
-    from ticgrpo.rollout.episodes import EpisodeEngine, EpisodeLimits
+    from ticgrpo.rollout.episodes import EpisodeLimits
+    from ticgrpo.rollout.episodes import episode_engine as build
 
-    factory = EnvironmentFactory(r.environment.name, dict(r.environment.options), config_dir)
-    return EpisodeEngine(engine, tokenizer, factory, EpisodeLimits(r.max_turns, r.max_episode_tokens),
-                         config.model.chat_template, config.model.system_prompt)
+    return build(engine, tokenizer, r.environment.name, dict(r.environment.options),
+                 EpisodeLimits(r.max_turns, r.max_episode_tokens), config.model.chat_template,
+                 config.model.system_prompt, config_dir)
 
 
 def reference_policy(model: Any, objective_options: Any) -> tuple[Any, Any]:
