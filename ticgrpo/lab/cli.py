@@ -10,6 +10,7 @@
     python -m ticgrpo.cli lab ustat --out docs/lab/ustat   # GRPO's gradient as a U-statistic, variance vs G
     python -m ticgrpo.cli lab active_is --out docs/lab/active_is   # the variance-minimising behaviour policy
     python -m ticgrpo.cli lab ope --out docs/lab/ope   # IS / SNIS / policy convolution estimates of J, stale samples
+    python -m ticgrpo.cli lab checkpoint_lag --run runs/claim1-path --step 8   # claim 1 on a real run's checkpoints
 
 Each writes results.json (every number), report.md (tables) and PNG plots into --out. The
 experiment flags are the fields of its config dataclass (`BiasConfig`, `LagConfig`, ...: name, type, default and
@@ -36,6 +37,13 @@ from ticgrpo.lab.baselines import BaselinesConfig, check_baselines, run_baseline
 from ticgrpo.lab.baselines import summary_lines as baselines_summary_lines
 from ticgrpo.lab.bias import BiasConfig, run_bias
 from ticgrpo.lab.bias_report import summary_lines, write_bias_outputs
+from ticgrpo.lab.checkpoint_lag import (
+    CheckpointLagConfig,
+    check_checkpoint_lag,
+    run_checkpoint_lag,
+    write_checkpoint_lag_outputs,
+)
+from ticgrpo.lab.checkpoint_lag import summary_lines as checkpoint_lag_summary_lines
 from ticgrpo.lab.converge import ConvergeConfig, run_converge, write_converge_outputs
 from ticgrpo.lab.factorial import FactorialConfig, check_factorial, run_factorial, write_factorial_outputs
 from ticgrpo.lab.factorial import summary_lines as factorial_summary_lines
@@ -186,6 +194,10 @@ EXPERIMENTS: dict[str, Experiment] = {
         BaselinesConfig, "baselines (none, group mean, leave-one-out, exact value): exact variance, plain and "
         "natural PG", "outputs/lab/baselines", check_baselines, run_baselines, write_baselines_outputs,
         baselines_summary_lines),
+    "checkpoint_lag": Experiment(
+        CheckpointLagConfig, "claim 1 on a real model: each objective's update from k-stale batches, between its "
+        "on-policy updates at θ_(t−k) and θ_t, from a run's checkpoints", "outputs/lab/checkpoint_lag",
+        check_checkpoint_lag, run_checkpoint_lag, write_checkpoint_lag_outputs, checkpoint_lag_summary_lines),
     "ustat": Experiment(
         UstatConfig, "GRPO's gradient as a U-statistic: exact variance against the oracle baseline as G grows",
         "outputs/lab/ustat", check_ustat, run_ustat, write_ustat_outputs, ustat_summary_lines),
