@@ -158,17 +158,14 @@ class Products:
     """C(a, b) for every pair of named sets of per-group vectors, under every bootstrap row."""
 
     def __init__(self, sets: dict[str, Tensor], counts: Tensor) -> None:
-        names = list(sets)
-        stacked = torch.cat([sets[name] for name in names])
-        gram = (stacked @ stacked.T).double()
-        n = counts.shape[1]
         self.values: dict[tuple[str, str], Tensor] = {}
         self.mean_square: dict[str, float] = {}
-        for a, first in enumerate(names):
-            block = gram[a * n:(a + 1) * n]
-            self.mean_square[first] = float(torch.diagonal(block[:, a * n:(a + 1) * n]).mean())
-            for b, second in enumerate(names):
-                self.values[first, second] = off_diagonal_mean(block[:, b * n:(b + 1) * n], counts)
+        for first, a in sets.items():  # block by block: the sets are too large to concatenate
+            for second, b in sets.items():
+                gram = (a @ b.T).double()
+                self.values[first, second] = off_diagonal_mean(gram, counts)
+                if first == second:
+                    self.mean_square[first] = float(torch.diagonal(gram).mean())
 
     def __call__(self, a: str, b: str) -> Tensor:
         return self.values[a, b]
