@@ -5,7 +5,11 @@ Surrogate A_i·ℓ_{i,t} with no ratio and no clipping, aggregated like `grpo`.
 Schedules (`mode`), carried out by the trainer:
 - `frozen` (default): ĝ(θ_old) is computed once per rollout batch, at θ = θ_old, and
   applied unchanged for as many optimizer steps as `grpo` would take on that batch.
-  Its expectation is ∇J(θ_old) exactly (TIC-GRPO paper, arXiv 2508.02833, claim 2).
+  Its expectation is ∇J(θ_old) exactly (TIC-GRPO paper, arXiv 2508.02833, claim 2) when the
+  batch was sampled by the weights it starts from. With stale batches (`rollout.lag`, async)
+  the trainer is already at θ_t when the batch arrives, so the gradient is taken at θ_t on
+  θ_(t−k)'s samples with no ratio: stale REINFORCE, not ∇J(θ_(t−k)) (`ticgrpo lab
+  checkpoint_lag` measures that update; `ticgrpo lab lag` models the paper's version).
 - `stale`: the surrogate is re-evaluated at the current θ on the old samples at every
   inner step (REINFORCE on stale data, no correction).
 """
