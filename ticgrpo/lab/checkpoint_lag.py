@@ -418,6 +418,10 @@ def _interval(s: dict[str, float]) -> str:
     return f"{s['value']:.3f} [{s['low']:.3f}, {s['high']:.3f}]"
 
 
+def _ratio(value: float) -> str:
+    return f"{value:.3g}" if math.isfinite(value) else "undefined"
+
+
 def _report(results: dict[str, Any]) -> str:
     config = results["config"]
     names = list(config["objectives"])
@@ -431,11 +435,16 @@ def _report(results: dict[str, Any]) -> str:
         f"intervals over the prompts ({config['bootstrap']} resamples). Took {results['seconds'] / 60:.1f} min.", "",
         "λ: where the stale update's expectation lies on the segment from the objective's on-policy update at "
         "θ_(t−k) (λ = 0, the gradient at the sampling policy) to its on-policy update at θ_t (λ = 1, the current "
-        "gradient). Claim 1: λ ≈ 0 for grpo, λ ≈ 1 for tic_grpo.", "",
+        "gradient). Claim 1: λ ≈ 0 for grpo, λ ≈ 1 for tic_grpo. λ is read only where the segment is resolved "
+        "(the interval of ‖E c − E o‖² above 0); where ‖E c‖² itself is not (its one-group noise-to-signal "
+        "'undefined': the estimate of the squared norm is ≤ 0), λ ≈ 1 says only that the stale update has no "
+        "component along the update at θ_(t−k).", "",
         "## λ by lag", "",
-        markdown_table(["k", *names, "target moved ‖c − o‖/‖c‖ (" + names[0] + ")"],
+        markdown_table(["k", *names, f"‖E c − E o‖² ({names[0]})", f"noise-to-signal of one group, o / c ({names[0]})"],
                        [[k, *(_interval(results["lags"][k]["variants"][n]["position"]) for n in names),
-                         _interval(results["lags"][k]["variants"][names[0]]["target_moved"])] for k in lags]),
+                         _interval(results["lags"][k]["variants"][names[0]]["target_gap2"]),
+                         " / ".join(_ratio(results["lags"][k]["noise_to_signal"][f"{side}/{names[0]}"])
+                                    for side in ("on_old", "on_current"))] for k in lags]),
         "",
         "## Paired differences of λ (same samples)", "",
     ]
@@ -459,8 +468,10 @@ def _report(results: dict[str, Any]) -> str:
                                f"{results['lags'][k]['ratios']['trajectory_ratio_ess']:.3f}",
                                f"{results['reward_mean'][str(config['step'] - int(k))]:.3f}"] for k in lags]), "",
               f"Reward mean at θ_t: {results['reward_mean'][str(config['step'])]:.3f}. One group's noise-to-signal "
-              "tr Cov/‖E a‖² (k = " + lags[0] + "): " + ", ".join(
-                  f"{name} {value:.3g}" for name, value in results["lags"][lags[0]]["noise_to_signal"].items()) + ".",
+              "tr Cov/‖E a‖² of every set (undefined: the squared norm's estimate is ≤ 0):", "",
+              markdown_table(["k", "set", "noise-to-signal"],
+                             [[k, name, _ratio(value)] for k in lags
+                              for name, value in results["lags"][k]["noise_to_signal"].items()]),
               "", "![λ by lag](position.png)", ""]
     return "\n".join(lines)
 
