@@ -483,7 +483,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     for offset, name in enumerate(results["config"]["objectives"]):
         stats = [results["lags"][str(k)]["variants"][name]["position"] for k in lags]
         shown = [(k * (1 + 0.04 * (offset - 1)), s) for k, s in zip(lags, stats, strict=True)
-                 if math.isfinite(s["value"]) and math.isfinite(s["low"])]  # undefined λ: not drawn
+                 if math.isfinite(s["value"]) and s["undefined_frac"] <= 0.05]  # unresolved λ: not drawn
         axis.errorbar([x for x, _ in shown], [s["value"] for _, s in shown],
                       yerr=[[max(s["value"] - s["low"], 0) for _, s in shown],
                             [max(s["high"] - s["value"], 0) for _, s in shown]],
@@ -495,6 +495,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     axis.set_xticks(lags, [str(k) for k in lags])
     axis.set_xlabel("lag k (batches sampled by θ_(t−k))")
     axis.set_ylabel("λ (0: update at θ_(t−k), 1: at θ_t)")
+    axis.set_title("drawn where λ is defined in ≥ 95% of the resamples", fontsize=9)
     axis.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
