@@ -14,7 +14,8 @@ from ticgrpo.lab.cli import EXPERIMENTS
 LAB = Path(__file__).parents[1] / "docs" / "lab"
 FOLDERS = sorted(p.name for p in LAB.iterdir() if (p / "results.json").is_file())
 # folders named after a variant of their study, not the study itself
-STUDY = {"objectives": "bias", "baselines_rloo_step": "baselines", "factorial_short": "factorial"}
+STUDY = {"objectives": "bias", "baselines_rloo_step": "baselines", "factorial_short": "factorial",
+         "checkpoint_lag_t4": "checkpoint_lag"}
 
 
 def study_of(folder: str) -> str:

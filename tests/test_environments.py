@@ -130,10 +130,10 @@ def test_a_hostile_call_is_a_tool_error_and_the_episode_goes_on(tool, name):
 def test_a_call_cannot_signal_the_trainer_or_leave_processes(tool):
     result = tool.step(code("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.killpg(0, signal.SIGKILL)"))
     assert result.tool_calls == 1 and not result.done  # we are still here to read it
-    spawned = tool.step(code("import subprocess\nsubprocess.Popen(['sleep', '300'])\nprint('spawned')"))
+    spawned = tool.step(code("import subprocess\nsubprocess.Popen(['sleep', '3171'])\nprint('spawned')"))
     assert spawned.tool_calls == 1
     time.sleep(0.5)
-    sleepers = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True).stdout.split()
+    sleepers = subprocess.run(["pgrep", "-f", "sleep 3171"], capture_output=True, text=True).stdout.split()
     assert sleepers == [], f"a tool call left processes behind: {sleepers}"
 
 

@@ -374,6 +374,7 @@ def test_cli_defaults_are_the_dataclass_defaults(command: str) -> None:
     import dataclasses
 
     from ticgrpo.lab.cli import add_parser, config_from_args
+    from ticgrpo.lab.options import flag
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
@@ -384,9 +385,11 @@ def test_cli_defaults_are_the_dataclass_defaults(command: str) -> None:
     assert config_from_args(config_cls, args) == config_cls()
     # and every field is a flag: a value given on the command line reaches the config
     flags = {f.name: f for f in dataclasses.fields(config_cls)}
-    given = parser.parse_args(["lab", command, "--vocab", "3", "--max-len", "3"])
-    assert (config_from_args(config_cls, given).vocab, config_from_args(config_cls, given).max_len) == (3, 3)
-    assert set(flags) <= set(vars(given))
+    ints = [f for f in dataclasses.fields(config_cls) if isinstance(f.default, int) and not isinstance(f.default, bool)]
+    changed = {f.name: f.default + 1 for f in ints[:2]}  # e.g. vocab and max_len; checkpoint_lag: step and groups
+    given = parser.parse_args(["lab", command, *(x for name, v in changed.items() for x in (flag(name), str(v)))])
+    assert {name: getattr(config_from_args(config_cls, given), name) for name in changed} == changed
+    assert len(changed) == 2 and set(flags) <= set(vars(given))
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,8 @@ def test_a_changed_table_is_caught(tmp_path: Path, capsys):
     assert "differs from the committed results" in capsys.readouterr().err
     (tmp_path / "none.md").write_text("no table")
     assert verdicts.main(["--check", str(tmp_path / "none.md")]) == 2
+    assert verdicts.main(["--write", str(tmp_path / "results.md")]) == 0  # the recomputed table, the rest kept
+    assert (tmp_path / "results.md").read_text() == (ROOT / "docs" / "results.md").read_text()
 
 
 @pytest.mark.parametrize(("row", "expected"), [

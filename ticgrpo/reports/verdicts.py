@@ -2,6 +2,7 @@
 
     python -m ticgrpo.reports.verdicts            # prints the table of docs/results.md ("Verdicts")
     python -m ticgrpo.reports.verdicts --check docs/results.md   # exit 1 if the docs' table differs
+    python -m ticgrpo.reports.verdicts --write docs/results.md   # replace the docs' table with the recomputed one
 
 Each row applies the rule its study pre-registered (docs/lab.md, docs/results.md) to the numbers
 in that study's committed `results.json`; the lab reports themselves rebuild from the same files
@@ -96,13 +97,21 @@ def claim1_lab() -> Iterator[Verdict]:
                       f"[{worst['rel_err_current']['low']:.3f}, {worst['rel_err_current']['high']:.3f}]", command)
 
 
+REAL_MODEL = ("checkpoint_lag", "checkpoint_lag_t4")  # θ_t = step 8, then the addendum's step 4
+
+
 def claim1_real_model() -> Iterator[Verdict]:
-    results = _load("lab/checkpoint_lag/results.json")
-    if results is None:
-        return
+    for folder in REAL_MODEL:
+        results = _load(f"lab/{folder}/results.json")
+        if results is not None:
+            yield from _real_model_rows(results, folder)
+
+
+def _real_model_rows(results: dict[str, Any], folder: str) -> Iterator[Verdict]:
     config = results["config"]
     command = (f"ticgrpo lab checkpoint_lag --run runs/claim1-path --step {config['step']} --lags "
-               f"{','.join(map(str, config['lags']))} --groups {config['groups']} --out docs/lab/checkpoint_lag")
+               f"{','.join(map(str, config['lags']))} --groups {config['groups']} --out docs/lab/{folder}")
+    regime = f"SmolLM2-135M, real checkpoints, θ_t = step {config['step']}, lag k"
     levels, shown = [], []
     for k, lag in results["lags"].items():
         grpo = lag["variants"]["grpo"]
@@ -119,7 +128,7 @@ def claim1_real_model() -> Iterator[Verdict]:
         value = "undefined" if not math.isfinite(position["value"]) else \
             _interval(position["value"], position["low"], position["high"], 2)
         shown.append(f"k = {k}: λ_grpo {value}")
-    yield Verdict("1. GRPO's stale update is its on-policy update at θ_old", "SmolLM2-135M, real checkpoints, lag k",
+    yield Verdict("1. GRPO's stale update is its on-policy update at θ_old", regime,
                   _levels(levels), "; ".join(shown), command)
     corrected = []
     for k, lag in results["lags"].items():
@@ -132,7 +141,7 @@ def claim1_real_model() -> Iterator[Verdict]:
         corrected.append((f"k = {k}", verdict, difference))
     if corrected:
         last = corrected[-1][2]
-        yield Verdict("3. TIC-GRPO's trajectory ratio corrects it", "SmolLM2-135M, real checkpoints, lag k",
+        yield Verdict("3. TIC-GRPO's trajectory ratio corrects it", regime,
                       _levels([(level, verdict) for level, verdict, _ in corrected]),
                       f"λ_tic − λ_grpo at {corrected[-1][0]}: " + (
                           _interval(last["value"], last["low"], last["high"], 2) if math.isfinite(last["value"])
@@ -256,21 +265,30 @@ def documented_table(text: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ticgrpo.reports.verdicts", description=__doc__.split("\n")[0])
-    parser.add_argument("--check", type=Path, help="a markdown file whose verdict table must equal the recomputed one")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--check", type=Path, help="a markdown file whose verdict table must equal the recomputed one")
+    action.add_argument("--write", type=Path, help="a markdown file whose verdict table is replaced by the new one")
     args = parser.parse_args(argv)
     table = verdict_table()
-    if args.check is None:
+    target = args.check or args.write
+    if target is None:
         print(table)
         return 0
-    documented = documented_table(args.check.read_text())
+    text = target.read_text()
+    documented = documented_table(text)
     if documented is None:
-        print(f"{args.check}: no verdict table between {BEGIN} and {END}", file=sys.stderr)
+        print(f"{target}: no verdict table between {BEGIN} and {END}", file=sys.stderr)
         return 2
+    if args.write is not None:
+        head, rest = text.split(BEGIN, 1)
+        target.write_text(f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}")
+        print(f"{target}: verdict table written")
+        return 0
     if documented != table.strip():
-        print(f"{args.check}: the verdict table differs from the committed results; paste the output of "
-              f"`python -m ticgrpo.reports.verdicts`", file=sys.stderr)
+        print(f"{target}: the verdict table differs from the committed results; rewrite it with "
+              f"`python -m ticgrpo.reports.verdicts --write {target}`", file=sys.stderr)
         return 1
-    print(f"{args.check}: the verdict table matches the committed results")
+    print(f"{target}: the verdict table matches the committed results")
     return 0
 
 
