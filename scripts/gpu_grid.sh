@@ -28,8 +28,8 @@ site=/tmp/ticgrpo-site
 wheels=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 gguf==0.19.0
         math-verify==0.9.0 latex2sympy2-extended==1.11.0 antlr4-python3-runtime==4.13.2)
 
-out_dir() {  # the comparison folder of a seed (and a tuning lr)
-  if [ -n "${2:-}" ]; then echo "runs/prereg-tune-lr$2"; else echo "runs/prereg"; fi
+out_dir() {  # the comparison folder: the verdict seeds', or a tuning lr's
+  if [ -n "${1:-}" ]; then echo "runs/prereg-tune-lr$1"; else echo "runs/prereg"; fi
 }
 
 case "$mode" in
@@ -63,7 +63,7 @@ run)  # device call 2: the model's second part, then one seed's 12 arms
   if [ "$(sha256sum "$model" | cut -d' ' -f1)" != "$(cat /tmp/ticgrpo-parts/model.sha256)" ]; then
     echo "the reassembled model's sha256 differs: stage every part first (the header lists the calls)" >&2; exit 1
   fi
-  out=$(out_dir "$seed" "$lr")
+  out=$(out_dir "$lr")
   extra=()
   [ -n "$lr" ] && extra=(--set "optim.lr=$lr")
   set +e

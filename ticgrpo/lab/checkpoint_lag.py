@@ -160,10 +160,11 @@ class Products:
     def __init__(self, sets: dict[str, Tensor], counts: Tensor) -> None:
         self.values: dict[tuple[str, str], Tensor] = {}
         self.mean_square: dict[str, float] = {}
-        for first, a in sets.items():  # block by block: the sets are too large to concatenate
-            for second, b in sets.items():
-                gram = (a @ b.T).double()
-                self.values[first, second] = off_diagonal_mean(gram, counts)
+        names = list(sets)
+        for i, first in enumerate(names):  # block by block: the sets are too large to concatenate
+            for second in names[i:]:  # C(b, a) = C(a, b): each pair once
+                gram = (sets[first] @ sets[second].T).double()
+                self.values[first, second] = self.values[second, first] = off_diagonal_mean(gram, counts)
                 if first == second:
                     self.mean_square[first] = float(torch.diagonal(gram).mean())
 

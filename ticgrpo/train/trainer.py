@@ -148,11 +148,10 @@ class Trainer:
         lets the new config differ in keys that change the trajectory). See ticgrpo.train.run_folder."""
         cfg, main = self.config, self.dist.is_main
         lock, plan = self._claim_folder(resume, overwrite, allow_config_change)
-        trained, sandbox_mark = False, 0  # a finished run's folder is left alone: nothing is written to it
+        sandbox_mark: int | None = None  # None: a finished run's folder, left alone (nothing is written to it)
         try:
             if plan.finished is not None and int(plan.finished["step"]) >= cfg.max_steps:
                 return self._already_finished(plan.finished)
-            trained = True
             sandbox_mark = self._sandbox_clock()
             log_lines = self._resume(plan) if resume else None
             if main:
@@ -180,7 +179,7 @@ class Trainer:
                     self.save_checkpoint()
             final_dir = self._finish()
         finally:
-            if trained:
+            if sandbox_mark is not None:
                 self._record_sandbox(sandbox_mark)
             self.logger.close()
             self.source.close()
