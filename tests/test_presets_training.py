@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from ticgrpo.config import ConfigError, load_config
-from ticgrpo.config.algorithms import ALGORITHMS, split_node
+from ticgrpo.config.algorithms import ALGORITHMS
+from ticgrpo.config.schema import method_node
 from ticgrpo.core.objectives import OBJECTIVES, make_objective_config
 from ticgrpo.rollout.base import RolloutBatch
 from ticgrpo.testing import make_tiny_model, make_tiny_tokenizer
@@ -77,8 +78,8 @@ def test_each_preset_trains_three_steps(tmp_path, name):
     for m in metrics:
         assert all(v == v for v in m.values() if isinstance(v, float)), m  # no NaN
     settings = ALGORITHMS[name].settings
-    objective, _ = split_node(settings["objective"], "objective")
-    advantage, _ = split_node(settings.get("advantage"), "advantage")
+    objective, _ = method_node("objective", settings["objective"])
+    advantage, _ = method_node("advantage", settings.get("advantage"))
     assert trainer.config.algorithm.objective.name == objective
     assert trainer.advantage == (advantage or OBJECTIVES.spec(str(objective)).default_advantage)
     if settings.get("dynamic_sampling"):
@@ -123,8 +124,8 @@ def test_each_entry_gives_a_finite_loss_and_is_read_only(name):
     from ticgrpo.core.objectives import compute_loss
 
     settings = ALGORITHMS[name].settings
-    objective, options = split_node(settings["objective"], "objective")
-    advantage, advantage_options = split_node(settings.get("advantage"), "advantage")
+    objective, options = method_node("objective", settings["objective"])
+    advantage, advantage_options = method_node("advantage", settings.get("advantage"))
     objective = str(objective)
     g = torch.Generator().manual_seed(0)
     rewards = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
@@ -171,8 +172,8 @@ def test_algorithms_table_contents_and_errors():
     assert ALGORITHMS["tic_ratio_only"].settings["objective"]["epsilon_high"] is None
     for name, entry in ALGORITHMS.items():
         assert entry.name == name and entry.description, name
-        objective, _ = split_node(entry.settings["objective"], "objective")
-        advantage, _ = split_node(entry.settings.get("advantage"), "advantage")
+        objective, _ = method_node("objective", entry.settings["objective"])
+        advantage, _ = method_node("advantage", entry.settings.get("advantage"))
         if name not in ("bnpo", "rloo", "tic_ratio_only", "tic_ratio_clip"):  # those change the advantage
             assert advantage in (None, OBJECTIVES.spec(str(objective)).default_advantage), name
     with pytest.raises(UnknownNameError, match=r"unknown algorithm 'reinforce'; choose one of: .*tic_ratio_only"):

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from ticgrpo.errors import unknown_choice
+
 F = TypeVar("F", bound=Callable)
 
 
@@ -58,9 +60,7 @@ class Registry(Generic[SpecT]):
         try:
             return self._specs[name]
         except KeyError:
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
-            ) from None
+            raise UnknownNameError(unknown_choice(self.kind, name, self.names())) from None
 
     def specs(self) -> list[SpecT]:
         return [self._specs[name] for name in self.names()]

@@ -26,7 +26,6 @@ restarts when it has none. A folder made from a different config is an error, ne
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import re
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from ticgrpo.config import (
 from ticgrpo.config.algorithms import ALGORITHMS, algorithm_names, get_algorithm, plain_settings
 from ticgrpo.config.loading import upgrade_saved_config
 from ticgrpo.config.schema import REMOVED_OPTION_KEYS
+from ticgrpo.errors import unknown_choice, unknown_key
 
 MARKER = "compare.json"  # identity of a run folder: algorithm, seed, resolved algorithm spec
 DONE_MARKER = "compare_done.json"  # written after the run finished
@@ -138,10 +138,7 @@ def resolve_algorithm(name: str, custom: dict[str, Any] | None = None) -> dict[s
         spec = {"description": algorithm.description, **plain_settings(algorithm.settings)}
         source = "table" if name in ALGORITHMS else "objective"
     else:
-        choices = known_algorithms(custom)
-        close = difflib.get_close_matches(name, choices, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown algorithm {name!r}{hint}; choose one of: {', '.join(choices)}")
+        raise ConfigError(unknown_choice("algorithm", name, known_algorithms(custom)))
     _check_keys(name, spec)
     spec["source"] = source
     return spec
@@ -155,9 +152,7 @@ def _check_keys(name: str, spec: dict[str, Any]) -> None:
             raise ConfigError(f"compare.algorithms.{name}.{key} is gone: nest the options under the {method}, "
                               f"e.g. {method}: {{name: ..., <option>: ...}}")
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"algorithm {name!r}: unknown key {key!r}{hint} (allowed: {', '.join(sorted(allowed))})")
+            raise ConfigError(f"algorithm {name!r}: {unknown_key(str(key), sorted(allowed))}")
     if "objective" not in spec and "preset" not in spec:
         raise ConfigError(f"algorithm {name!r} must name an objective (compare.algorithms.{name}.objective)")
 
@@ -205,9 +200,7 @@ def load_base(source: str | Path | dict | None) -> tuple[dict[str, Any], dict[st
         raise ConfigError(f"compare must be a mapping, got {type(section).__name__}")
     for key in section:
         if key not in _COMPARE_KEYS:
-            close = difflib.get_close_matches(str(key), _COMPARE_KEYS, n=1)
-            hint = f"; did you mean 'compare.{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown key 'compare.{key}'{hint} (allowed: {', '.join(_COMPARE_KEYS)})")
+            raise ConfigError(unknown_key(f"compare.{key}", _COMPARE_KEYS))
     if not isinstance(section.get("algorithms") or {}, dict):
         raise ConfigError("compare.algorithms must be a mapping {name: {objective: ..., advantage: ...}}")
     reference = section.pop("base", None)

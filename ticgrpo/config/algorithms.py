@@ -18,12 +18,13 @@ resolves to `{"objective": <name>}` (its defaults): see `algorithm_settings`.
 from __future__ import annotations
 
 import copy
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from ticgrpo.config.schema import method_node
+from ticgrpo.errors import unknown_choice
 from ticgrpo.registry import UnknownNameError
 
 # the keys of a settings mapping that choose the method; every other key is a trainer mechanism
@@ -151,10 +152,7 @@ def get_algorithm(name: str) -> Algorithm:
         return ALGORITHMS[name]
     if name in OBJECTIVES:
         return Algorithm(name, f"objective {name} with its defaults", {"objective": name})
-    choices = algorithm_names()
-    close = difflib.get_close_matches(str(name), choices, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise UnknownNameError(f"unknown algorithm {name!r}{hint}; choose one of: {', '.join(choices)}")
+    raise UnknownNameError(unknown_choice("algorithm", name, algorithm_names()))
 
 
 def algorithm_settings(name: str) -> dict[str, Any]:
@@ -176,19 +174,10 @@ def objective_option_sets(objective: str) -> dict[str, dict[str, Any]]:
     for entry in ALGORITHMS.values():
         if set(entry.settings) != {"objective"}:
             continue
-        name, options = split_node(entry.settings["objective"], f"{entry.name}.objective")
+        name, options = method_node(f"{entry.name}.objective", entry.settings["objective"])
         if name == objective and options:
             sets[entry.name] = options
     return sets
-
-
-def split_node(node: Any, key: str) -> tuple[str | None, dict[str, Any]]:
-    """(name, options) of an `objective`/`advantage` node: a name, a {name: ..., **options} mapping or null."""
-    if node is None or isinstance(node, str):
-        return node, {}
-    if isinstance(node, Mapping) and isinstance(node.get("name"), str):
-        return node["name"], {k: _plain(v) for k, v in node.items() if k != "name"}
-    raise ValueError(f"{key} must be a name or a mapping {{name: ..., <option>: ...}}, got {node!r}")
 
 
 __all__ = [
@@ -200,5 +189,4 @@ __all__ = [
     "get_algorithm",
     "objective_option_sets",
     "plain_settings",
-    "split_node",
 ]

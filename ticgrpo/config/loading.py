@@ -11,7 +11,6 @@ naming the key.
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any, get_args
@@ -27,8 +26,8 @@ from ticgrpo.config.schema import (
     describe,
     method_name,
     saved_correction_form,
-    unknown_value,
 )
+from ticgrpo.errors import unknown_choice, unknown_key
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -330,11 +329,7 @@ def one_line(error: ValidationError, model: type[BaseModel], prefix: str = "") -
     if isinstance(cause, ConfigError):
         return str(cause)
     if kind == "extra_forbidden":
-        allowed = list(dict.fromkeys(name for m in parents for name in m.model_fields))
-        parent, _, name = key.rpartition(".")
-        close = difflib.get_close_matches(name, allowed, n=1)
-        hint = f"; did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
-        return f"unknown key '{key}'{hint} (allowed: {', '.join(allowed)})"
+        return unknown_key(key, dict.fromkeys(name for m in parents for name in m.model_fields))
     if kind in _KINDS:
         return f"{key} must be {_KINDS[kind]}, got {describe(value)}"
     if kind in _BOUNDS:
@@ -349,7 +344,7 @@ def one_line(error: ValidationError, model: type[BaseModel], prefix: str = "") -
         return f"{key} must be a finite number, got {_as_number(value)}"
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
-        return f"{key}: {unknown_value(value, choices)}"
+        return f"{key}: {unknown_choice('value', value, choices)}"
     if kind == "string_too_short":
         return f"{key} must be a non-empty string"
     if kind == "too_short":

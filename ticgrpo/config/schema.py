@@ -10,10 +10,9 @@ one line naming the key.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,6 +31,8 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
+from ticgrpo.errors import unknown_choice
+
 
 class ConfigError(ValueError):
     """A bad configuration value; the message is one line naming the key."""
@@ -42,14 +43,6 @@ SECTION = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=False
 
 def describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
-
-
-def unknown_value(value: Any, allowed: Iterable[str]) -> str:
-    """`unknown value 'x' (did you mean 'y'?); choose one of: ...` (without the key)."""
-    allowed = list(allowed)
-    close = difflib.get_close_matches(str(value), allowed, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown value {value!r}{hint}; choose one of: {', '.join(allowed)}"
 
 
 def no_bool(value: Any) -> Any:
@@ -135,7 +128,7 @@ def _known_reward(name: str) -> str:
     from ticgrpo.rewards import REWARDS
 
     if name not in REWARDS:
-        raise ValueError(unknown_value(name, REWARDS.names()))
+        raise ValueError(unknown_choice("value", name, REWARDS.names()))
     return name
 
 
@@ -177,7 +170,7 @@ def _known_environment(name: str) -> str:
     from ticgrpo.rollout.environments import ENVIRONMENTS
 
     if name not in ENVIRONMENTS:
-        raise ValueError(unknown_value(name, ENVIRONMENTS.names()))
+        raise ValueError(unknown_choice("value", name, ENVIRONMENTS.names()))
     return name
 
 
@@ -316,12 +309,13 @@ class AdvantageChoice(BaseModel):
 
 def method_node(key: str, node: Any) -> tuple[str | None, dict[str, Any]]:
     """(name, options) of an `algorithm.objective` / `algorithm.advantage` node: null, a name, or
-    a mapping with `name` (optional: the default method) and the method's options."""
+    a mapping with `name` (optional: the default method) and the method's options (a copy the
+    caller owns, also of a read-only ALGORITHMS entry)."""
     if node is None or isinstance(node, str):
         return node, {}
-    if not isinstance(node, dict):
+    if not isinstance(node, Mapping):
         raise ConfigError(f"{key} must be a name or a mapping {{name: ..., <option>: ...}}, got {describe(node)}")
-    options = dict(node)
+    options = {option: dict(value) if isinstance(value, Mapping) else value for option, value in node.items()}
     name = options.pop("name", None)
     if name is not None and not isinstance(name, str):
         raise ConfigError(f"{key}.name must be a string, got {describe(name)}")
@@ -339,7 +333,7 @@ def resolve_method(key: str, node: Any, default: str, names: Iterable[str],
     name = name or default
     names = list(names)
     if name not in names:
-        raise ConfigError(f"{key}: {unknown_value(name, names)}")
+        raise ConfigError(f"{key}: {unknown_choice('value', name, names)}")
     try:
         return name, make_options(name, overrides)
     except (ValueError, TypeError) as exc:
@@ -391,7 +385,7 @@ def resolve_methods(algo: dict) -> dict:
     algo["objective"] = ObjectiveChoice(name=name, options=options)
     advantage, advantage_options = method_node("algorithm.advantage", algo.get("advantage"))
     if advantage is not None and advantage not in ADVANTAGES:
-        raise ConfigError(f"algorithm.advantage: {unknown_value(advantage, ADVANTAGES.names())}")
+        raise ConfigError(f"algorithm.advantage: {unknown_choice('value', advantage, ADVANTAGES.names())}")
     resolved = advantage or OBJECTIVES.spec(name).default_advantage
     try:
         advantage_options = make_advantage_options(resolved, advantage_options)
@@ -646,7 +640,7 @@ class EvalConfig(BaseModel):
 
         for name in names:
             if name not in EVAL_METRICS:
-                raise ValueError(unknown_value(name, EVAL_METRICS.names()))
+                raise ValueError(unknown_choice("value", name, EVAL_METRICS.names()))
         return list(dict.fromkeys(names))
 
 
@@ -793,6 +787,7 @@ class TrainConfig(BaseModel):
     def _check_reuse_window(self) -> None:
         """algorithm.reuse_window > 1: the pooled batches' weights come from the objective (it must read mixture
         log-probs), in the plain synchronous loop with the hf engine (the cases the trainer's pool supports)."""
+        from ticgrpo.core.corrections import CORRECTIONS
         from ticgrpo.core.objectives import OBJECTIVES
 
         a, r = self.algorithm, self.rollout
@@ -802,7 +797,7 @@ class TrainConfig(BaseModel):
             ("rollout.mode: async", r.mode == "async"), ("rollout.lag", r.lag > 0), ("rollout.engine: vllm",
             r.engine == "vllm"), ("algorithm.dynamic_sampling", a.dynamic_sampling), ("algorithm.igrpo",
             a.igrpo is not None), (f"algorithm.offpolicy_correction: {a.offpolicy_correction.name}",
-            a.offpolicy_correction.name != "none")) if used]
+            CORRECTIONS.spec(a.offpolicy_correction.name).decoupled)) if used]
         if unsupported:
             raise ConfigError(f"algorithm.reuse_window={a.reuse_window} pools the synchronous hf loop's own batches; "
                               f"it does not support {', '.join(unsupported)}: set reuse_window: 1 or drop them")

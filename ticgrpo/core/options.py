@@ -11,13 +11,14 @@ become one line naming `<owner>.<key>` and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pydantic import ConfigDict, ValidationError
+
+from ticgrpo.errors import closest
 
 T = TypeVar("T")
 
@@ -41,8 +42,8 @@ def build_options(options_cls: type[T], overrides: Mapping[str, Any] | None, kin
     for key in overrides:
         if key not in allowed:
             listed = ", ".join(sorted(allowed)) or "none"
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"; did you mean {close[0]!r}? (allowed: {listed})" if close else f"; allowed: {listed}"
+            near = closest(key, allowed)
+            hint = f"; did you mean {near!r}? (allowed: {listed})" if near else f"; allowed: {listed}"
             raise ValueError(f"unknown option {key!r} for {kind} {owner!r}{hint}")
     try:
         return options_cls(**overrides)

@@ -16,7 +16,6 @@ as an `EvalRow` with ``gold=None``: the runner counts and reports it, never cras
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ticgrpo.errors import unknown_choice
 from ticgrpo.registry import Registry
 
 # The instruction most published math evaluations append (Qwen2.5-Math, DeepSeek-R1 and others):
@@ -159,10 +159,7 @@ def parse_data_spec(spec: str) -> tuple[str, str]:
     name = name.strip()
     names = _dataset_names()
     if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"--data: unknown dataset {name!r}{hint}; choose one of: {', '.join(names)} "
-                         f"(e.g. arithmetic:level=2 or gsm8k:PATH)")
+        raise ValueError(f"--data: {unknown_choice('dataset', name, names)} (e.g. arithmetic:level=2 or gsm8k:PATH)")
     if name in BENCHMARKS and not argument.strip():
         raise ValueError(f"--data {name}: give the data after a colon, e.g. {name}:PATH with PATH a save_to_disk "
                          f"folder, a .json/.jsonl/.parquet file or a hub id (usually "

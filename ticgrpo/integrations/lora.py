@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -23,6 +22,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ticgrpo.config.schema import Flag, Integer, Number, Text, no_bool
+from ticgrpo.errors import closest
 
 
 class LoraOptions(BaseModel):
@@ -58,8 +58,8 @@ class LoraOptions(BaseModel):
         allowed = [*cls.model_fields, *(f.name for f in dataclasses.fields(LoraConfig))]
         for name in unknown:
             if name not in allowed:
-                close = difflib.get_close_matches(str(name), allowed, n=1)
-                hint = f"; did you mean '{key}.{close[0]}'?" if close else ""
+                near = closest(name, allowed)
+                hint = f"; did you mean '{key}.{near}'?" if near else ""
                 raise ValueError(f"unknown key '{key}.{name}'{hint} (not a peft.LoraConfig argument)")
 
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ticgrpo.config.algorithms import ALGORITHMS, Algorithm, algorithm_names, get_algorithm, split_node
+from ticgrpo.config.algorithms import ALGORITHMS, Algorithm, algorithm_names, get_algorithm
+from ticgrpo.config.schema import method_node
 from ticgrpo.core.objectives import OBJECTIVES, make_objective_config
 
 # objectives `all` lists first, in this order (the paper's three), then the rest by name
@@ -59,7 +60,7 @@ def unsupported_reason(algorithm: Algorithm, monte_carlo: bool = False) -> str |
     mechanisms = algorithm.trainer_mechanisms()
     if mechanisms:
         return f"it uses trainer mechanisms the lab does not model ({', '.join(mechanisms)})"
-    objective, _ = split_node(algorithm.settings["objective"], f"algorithm {algorithm.name!r} objective")
+    objective, _ = method_node(f"algorithm {algorithm.name!r} objective", algorithm.settings["objective"])
     spec = OBJECTIVES.spec(str(objective))
     needs = [
         what
@@ -76,10 +77,9 @@ def unsupported_reason(algorithm: Algorithm, monte_carlo: bool = False) -> str |
 
 def variant_of(algorithm: Algorithm) -> Variant:
     """The lab's reading of `algorithm` (no support check)."""
-    objective, options = split_node(algorithm.settings["objective"], f"algorithm {algorithm.name!r} objective")
-    advantage, advantage_options = split_node(
-        algorithm.settings.get("advantage"), f"algorithm {algorithm.name!r} advantage"
-    )
+    objective, options = method_node(f"algorithm {algorithm.name!r} objective", algorithm.settings["objective"])
+    advantage, advantage_options = method_node(f"algorithm {algorithm.name!r} advantage",
+                                               algorithm.settings.get("advantage"))
     return Variant(algorithm.name, str(objective), options, advantage, algorithm.description, advantage_options)
 
 
