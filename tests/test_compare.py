@@ -199,7 +199,9 @@ def test_algorithm_resolution():
     assert resolve_algorithm("tic_grpo", custom)["objective"] == {"name": "tic_grpo", "epsilon_high": 0.5}
     with pytest.raises(ValueError, match="did you mean 'tic_ratio_clip'"):
         resolve_algorithm("tic_ratio_clp")
-    with pytest.raises(ConfigError, match=r"objective_options is gone: nest the options under the objective"):
+    replaced = (r"compare.algorithms.old.objective_options was replaced by compare.algorithms.old.objective: "
+                r"write compare.algorithms.old.objective: \{name: grpo, epsilon_high: 0.3\}")
+    with pytest.raises(ConfigError, match=replaced):
         resolve_algorithm("old", {"old": {"objective": "grpo", "objective_options": {"epsilon_high": 0.3}}})
 
     base = base_config(algorithm={"objective": {"name": "tic_grpo", "epsilon_high": 0.1},

@@ -80,10 +80,13 @@ ERRORS = [
     (["algorithm.advantage.delta=x"], "algorithm.advantage: length_corrected.delta must be a number"),
     (["algorithm.advantage=rloo", "algorithm.advantage.delta=0.1"], "unknown option 'delta' for advantage 'rloo'"),
     (["algorithm.objective_options={epsilon_high: 0.3}"],
-     "algorithm.objective_options was removed: the options nest under the method, "
-     "algorithm.objective: {name: tic_grpo, epsilon_high: 0.3}"),
+     "algorithm.objective_options was replaced by algorithm.objective: write algorithm.objective: "
+     "{epsilon_high: 0.3} (the options nest under the method)"),
+    (["algorithm.objective=grpo", "algorithm.objective_options={epsilon_high: 0.3}"],
+     "write algorithm.objective: {name: grpo, epsilon_high: 0.3}"),
+    (["eval.mean_at_k=0"], "eval.mean_at_k was replaced by eval.ks: write eval.ks: []"),
     (["algorithm.advantage=beta_norm", "algorithm.advantage_options={delta: 0.1}"],
-     "algorithm.advantage: {name: beta_norm, delta: 0.1}"),
+     "write algorithm.advantage: {name: beta_norm, delta: 0.1}"),
     (["algorithm.rewards=[{name: correctness}]"], "algorithm.rewards[0].name: unknown value 'correctness'"),
     (["optim.schedule=exp"], "choose one of: constant, cosine, linear"),
     (["optim.lr=0"], "optim.lr must be > 0"),
@@ -218,3 +221,43 @@ def test_lora_takes_every_peft_argument_and_refuses_others():
         load_config("configs/tiny.yaml", ["model.lora={rank: 4}"])
     with pytest.raises(ConfigError, match=r"did you mean 'model\.lora\.lora_dropout'"):
         load_config("configs/tiny.yaml", ["model.lora={lora_dropuot: 0.1}"])
+
+
+# One old section per migration: a new MIGRATIONS entry without one fails the first test below.
+OLD_SECTIONS = {
+    ("objective_options",): {"objective": "grpo", "objective_options": {"epsilon_high": 0.3}},
+    ("advantage_options",): {"advantage": "beta_norm", "advantage_options": {"reward_min": -1.0}},
+    ("behavior_correction", "behavior_correction_cap"): {"behavior_correction": "token",
+                                                         "behavior_correction_cap": 3.0},
+    ("mean_at_k",): {"mean_at_k": 4},
+}
+
+
+def test_every_migration_has_an_old_section():
+    from ticgrpo.config.migrations import MIGRATIONS
+
+    assert sorted(m.removed for m in MIGRATIONS) == sorted(OLD_SECTIONS)
+
+
+@pytest.mark.parametrize("removed", sorted(OLD_SECTIONS))
+def test_a_migration_upgrades_a_saved_config_and_its_error_spells_the_upgrade(removed):
+    """The saved form loads as its upgrade; the same keys in a new config are one line whose
+    `write <key>: <value>` loads to that same config."""
+    from ticgrpo.config.migrations import MIGRATIONS, upgrade_saved_config
+
+    migration = next(m for m in MIGRATIONS if m.removed == removed)
+    if migration.section == "algorithm" and "behavior_correction" in removed:
+        base = {"model": {"name": "tiny-test"}, "rollout": {"lag": 1}}  # a correction needs something to correct
+    else:
+        base = {"model": {"name": "tiny-test"}}
+    old = {**base, migration.section: dict(OLD_SECTIONS[removed])}
+    upgraded = load_config(upgrade_saved_config(old))
+    with pytest.raises(ConfigError) as info:
+        load_config(old)
+    message = str(info.value)
+    assert "\n" not in message and all(f"{migration.section}.{key}" in message for key in removed)
+    spelled = message.split(": write ", 1)[1].rsplit(" (", 1)[0]
+    key, _, value = spelled.partition(": ")
+    rest = {k: v for k, v in OLD_SECTIONS[removed].items() if k not in removed and k != migration.replacement}
+    rewritten = load_config({**base, migration.section: rest}, [f"{key}={value}"])
+    assert rewritten.to_dict() == upgraded.to_dict()

@@ -421,12 +421,14 @@ def test_decoupled_with_an_engine_weighs_against_the_engine(tiny):
     (["rollout.lag=1", "algorithm.offpolicy_correction=drop_stale", "algorithm.offpolicy_correction.cap=2"],
      "unknown option 'cap' for off-policy correction 'drop_stale'"),
     (["algorithm.behavior_correction=token"],
-     "algorithm.behavior_correction was replaced by algorithm.offpolicy_correction: {name: token_tis} "
-     "(--set algorithm.offpolicy_correction=token_tis"),
+     "algorithm.behavior_correction was replaced by algorithm.offpolicy_correction: write "
+     "algorithm.offpolicy_correction: token_tis (token_tis and sequence_tis take a cap; docs/offpolicy.md)"),
     (["algorithm.behavior_correction=sequence", "algorithm.behavior_correction_cap=3.0"],
-     "algorithm.offpolicy_correction: {name: sequence_tis, cap: 3.0}"),
-    (["algorithm.behavior_correction_cap=3.0"], "algorithm.offpolicy_correction: {name: token_tis, cap: 3.0} (or "
-                                                "sequence_tis)"),
+     "algorithm.behavior_correction and algorithm.behavior_correction_cap were replaced by "
+     "algorithm.offpolicy_correction: write algorithm.offpolicy_correction: {name: sequence_tis, cap: 3.0}"),
+    # a cap alone truncated nothing (behavior_correction was null): its faithful translation is none
+    (["algorithm.behavior_correction_cap=3.0"], "write algorithm.offpolicy_correction: none (token_tis and "
+                                                "sequence_tis take a cap"),
 ])
 def test_config_errors(overrides, message):
     with pytest.raises(ConfigError) as info:

@@ -43,8 +43,7 @@ from ticgrpo.config import (
     read_yaml_mapping,
 )
 from ticgrpo.config.algorithms import ALGORITHMS, algorithm_names, get_algorithm, plain_settings
-from ticgrpo.config.loading import upgrade_saved_config
-from ticgrpo.config.schema import REMOVED_OPTION_KEYS
+from ticgrpo.config.migrations import check_removed_keys, upgrade_saved_config
 from ticgrpo.errors import unknown_choice, unknown_key
 
 MARKER = "compare.json"  # identity of a run folder: algorithm, seed, resolved algorithm spec
@@ -146,11 +145,8 @@ def resolve_algorithm(name: str, custom: dict[str, Any] | None = None) -> dict[s
 
 def _check_keys(name: str, spec: dict[str, Any]) -> None:
     allowed = set(AlgorithmConfig.model_fields) | set(_SPEC_EXTRA)
+    check_removed_keys(spec, "algorithm", f"compare.algorithms.{name}")
     for key in spec:
-        if key in REMOVED_OPTION_KEYS:
-            method = REMOVED_OPTION_KEYS[key]
-            raise ConfigError(f"compare.algorithms.{name}.{key} is gone: nest the options under the {method}, "
-                              f"e.g. {method}: {{name: ..., <option>: ...}}")
         if key not in allowed:
             raise ConfigError(f"algorithm {name!r}: {unknown_key(str(key), sorted(allowed))}")
     if "objective" not in spec and "preset" not in spec:

@@ -1,5 +1,6 @@
 """Training configuration: the schema (`schema.py`, pydantic models), the loader (`loading.py`:
-YAML, dotted overrides, presets, one-line errors) and the ALGORITHMS table (`algorithms.py`).
+YAML, dotted overrides, presets, one-line errors), the ALGORITHMS table (`algorithms.py`) and
+the keys that earlier versions wrote (`migrations.py`).
 
     config = load_config("configs/quickstart.yaml", overrides=["algorithm.objective=grpo"])
 

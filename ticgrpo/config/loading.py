@@ -19,13 +19,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from ticgrpo.config.migrations import check_config, upgrade_saved_config
 from ticgrpo.config.schema import (
-    REMOVED_OPTION_KEYS,
     ConfigError,
     TrainConfig,
     describe,
     method_name,
-    saved_correction_form,
 )
 from ticgrpo.errors import unknown_choice, unknown_key
 
@@ -209,6 +208,7 @@ def load_config(
         apply_override(raw, item)
     if output_dir is not None:
         raw["output_dir"] = output_dir
+    check_config(raw)
     apply_preset(raw)
     # an empty section (`rollout:` with its keys commented out) takes the defaults
     raw = {
@@ -227,40 +227,9 @@ def validated(model: type[BaseModel], raw: dict, prefix: str = "") -> Any:
         raise ConfigError(one_line(exc, model, prefix)) from None
 
 
-def upgrade_saved_config(saved: dict) -> dict:
-    """A config.yaml written by an earlier version of ticgrpo, in today's form: options nested
-    under their method (`objective: x` + `objective_options: {...}` → `objective: {name: x, ...}`),
-    behavior_correction* as algorithm.offpolicy_correction, and eval.mean_at_k as eval.ks. Run
-    folders stay readable by `--resume`, `ticgrpo compare` and `ticgrpo report`; new configs get
-    the one-line errors."""
-    saved = _saved_eval_form(saved)
-    section = saved.get("algorithm")
-    if not isinstance(section, dict):
-        return saved
-    section = saved_correction_form(dict(section))
-    for key, method in REMOVED_OPTION_KEYS.items():
-        options = section.pop(key, None) or {}
-        node = section.get(method)
-        if options and (node is None or isinstance(node, str)):
-            section[method] = {"name": node, **options} if node is not None else dict(options)
-    return {**saved, "algorithm": section}
-
-
 def load_saved_config(path: str | Path) -> TrainConfig:
     """The TrainConfig of a run folder's config.yaml, whichever version of ticgrpo wrote it."""
     return load_config(upgrade_saved_config(read_yaml_mapping(path)))
-
-
-def _saved_eval_form(saved: dict) -> dict:
-    """eval.mean_at_k: k (k sampled completions, their mean accuracy) is eval.ks: [k] (avg@k)."""
-    section = saved.get("eval")
-    if not isinstance(section, dict) or "mean_at_k" not in section:
-        return saved
-    section = dict(section)
-    k = section.pop("mean_at_k")
-    if isinstance(k, int) and k > 0:
-        section.setdefault("ks", [k])
-    return {**saved, "eval": section}
 
 
 def config_to_yaml(config: TrainConfig) -> str:

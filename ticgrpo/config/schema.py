@@ -344,41 +344,12 @@ def method_name(node: Any) -> Any:
     return node.get("name") if isinstance(node, dict) else node
 
 
-# removed keys → the key their options now nest under
-REMOVED_OPTION_KEYS = {"objective_options": "objective", "advantage_options": "advantage"}
-
-
-def _removed_options_error(algo: dict, removed: str, key: str) -> ConfigError:
-    """The one-line error for `objective_options` / `advantage_options`, spelling out the new form."""
-    import yaml
-
-    from ticgrpo.core.objectives import OBJECTIVES
-
-    objective = method_name(algo.get("objective")) or DEFAULT_OBJECTIVE
-    name = method_name(algo.get(key))
-    if name is None:
-        name = (
-            objective
-            if key == "objective"
-            else (OBJECTIVES.spec(objective).default_advantage if objective in OBJECTIVES else "...")
-        )
-    node = {"name": name, **(algo[removed] if isinstance(algo[removed], dict) else {})}
-    spelling = yaml.safe_dump(node, default_flow_style=True, sort_keys=False).strip()
-    return ConfigError(
-        f"algorithm.{removed} was removed: the options nest under the method, "
-        f"algorithm.{key}: {spelling} (--set algorithm.{key}.<option>=...)"
-    )
-
-
 def resolve_methods(algo: dict) -> dict:
     """A copy of a raw `algorithm` section with its objective and advantage nodes validated into
     ObjectiveChoice / AdvantageChoice (null advantage: the objective's default)."""
     from ticgrpo.core.advantages import ADVANTAGES, make_advantage_options
     from ticgrpo.core.objectives import OBJECTIVES
 
-    for removed, key in REMOVED_OPTION_KEYS.items():
-        if removed in algo:
-            raise _removed_options_error(algo, removed, key)
     algo = dict(algo)
     name, options = resolve_method("algorithm.objective", algo.get("objective"), DEFAULT_OBJECTIVE,
                                    OBJECTIVES.names(), _objective_options)
@@ -421,52 +392,6 @@ def resolve_correction(node: Any) -> CorrectionChoice:
     name, options = resolve_method("algorithm.offpolicy_correction", node, DEFAULT_CORRECTION, CORRECTIONS.names(),
                                    _correction_options)
     return CorrectionChoice(name=name, options=options)
-
-
-# the keys of the vLLM-only truncated importance sampling that offpolicy_correction replaced
-REMOVED_CORRECTION_KEYS = ("behavior_correction", "behavior_correction_cap")
-_RENAMED_CORRECTIONS = {None: "none", "token": "token_tis", "sequence": "sequence_tis"}
-
-
-def _new_correction_node(section: dict) -> dict[str, Any]:
-    """The offpolicy_correction node that means what a section's behavior_correction* keys meant."""
-    old = section.get("behavior_correction")
-    name = _RENAMED_CORRECTIONS.get(old, old) if isinstance(old, (str, type(None))) else old
-    node: dict[str, Any] = {"name": name}
-    if name in ("token_tis", "sequence_tis") and "behavior_correction_cap" in section:
-        node["cap"] = section["behavior_correction_cap"]
-    return node
-
-
-def _removed_correction_error(section: dict) -> ConfigError:
-    """The one-line error for behavior_correction / behavior_correction_cap, spelling out the new form."""
-    import yaml
-
-    node = _new_correction_node(section)
-    if node["name"] == "none" and "behavior_correction_cap" in section:
-        # a cap alone: the user wants a truncation; name the two that take it
-        node = {"name": "token_tis", "cap": section["behavior_correction_cap"]}
-    spelling = yaml.safe_dump(node, default_flow_style=True, sort_keys=False).strip()
-    removed = " / ".join(f"algorithm.{key}" for key in REMOVED_CORRECTION_KEYS if key in section)
-    other = " (or sequence_tis)" if "behavior_correction" not in section else ""
-    return ConfigError(
-        f"{removed} was replaced by algorithm.offpolicy_correction: {spelling}{other} "
-        f"(--set algorithm.offpolicy_correction={node['name']}; docs/offpolicy.md)"
-    )
-
-
-def saved_correction_form(section: dict[str, Any]) -> dict[str, Any]:
-    """A saved `algorithm:` section (a run folder written before offpolicy_correction) in today's
-    form: behavior_correction: null + behavior_correction_cap: C → offpolicy_correction: none,
-    behavior_correction: token → {name: token_tis, cap: C}."""
-    if not any(key in section for key in REMOVED_CORRECTION_KEYS):
-        return section
-    section = dict(section)
-    node = _new_correction_node(section)
-    for key in REMOVED_CORRECTION_KEYS:
-        section.pop(key, None)
-    section.setdefault("offpolicy_correction", node)
-    return section
 
 
 class AlgorithmConfig(BaseModel):
@@ -529,15 +454,6 @@ class AlgorithmConfig(BaseModel):
         if not isinstance(data, dict) or isinstance(data.get("objective"), ObjectiveChoice):
             return data
         return resolve_methods(data)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _removed_correction_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in REMOVED_CORRECTION_KEYS:
-                if key in data:
-                    raise _removed_correction_error(data)
-        return data
 
     @field_validator("offpolicy_correction", mode="before")
     @classmethod
@@ -617,16 +533,6 @@ class EvalConfig(BaseModel):
         description="write every held-out completion to evals/step-N/samples.jsonl")
     temperature: Number | None = Field(default=None, gt=0,
         description="of the eval.ks samples; null = rollout.temperature")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _removed_mean_at_k(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "mean_at_k" in data:
-            k = data["mean_at_k"]
-            spelled = f"eval.ks: [{k}]" if isinstance(k, int) and not isinstance(k, bool) and k > 0 else "eval.ks: []"
-            raise ConfigError(f"eval.mean_at_k was replaced by eval.ks: write {spelled} (avg@k is mean@k; pass@k "
-                              f"and maj@k are logged too, eval.metrics)")
-        return data
 
     @field_validator("ks")
     @classmethod
@@ -851,5 +757,4 @@ __all__ = [
     "check_output_dir",
     "resolve_correction",
     "resolve_methods",
-    "saved_correction_form",
 ]
