@@ -1,5 +1,6 @@
 """Size of the config layer (issue #13's measure): config + presets + compare's algorithm
-resolution + the lab's variants, before the redesign and at a given commit.
+resolution, before the redesign and at a given commit; the lab's variants (whose table joined
+ALGORITHMS) beside it.
 
     python scripts/config_size.py              # the baseline and HEAD
     python scripts/config_size.py 0b3df87 HEAD # any commits after the redesign
@@ -26,8 +27,8 @@ _BEFORE = (
     ("ticgrpo/presets.py", None),
     ("ticgrpo/compare/runner.py", ("BUILTIN_ALGORITHMS", "_REPLACED", "_SPEC_EXTRA", "known_algorithms",
                                    "resolve_algorithm", "_preset_spec", "apply_algorithm")),
-    ("ticgrpo/lab/estimators.py", ("Variant", "_NO_CLIP", "VARIANTS", "get_variant")),
 )
+_LAB_BEFORE = ("ticgrpo/lab/estimators.py", ("Variant", "_NO_CLIP", "VARIANTS", "get_variant"))
 _AFTER = (
     ("ticgrpo/config/__init__.py", None),
     ("ticgrpo/config/schema.py", None),
@@ -36,8 +37,8 @@ _AFTER = (
     ("ticgrpo/config/migrations.py", None),
     ("ticgrpo/compare/plan.py", ("_REPLACED", "_SPEC_EXTRA", "known_algorithms", "resolve_algorithm", "_check_keys",
                                  "apply_algorithm")),
-    ("ticgrpo/lab/variants.py", None),
 )
+_LAB_AFTER = ("ticgrpo/lab/variants.py", None)
 # written by the redesign for a job nothing did before (docs/config.md was written by hand)
 _DOCS = ("ticgrpo/config/docs.py", None)
 
@@ -99,27 +100,30 @@ def measure(source: str, names: tuple[str, ...] | None) -> Size:
     return size
 
 
-def commit_size(commit: str) -> tuple[Size, Size | None]:
-    layout = _BEFORE if _show(commit, "ticgrpo/config.py") is not None else _AFTER
+def _part(commit: str, path: str, names: tuple[str, ...] | None) -> Size | None:
+    source = _show(commit, path)
+    return measure(source, names) if source is not None else None
+
+
+def commit_size(commit: str) -> tuple[Size, Size | None, Size | None]:
+    """(the config layer, the lab's variants, the docs generator) at `commit`."""
+    before = _show(commit, "ticgrpo/config.py") is not None
     total = Size()
-    for path, names in layout:
-        source = _show(commit, path)
-        if source is not None:
-            total.add(measure(source, names))
-    docs = _show(commit, _DOCS[0])
-    return total, measure(docs, None) if docs is not None else None
+    for path, names in _BEFORE if before else _AFTER:
+        total.add(_part(commit, path, names) or Size())
+    return total, _part(commit, *(_LAB_BEFORE if before else _LAB_AFTER)), _part(commit, *_DOCS)
 
 
 def main(argv: list[str]) -> None:
     commits = argv or [BASELINE, "HEAD"]
     print(f"{'commit':10s} {'lines':>6s} {'code':>6s} {'stmts':>6s} {'fields':>6s} {'field lines':>11s} "
-          f"{'machinery code':>14s} {'machinery stmts':>15s} | docs generator lines")
+          f"{'machinery code':>14s} {'machinery stmts':>15s} | lab variants lines, docs generator lines")
     for commit in commits:
-        size, docs = commit_size(commit)
+        size, lab, docs = commit_size(commit)
         label = subprocess.run(["git", "rev-parse", "--short", commit], capture_output=True, text=True).stdout.strip()
         print(f"{label:10s} {size.lines:6d} {size.code:6d} {size.statements:6d} {size.fields:6d} "
               f"{size.field_lines:11d} {size.code - size.field_lines:14d} {size.statements - size.fields:15d} | "
-              f"{docs.lines if docs else '-'}")
+              f"{lab.lines if lab else '-'}, {docs.lines if docs else '-'}")
 
 
 if __name__ == "__main__":
