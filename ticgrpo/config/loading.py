@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from ticgrpo.config.migrations import check_config, upgrade_saved_config
+from ticgrpo.config.migrations import check_raw_config, upgrade_saved_config
 from ticgrpo.config.schema import (
     ConfigError,
     TrainConfig,
@@ -208,7 +208,7 @@ def load_config(
         apply_override(raw, item)
     if output_dir is not None:
         raw["output_dir"] = output_dir
-    check_config(raw)
+    check_raw_config(raw)
     apply_preset(raw)
     # an empty section (`rollout:` with its keys commented out) takes the defaults
     raw = {

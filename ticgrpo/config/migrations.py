@@ -112,7 +112,7 @@ def check_removed_keys(section: Any, name: str, where: str | None = None) -> Non
             raise migration.error(section, where or name)
 
 
-def check_config(raw: dict[str, Any]) -> None:
+def check_raw_config(raw: dict[str, Any]) -> None:
     """check_removed_keys over every section of a raw config."""
     for name in dict.fromkeys(migration.section for migration in MIGRATIONS):
         check_removed_keys(raw.get(name), name)

@@ -354,15 +354,11 @@ def resolve_methods(algo: dict) -> dict:
     name, options = resolve_method("algorithm.objective", algo.get("objective"), DEFAULT_OBJECTIVE,
                                    OBJECTIVES.names(), _objective_options)
     algo["objective"] = ObjectiveChoice(name=name, options=options)
-    advantage, advantage_options = method_node("algorithm.advantage", algo.get("advantage"))
-    if advantage is not None and advantage not in ADVANTAGES:
-        raise ConfigError(f"algorithm.advantage: {unknown_choice('value', advantage, ADVANTAGES.names())}")
-    resolved = advantage or OBJECTIVES.spec(name).default_advantage
-    try:
-        advantage_options = make_advantage_options(resolved, advantage_options)
-    except ValueError as exc:
-        raise ConfigError(f"algorithm.advantage: {exc}") from None
-    algo["advantage"] = AdvantageChoice(name=resolved, options=advantage_options, from_objective=advantage is None)
+    node = algo.get("advantage")
+    advantage, advantage_options = resolve_method("algorithm.advantage", node, OBJECTIVES.spec(name).default_advantage,
+                                                  ADVANTAGES.names(), make_advantage_options)
+    algo["advantage"] = AdvantageChoice(name=advantage, options=advantage_options,
+                                        from_objective=method_name(node) is None)
     return algo
 
 
