@@ -7,31 +7,22 @@ The loss is minus the surrogate, ready for `.backward()`; metrics are detached s
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
 
 from ticgrpo.core.batch import PolicyBatch, StepNormalizers
-from ticgrpo.core.objectives import (  # noqa: F401  (registration)
-    cispo,
-    copg,
-    dppo,
-    gmpo,
-    grpo,
-    gspo,
-    gtpo,
-    hpo,
-    no_is,
-    nthr,
-    ppo_rpe,
-    presets_grpo,
-    tic_grpo,
-    trajectory_reuse,
-)
 from ticgrpo.core.objectives._common import without_padded_values
 from ticgrpo.core.objectives.registry import OBJECTIVES, ObjectiveSpec, register_objective
 from ticgrpo.core.options import build_options
+
+# Every module of this package registers its objectives when imported (`@register_objective`):
+# a new objective is a new module here, with no list of modules to extend.
+for _module in sorted(info.name for info in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
 
 
 def make_objective_config(name: str, overrides: Mapping[str, Any] | None = None) -> Any:
