@@ -43,6 +43,7 @@ from ticgrpo.config import (
     read_yaml_mapping,
 )
 from ticgrpo.config.algorithms import ALGORITHMS, algorithm_names, get_algorithm, plain_settings
+from ticgrpo.config.loading import flow_yaml
 from ticgrpo.config.migrations import check_removed_keys, upgrade_saved_config
 from ticgrpo.errors import unknown_choice, unknown_key
 
@@ -173,8 +174,7 @@ def apply_algorithm(raw: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]
         section["rewards"] = rewards
     raw["algorithm"] = section
     extra = spec.get("set") or {}
-    items = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-             for k, v in extra.items()] if isinstance(extra, dict) else list(extra)
+    items = [f"{k}={flow_yaml(v)}" for k, v in extra.items()] if isinstance(extra, dict) else list(extra)
     for item in items:
         apply_override(raw, item)
     return raw

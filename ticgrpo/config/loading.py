@@ -236,6 +236,12 @@ def config_to_yaml(config: TrainConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
+def flow_yaml(value: Any) -> str:
+    """`value` as one line of YAML flow (`{name: grpo, epsilon_high: 0.3}`, `[8]`, `none`): what
+    `key=<this>` in an override (parse_override) reads back as `value`."""
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False).strip().removesuffix("...").strip()
+
+
 # --------------------------------------------------------------------------- errors
 
 

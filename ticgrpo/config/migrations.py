@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from ticgrpo.config.schema import ConfigError
 
 Section = dict[str, Any]
@@ -41,15 +39,18 @@ class Migration:
         node = self.upgrade(dict(section)).get(self.replacement)
         if isinstance(node, dict) and list(node) == ["name"]:
             node = node["name"]  # {name: x} is spelled x
-        spelled = yaml.safe_dump(node, default_flow_style=True, sort_keys=False).strip().removesuffix("...").strip()
+        from ticgrpo.config.loading import flow_yaml  # loading imports this module
+
+        spelled = flow_yaml(node)
         old = [f"{where}.{key}" for key in self.removed if key in section]
         new = f"{where}.{self.replacement}"
         verb = "was" if len(old) == 1 else "were"
         return ConfigError(f"{' and '.join(old)} {verb} replaced by {new}: write {new}: {spelled} ({self.hint})")
 
 
-def _nest_options(removed: str, method: str) -> Callable[[Section], Section]:
-    """`<method>: x` + `<removed>: {...}` → `<method>: {name: x, ...}` (no name: the default method)."""
+def _options_nested_under(method: str) -> Migration:
+    """`<method>: x` + `<method>_options: {...}` → `<method>: {name: x, ...}` (no name: the default method)."""
+    removed = f"{method}_options"
 
     def upgrade(section: Section) -> Section:
         options = section.pop(removed, None)
@@ -59,7 +60,7 @@ def _nest_options(removed: str, method: str) -> Callable[[Section], Section]:
             section[method] = {**base, **options}
         return section
 
-    return upgrade
+    return Migration("algorithm", (removed,), method, upgrade, "the options nest under the method")
 
 
 _CORRECTION_NAMES = {None: "none", "token": "token_tis", "sequence": "sequence_tis"}
@@ -86,10 +87,8 @@ def _ks(section: Section) -> Section:
 
 
 MIGRATIONS = (
-    Migration("algorithm", ("objective_options",), "objective", _nest_options("objective_options", "objective"),
-              "the options nest under the method"),
-    Migration("algorithm", ("advantage_options",), "advantage", _nest_options("advantage_options", "advantage"),
-              "the options nest under the method"),
+    _options_nested_under("objective"),
+    _options_nested_under("advantage"),
     Migration("algorithm", ("behavior_correction", "behavior_correction_cap"), "offpolicy_correction",
               _correction_node, "token_tis and sequence_tis take a cap; docs/offpolicy.md"),
     Migration("eval", ("mean_at_k",), "ks", _ks, "avg@k is mean@k; pass@k and maj@k are logged too, eval.metrics"),

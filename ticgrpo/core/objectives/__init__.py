@@ -19,10 +19,15 @@ from ticgrpo.core.objectives._common import without_padded_values
 from ticgrpo.core.objectives.registry import OBJECTIVES, ObjectiveSpec, register_objective
 from ticgrpo.core.options import build_options
 
-# Every module of this package registers its objectives when imported (`@register_objective`):
-# a new objective is a new module here, with no list of modules to extend.
-for _module in sorted(info.name for info in pkgutil.iter_modules(__path__)):
-    importlib.import_module(f"{__name__}.{_module}")
+
+def _import_every_module() -> None:
+    """Every module of this package registers its objectives when imported (`@register_objective`):
+    a new objective is a new module here, with no list of modules to extend."""
+    for module in sorted(info.name for info in pkgutil.iter_modules(__path__)):
+        importlib.import_module(f"{__name__}.{module}")
+
+
+_import_every_module()
 
 
 def make_objective_config(name: str, overrides: Mapping[str, Any] | None = None) -> Any:
